@@ -1,0 +1,1 @@
+"""The chess move-prediction model: vocabulary, features, network and checkpoints."""

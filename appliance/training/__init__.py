@@ -1,0 +1,1 @@
+"""Training side: dataset rows and splicing, PGN import, generation, trainer, evaluation, preset."""

@@ -1,0 +1,221 @@
+"""Dataset rows -> encoded games, with validation that names the file, line and reason.
+
+Two row formats:
+  - `game_jsonl_runtime_splice_v1`: `{"moves_uci": [...]}` plus optional `fen` (start position),
+    `random_plies` (0-based move indexes chosen at random, never used as targets) and metadata;
+  - `splice_rows_legacy`: `{"context": [...], "target": "..."}`: one target after its context.
+
+Runtime splice settings (game rows only; legacy rows are already spliced) pick which positions of
+a game are training targets. Position t is the one before move t (t moves already played):
+  - `min_context` N: position t counts only when t >= N (at least N moves of history);
+  - `min_target` N: position t counts only when at least N moves of the game remain from it,
+    the target move included (1 = every move can be a target);
+  - `max_samples_per_game` N: when > 0, at most N of the eligible positions of each game count,
+    drawn anew each epoch from (seed, epoch, game); 0 = all of them.
+Moves listed in `random_plies` are never targets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import chess
+import numpy as np
+
+from appliance.model import features, vocab
+
+GAME_FORMAT = "game_jsonl_runtime_splice_v1"
+LEGACY_FORMAT = "splice_rows_legacy"
+
+
+class DatasetError(ValueError):
+    """A dataset problem, with the place it was found."""
+
+
+@dataclass(frozen=True)
+class SpliceConfig:
+    min_context: int = 8
+    min_target: int = 1
+    max_samples_per_game: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_context < 0:
+            raise ValueError(f"--runtime-min-context must be >= 0, got {self.min_context}")
+        if self.min_target < 1:
+            raise ValueError(f"--runtime-min-target must be >= 1, got {self.min_target}")
+        if self.max_samples_per_game < 0:
+            raise ValueError(
+                f"--runtime-max-samples-per-game must be >= 0, got {self.max_samples_per_game}"
+            )
+
+
+@dataclass
+class EncodedGame:
+    """Network inputs for every position of one game (n = number of moves = targets)."""
+
+    tokens: np.ndarray  # (n,) int16: BOS, m1 .. m(n-1)
+    targets: np.ndarray  # (n,) int16: output class of m1 .. mn
+    phase: np.ndarray  # (n,) int8
+    side: np.ndarray  # (n,) int8
+    boards: np.ndarray  # (n, 66) uint8
+    trainable: np.ndarray  # (n,) bool: False for random plies and a legacy row's context
+    spliced: bool  # True for a legacy row (its one target is fixed)
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def eligible(self, cfg: SpliceConfig) -> np.ndarray:
+        """Positions that count as targets under `cfg`, before max_samples_per_game."""
+        if self.spliced:
+            return self.trainable.copy()
+        n = len(self)
+        t = np.arange(n)
+        return self.trainable & (t >= cfg.min_context) & ((n - t) >= cfg.min_target)
+
+
+def row_format(row: dict[str, Any]) -> str:
+    if "moves_uci" in row:
+        return GAME_FORMAT
+    if "context" in row and "target" in row:
+        return LEGACY_FORMAT
+    raise DatasetError(
+        "missing field: a game row needs 'moves_uci', a legacy row needs 'context' and 'target'"
+    )
+
+
+def _uci_list(value: Any, field: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise DatasetError(f"field '{field}' must be a list of UCI strings")
+    return value
+
+
+def start_board(fen: str | None) -> chess.Board:
+    if fen is None:
+        return chess.Board()
+    try:
+        board = chess.Board(fen)
+    except ValueError as exc:
+        raise DatasetError(f"bad FEN {fen!r}: {exc}") from None
+    status = board.status()
+    if status != chess.STATUS_VALID:
+        raise DatasetError(f"bad FEN {fen!r}: not a valid position ({status!r})")
+    return board
+
+
+def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> Iterator[chess.Move]:
+    """Push each move on `board`, yielding it first; DatasetError names the bad move."""
+    for i, uci in enumerate(moves):
+        if not vocab.is_vocab_move(uci):
+            raise DatasetError(f"{field}[{i}] = {uci!r} is not a UCI move")
+        move = chess.Move.from_uci(uci)
+        if not board.is_legal(move):
+            raise DatasetError(f"{field}[{i}] = {uci!r} is illegal in position {board.fen()!r}")
+        yield move
+        board.push(move)
+
+
+def encode_moves(
+    moves: list[str], fen: str | None = None, field: str = "moves_uci"
+) -> tuple[EncodedGame, chess.Board]:
+    """Encode a move list (all positions trainable); returns the game and the final board."""
+    board = start_board(fen)
+    n = len(moves)
+    tokens = np.empty(n, dtype=np.int16)
+    targets = np.empty(n, dtype=np.int16)
+    phase = np.empty(n, dtype=np.int8)
+    side = np.empty(n, dtype=np.int8)
+    boards = np.empty((n, features.BOARD_CODES), dtype=np.uint8)
+    prev = vocab.BOS_ID
+    for i, move in enumerate(replay(moves, board, field)):
+        uci = moves[i]
+        tokens[i] = prev
+        targets[i] = vocab.move_class(uci)
+        phase[i] = features.game_phase(board)
+        side[i] = features.side_to_move(board)
+        boards[i] = features.board_codes(board)
+        prev = vocab.move_id(uci)
+    game = EncodedGame(tokens, targets, phase, side, boards, np.ones(n, dtype=bool), False)
+    return game, board
+
+
+def encode_row(row: Any) -> EncodedGame:
+    if not isinstance(row, dict):
+        raise DatasetError("row must be a JSON object")
+    kind = row_format(row)
+    fen = row.get("fen")
+    if fen is not None and not isinstance(fen, str):
+        raise DatasetError("field 'fen' must be a string")
+    if kind == GAME_FORMAT:
+        moves = _uci_list(row["moves_uci"], "moves_uci")
+        if not moves:
+            raise DatasetError("field 'moves_uci' is empty")
+        game, _ = encode_moves(moves, fen)
+        random_plies = row.get("random_plies", [])
+        if not isinstance(random_plies, list) or not all(
+            isinstance(i, int) and 0 <= i < len(moves) for i in random_plies
+        ):
+            raise DatasetError(
+                f"field 'random_plies' must list move indexes in 0..{len(moves) - 1}"
+            )
+        game.trainable[random_plies] = False
+        return game
+    context = _uci_list(row["context"], "context")
+    target = row["target"]
+    if not isinstance(target, str):
+        raise DatasetError("field 'target' must be a UCI string")
+    game, _ = encode_moves(context + [target], fen, field="context+target")
+    game.trainable[:] = False
+    game.trainable[-1] = True
+    game.spliced = True
+    return game
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed row); blank lines are skipped."""
+    try:
+        fh = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc.strerror}") from None
+    with fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{line_no}: broken JSON: {exc.msg}") from None
+
+
+def load_games(paths: Iterable[Path | str]) -> tuple[list[EncodedGame], dict[str, int]]:
+    """Encode every row of every file; returns the games and a count per row format."""
+    games: list[EncodedGame] = []
+    counts = {GAME_FORMAT: 0, LEGACY_FORMAT: 0}
+    for raw in paths:
+        path = Path(raw)
+        for line_no, row in read_jsonl(path):
+            try:
+                counts[row_format(row) if isinstance(row, dict) else GAME_FORMAT] += 1
+                games.append(encode_row(row))
+            except DatasetError as exc:
+                raise DatasetError(f"{path}:{line_no}: {exc}") from None
+        if path.stat().st_size == 0 or not games:
+            raise DatasetError(f"{path}: dataset is empty (no rows)")
+    return games, counts
+
+
+def detect_format(path: Path) -> str:
+    """The row format of the first row of a JSONL file."""
+    for line_no, row in read_jsonl(path):
+        try:
+            if not isinstance(row, dict):
+                raise DatasetError("row must be a JSON object")
+            return row_format(row)
+        except DatasetError as exc:
+            raise DatasetError(f"{path}:{line_no}: {exc}") from None
+    raise DatasetError(f"{path}: dataset is empty (no rows)")
