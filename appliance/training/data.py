@@ -198,13 +198,14 @@ def load_games(paths: Iterable[Path | str]) -> tuple[list[EncodedGame], dict[str
     counts = {GAME_FORMAT: 0, LEGACY_FORMAT: 0}
     for raw in paths:
         path = Path(raw)
+        before = len(games)
         for line_no, row in read_jsonl(path):
             try:
                 counts[row_format(row) if isinstance(row, dict) else GAME_FORMAT] += 1
                 games.append(encode_row(row))
             except DatasetError as exc:
                 raise DatasetError(f"{path}:{line_no}: {exc}") from None
-        if path.stat().st_size == 0 or not games:
+        if len(games) == before:
             raise DatasetError(f"{path}: dataset is empty (no rows)")
     return games, counts
 

@@ -1,0 +1,87 @@
+"""Checkpoint files (.pt): architecture, features, vocabulary version, metrics and weights.
+
+A checkpoint loads for inference with no training arguments: `load_model(path)`. Training state
+(optimizer, scheduler, RNG) is stored alongside in resumable per-epoch checkpoints only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from appliance.model.network import ModelConfig, MovePredictor
+from appliance.model.vocab import VOCAB_VERSION
+
+CHECKPOINT_FORMAT = "chessbot-move-predictor-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, and why."""
+
+
+@dataclass
+class LoadedModel:
+    model: MovePredictor
+    config: ModelConfig
+    meta: dict[str, Any]
+    path: Path
+
+
+def save_checkpoint(path: Path, model: MovePredictor, **extra: Any) -> None:
+    """Write a checkpoint atomically (temp file + rename), so a crash never leaves half a file."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "vocab_version": VOCAB_VERSION,
+        "model_config": model.config.to_dict(),
+        "features": model.config.features(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The raw checkpoint dict, after checking format and vocabulary version."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+    version = payload.get("vocab_version")
+    if version != VOCAB_VERSION:
+        raise CheckpointError(
+            f"{path}: vocabulary version {version!r} does not match this code's {VOCAB_VERSION!r}; "
+            "retrain the model or use the code version it was trained with"
+        )
+    return payload
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint into an eval-mode model on `device`."""
+    payload = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+        model = MovePredictor(config)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: model does not match its config: {exc}") from None
+    model.to(device).eval()
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "train_state")}
+    return LoadedModel(model, config, meta, Path(path))

@@ -1,0 +1,97 @@
+"""The env contract: every environment variable the pod reads, typed, with default and doc.
+
+Env is read here and nowhere else. `load(cls)` turns a bad value into a SettingsError that names
+the variable and the expected form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+class SettingsError(ValueError):
+    """A bad environment variable, named, with the form it should have."""
+
+
+class _Env(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
+
+
+class PathSettings(_Env):
+    REPO_DIR: Path = Field(DEFAULT_REPO_DIR, description="Checkout of this project in the pod.")
+    RUNPOD_PHASE_TIMING_LOG: Path | None = Field(
+        None,
+        description="Phase-timing JSONL log; default $REPO_DIR/artifacts/timings/"
+        "runpod_phase_times.jsonl.",
+    )
+    RUN_ID: str = Field("", description="Identifier written into every phase-timing record.")
+
+    @property
+    def timing_log(self) -> Path:
+        return self.RUNPOD_PHASE_TIMING_LOG or (
+            self.REPO_DIR / "artifacts" / "timings" / "runpod_phase_times.jsonl"
+        )
+
+
+class TrainingSettings(_Env):
+    TRAIN_DATASET_DIR: Path | None = Field(
+        None, description="Dataset dir with train.jsonl and val.jsonl; default: newest under "
+        "$REPO_DIR/data/dataset/."
+    )
+    TRAIN_PATH: Path | None = Field(None, description="Training JSONL file (overrides the dir).")
+    VAL_PATH: Path | None = Field(None, description="Validation JSONL file (overrides the dir).")
+    TRAIN_OUTPUT_DIR: Path | None = Field(
+        None, description="Where checkpoints and metrics go; default $REPO_DIR/artifacts/"
+        "train/<run id>."
+    )
+    TRAIN_BATCH_SIZE: int | None = Field(None, gt=0, description="Games per batch.")
+    TRAIN_NUM_WORKERS: int | None = Field(None, ge=0, description="DataLoader workers.")
+    TRAIN_EPOCHS: int | None = Field(None, gt=0, description="Maximum epochs.")
+    TRAIN_LR: float | None = Field(None, gt=0, description="Learning rate.")
+    TRAIN_ENDGAME_PHASE_WEIGHT: float | None = Field(
+        None, ge=0, description="Loss weight of endgame targets."
+    )
+    TRAIN_PROGRESS_JSONL_OUT: Path | None = Field(
+        None, description="JSON-lines progress events file."
+    )
+    TRAIN_EXTRA_ARGS: str = Field("", description="Extra trainer flags, shell-quoted.")
+    TRAIN_RUNTIME_MIN_CONTEXT: int | None = Field(
+        None, ge=0, description="Moves of history a target position needs."
+    )
+    TRAIN_RUNTIME_MIN_TARGET: int | None = Field(
+        None, ge=1, description="Moves that must remain from a target position."
+    )
+    TRAIN_RUNTIME_MAX_SAMPLES_PER_GAME: int | None = Field(
+        None, ge=0, description="Target positions per game and epoch (0 = all)."
+    )
+
+
+class DistributedEnv(_Env):
+    """What torchrun tells each worker process."""
+
+    RANK: int = Field(0, ge=0)
+    LOCAL_RANK: int = Field(0, ge=0)
+    WORLD_SIZE: int = Field(1, ge=1)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Read `cls` from the environment; SettingsError names each bad variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            field = cls.model_fields.get(name)
+            doc = f" ({field.description})" if field and field.description else ""
+            problems.append(f"{name}={err.get('input')!r}: {err['msg']}{doc}")
+        raise SettingsError("bad environment: " + "; ".join(problems)) from None

@@ -1,0 +1,135 @@
+"""Batches of whole games: padding, target selection per epoch, length-bucketed batch order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from appliance.model import features, vocab
+from appliance.training.data import EncodedGame, SpliceConfig
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # (B, T) long
+    phase: torch.Tensor  # (B, T) long
+    side: torch.Tensor  # (B, T) long
+    boards: torch.Tensor  # (B, T, 66) uint8
+    targets: torch.Tensor  # (B, T) long, IGNORE where the position is not a target
+    weights: torch.Tensor  # (B, T) float, 0 where not a target
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in vars(self).values()))
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+
+class GameDataset(Dataset[tuple[EncodedGame, np.ndarray]]):
+    """Games with the positions that count as targets in the current epoch."""
+
+    def __init__(
+        self, games: Sequence[EncodedGame], splice: SpliceConfig, seed: int, sample: bool
+    ) -> None:
+        self.games = games
+        self.splice = splice
+        self.seed = seed
+        self.sample = sample  # False for validation: every eligible position, every epoch
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.games)
+
+    def __getitem__(self, idx: int) -> tuple[EncodedGame, np.ndarray]:
+        game = self.games[idx]
+        mask = game.eligible(self.splice)
+        cap = self.splice.max_samples_per_game
+        if self.sample and cap and not game.spliced and mask.sum() > cap:
+            rng = np.random.default_rng((self.seed, self.epoch, idx))
+            keep = rng.choice(np.flatnonzero(mask), size=cap, replace=False)
+            mask = np.zeros_like(mask)
+            mask[keep] = True
+        return game, mask
+
+    def count_targets(self) -> int:
+        return sum(int(self[i][1].sum()) for i in range(len(self)))
+
+
+def collate(items: list[tuple[EncodedGame, np.ndarray]], endgame_weight: float = 1.0) -> Batch:
+    b = len(items)
+    t = max(len(game) for game, _ in items)
+    tokens = np.full((b, t), vocab.PAD_ID, dtype=np.int64)
+    phase = np.zeros((b, t), dtype=np.int64)
+    side = np.zeros((b, t), dtype=np.int64)
+    boards = np.zeros((b, t, features.BOARD_CODES), dtype=np.uint8)
+    targets = np.full((b, t), IGNORE, dtype=np.int64)
+    for i, (game, mask) in enumerate(items):
+        n = len(game)
+        tokens[i, :n] = game.tokens
+        phase[i, :n] = game.phase
+        side[i, :n] = game.side
+        boards[i, :n] = game.boards
+        targets[i, :n] = np.where(mask, game.targets, IGNORE)
+    weights = (targets != IGNORE).astype(np.float32)
+    if endgame_weight != 1.0:
+        weights[phase == features.ENDGAME] *= endgame_weight
+    return Batch(
+        torch.from_numpy(tokens),
+        torch.from_numpy(phase),
+        torch.from_numpy(side),
+        torch.from_numpy(boards),
+        torch.from_numpy(targets),
+        torch.from_numpy(weights),
+    )
+
+
+class Collator:
+    """A picklable collate function (DataLoader workers need one)."""
+
+    def __init__(self, endgame_weight: float) -> None:
+        self.endgame_weight = endgame_weight
+
+    def __call__(self, items: list[tuple[EncodedGame, np.ndarray]]) -> Batch:
+        return collate(items, self.endgame_weight)
+
+
+def bucketed_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+) -> list[list[int]]:
+    """Batches of game indexes with similar lengths (little padding), this rank's share.
+
+    Each rank gets the same number of batches (DDP needs every rank to step together), so up to
+    world_size - 1 batches of an epoch are left out when the count does not divide evenly.
+    """
+    idx = np.arange(len(lengths))
+    lens = np.asarray(lengths)
+    if shuffle:
+        rng = np.random.default_rng((seed, epoch))
+        idx = rng.permutation(idx)
+        chunk = batch_size * 64
+        parts = [idx[i : i + chunk] for i in range(0, len(idx), chunk)]
+        idx = np.concatenate([p[np.argsort(lens[p], kind="stable")] for p in parts])
+        batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+        order = rng.permutation(len(batches))
+        batches = [batches[i] for i in order]
+    else:
+        idx = idx[np.argsort(lens, kind="stable")]
+        batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+    if world_size > 1:
+        if shuffle:
+            batches = batches[: len(batches) // world_size * world_size]
+        batches = batches[rank::world_size]
+    return batches

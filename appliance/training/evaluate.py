@@ -1,0 +1,264 @@
+"""Evaluate a checkpoint on JSONL or PGN games against two baselines measured in the same run.
+
+Metrics per position (overall and per phase): top-1, top-5, share of top-1 moves that are legal,
+best_legal top-1 (the best-ranked legal move) and the share of best_legal moves that are legal.
+Baselines: a uniformly random legal move (exact expectation) and the most frequent next move
+after the same history prefix in the training data (falling back to the most frequent training
+move that is legal when the prefix never occurs there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import chess
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from appliance.model import features, vocab
+from appliance.model.checkpoint import CheckpointError, LoadedModel, load_model
+from appliance.training.batching import collate
+from appliance.training.data import (
+    DatasetError,
+    EncodedGame,
+    encode_row,
+    read_jsonl,
+    replay,
+    row_format,
+    start_board,
+)
+
+METRIC_KEYS = ("top1", "top5", "legal_top1", "best_legal_top1", "best_legal_legal")
+
+
+@dataclass
+class Row:
+    """A row reduced to what evaluation needs: start FEN, moves, which positions count."""
+
+    fen: str | None
+    moves: list[str]
+    targets: list[int]  # indexes into moves
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any], min_context: int) -> Row:
+        kind = row_format(row)
+        if kind == "splice_rows_legacy":
+            moves = list(row["context"]) + [row["target"]]
+            return cls(row.get("fen"), moves, [len(moves) - 1])
+        moves = list(row["moves_uci"])
+        skip = set(row.get("random_plies", []))
+        return cls(row.get("fen"), moves, [i for i in range(min_context, len(moves))
+                                           if i not in skip])
+
+
+def read_rows(path: Path, min_context: int) -> list[tuple[Row, EncodedGame]]:
+    """Rows of a JSONL or PGN file, validated and encoded."""
+    out = []
+    name = path.name.lower()
+    if name.endswith((".pgn", ".pgn.gz", ".pgn.zst")):
+        from appliance.training import pgn_import
+
+        source: Iterable[tuple[str, Any]] = (
+            (f"{path}:{r.get('source', '?')}", r) for r in pgn_import.read_pgn_rows(path)
+        )
+    else:
+        source = ((f"{path}:{line}", r) for line, r in read_jsonl(path))
+    for where, raw in source:
+        try:
+            game = encode_row(raw)
+            row = Row.from_json(raw, min_context)
+        except DatasetError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
+        if row.targets:
+            out.append((row, game))
+    if not out:
+        raise DatasetError(f"{path}: no positions to evaluate")
+    return out
+
+
+class PrefixBaseline:
+    """Most frequent next move after the same history prefix in the training data."""
+
+    def __init__(self) -> None:
+        self.table: dict[int, Counter[str]] = defaultdict(Counter)
+        self.overall: Counter[str] = Counter()
+
+    @staticmethod
+    def keys(fen: str | None, moves: Sequence[str]) -> Iterator[int]:
+        """Hash of each prefix moves[:t], t = 0..len(moves)."""
+        h = hash(fen or "")
+        yield h
+        for m in moves:
+            h = hash((h, m))
+            yield h
+
+    def fit(self, rows: Iterable[dict[str, Any]]) -> None:
+        for raw in rows:
+            row = Row.from_json(raw, 0)
+            keys = list(self.keys(row.fen, row.moves))
+            for t in row.targets:
+                self.table[keys[t]][row.moves[t]] += 1
+                self.overall[row.moves[t]] += 1
+
+    def predict(self, key: int, legal: set[str], k: int = 5) -> tuple[list[str], bool]:
+        """Up to k moves and whether the prefix was seen in training."""
+        seen = self.table.get(key)
+        ranked = [m for m, _ in seen.most_common()] if seen else []
+        if len(ranked) < k:
+            ranked += [m for m, _ in self.overall.most_common() if m in legal
+                       and m not in ranked][: k - len(ranked)]
+        return ranked[:k], bool(seen)
+
+
+@dataclass
+class Tally:
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRIC_KEYS, 0.0))
+    positions: int = 0
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] += v
+        self.positions += 1
+
+    def result(self) -> dict[str, Any]:
+        n = max(self.positions, 1)
+        return {**{k: v / n for k, v in self.sums.items()}, "positions": self.positions}
+
+
+def evaluate(
+    loaded: LoadedModel,
+    data: list[tuple[Row, EncodedGame]],
+    baseline: PrefixBaseline,
+    device: torch.device,
+    batch_size: int = 32,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    model = loaded.model
+    overall, per_phase = Tally(), {p: Tally() for p in features.PHASES}
+    rand, freq = Tally(), Tally()
+    covered = 0
+    bar = tqdm(total=len(data), desc="evaluate", unit="game", disable=not show_progress or None)
+    for start in range(0, len(data), batch_size):
+        chunk = data[start : start + batch_size]
+        batch = collate([(g, np.ones(len(g), dtype=bool)) for _, g in chunk]).to(device)
+        with torch.inference_mode():
+            logits = model(batch.tokens, batch.phase, batch.side, batch.boards).float().cpu()
+        for i, (row, game) in enumerate(chunk):
+            board = start_board(row.fen)
+            keys = list(baseline.keys(row.fen, row.moves))
+            targets = set(row.targets)
+            for t, _ in enumerate(replay(row.moves, board)):
+                if t not in targets:
+                    continue
+                # `replay` yields before pushing, so `board` is the position before move t.
+                legal = [m.uci() for m in board.legal_moves]
+                legal_cls = torch.tensor([vocab.move_class(m) for m in legal])
+                scores = logits[i, t]
+                top5 = scores.topk(5).indices.tolist()
+                target = row.moves[t]
+                pred = vocab.class_to_move(top5[0])
+                best = vocab.class_to_move(int(legal_cls[scores[legal_cls].argmax()]))
+                values = {
+                    "top1": float(pred == target),
+                    "top5": float(target in {vocab.class_to_move(c) for c in top5}),
+                    "legal_top1": float(pred in legal),
+                    "best_legal_top1": float(best == target),
+                    "best_legal_legal": float(board.is_legal(chess.Move.from_uci(best))),
+                }
+                overall.add(**values)
+                per_phase[features.PHASES[int(game.phase[t])]].add(**values)
+                n = len(legal)
+                rand.add(top1=1 / n, top5=min(5, n) / n, legal_top1=1.0, best_legal_top1=1 / n,
+                         best_legal_legal=1.0)
+                ranked, seen = baseline.predict(keys[t], set(legal))
+                covered += seen
+                hit1 = float(bool(ranked) and ranked[0] == target)
+                freq.add(top1=hit1, top5=float(target in ranked),
+                         legal_top1=float(bool(ranked) and ranked[0] in legal),
+                         best_legal_top1=hit1, best_legal_legal=float(bool(ranked)
+                                                                      and ranked[0] in legal))
+        bar.update(len(chunk))
+    bar.close()
+    return {
+        **overall.result(),
+        "per_phase": {p: t.result() for p, t in per_phase.items()},
+        "baselines": {
+            "random_legal": rand.result(),
+            "frequent_prefix": {**freq.result(),
+                                "prefix_coverage": covered / max(freq.positions, 1)},
+        },
+        "model": {"path": str(loaded.path), "features": loaded.config.features()},
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    cols = ("top1", "top5", "legal_top1", "best_legal_top1", "best_legal_legal")
+    head = f"{'':24}{'positions':>10}" + "".join(f"{c:>17}" for c in cols)
+    lines = [head, "-" * len(head)]
+
+    def line(name: str, r: dict[str, Any]) -> str:
+        return f"{name:24}{r['positions']:>10}" + "".join(f"{r[c] * 100:>16.1f}%" for c in cols)
+
+    lines.append(line("model", result))
+    for phase, r in result["per_phase"].items():
+        lines.append(line(f"  {phase}", r))
+    lines.append(line("baseline: random legal", result["baselines"]["random_legal"]))
+    lines.append(line("baseline: frequent prefix", result["baselines"]["frequent_prefix"]))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m appliance.training.evaluate",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, type=Path, help="checkpoint (.pt)")
+    p.add_argument("--data", required=True, type=Path, help="games: JSONL or PGN (.pgn[.gz|.zst])")
+    p.add_argument("--train-data", action="append", type=Path,
+                   help="training JSONL for the frequent-prefix baseline (repeatable; default: "
+                   "the files the checkpoint was trained on)")
+    p.add_argument("--min-context", type=int, default=0,
+                   help="skip positions with fewer moves of history than this")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.min_context < 0 or args.batch_size < 1:
+            raise ValueError("--min-context must be >= 0 and --batch-size >= 1")
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+        loaded = load_model(args.model, device)
+        train_files = args.train_data or [Path(p) for p in
+                                          loaded.meta.get("train_args", {}).get("train", [])]
+        baseline = PrefixBaseline()
+        missing = [str(p) for p in train_files if not p.is_file()]
+        if missing or not train_files:
+            raise ValueError("frequent-prefix baseline needs the training data: pass "
+                             f"--train-data (not found: {', '.join(missing) or 'none recorded'})")
+        for path in train_files:
+            baseline.fit(r for _, r in read_jsonl(path))
+        data = read_rows(args.data, args.min_context)
+        result = evaluate(loaded, data, baseline, device, args.batch_size,
+                          show_progress=not args.json)
+    except (CheckpointError, DatasetError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result["data"] = str(args.data)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

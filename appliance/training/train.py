@@ -1,0 +1,512 @@
+"""The trainer: whole-game training with a loss at every eligible position, on CPU, GPU or DDP.
+
+Run `python -m appliance.training.train --help`; under torchrun it trains data-parallel (gloo on
+CPU, NCCL on GPU). Writes checkpoint_last.pt every epoch, model_best.pt and metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from appliance import settings
+from appliance.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from appliance.model.network import ModelConfig, MovePredictor, count_parameters
+from appliance.training.batching import IGNORE, Batch, Collator, GameDataset, bucketed_batches
+from appliance.training.data import DatasetError, SpliceConfig, load_games
+
+LAST = "checkpoint_last.pt"
+BEST = "model_best.pt"
+METRICS = "metrics.json"
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot go on, with the reason for a person."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _dropout(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m appliance.training.train",
+        description="Train the move predictor on game rows (whole games, one pass each) or legacy "
+        "spliced rows. Under torchrun it trains data-parallel.",
+    )
+    p.add_argument("--train", action="append", required=True, type=Path, help="training JSONL "
+                   "(repeat for several files)")
+    p.add_argument("--val", action="append", required=True, type=Path, help="validation JSONL "
+                   "(repeat for several files)")
+    p.add_argument("--output-dir", type=Path, required=True, help="checkpoints and metrics go here")
+    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--lr", type=_positive_float, default=2e-4)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="games per batch")
+    p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
+    p.add_argument("--embed-dim", type=_positive_int, default=256)
+    p.add_argument("--hidden-dim", type=_positive_int, default=512)
+    p.add_argument("--num-layers", type=_positive_int, default=2)
+    p.add_argument("--dropout", type=_dropout, default=0.15)
+    p.add_argument("--rnn", choices=("lstm", "gru"), default="lstm")
+    p.add_argument("--board-feature", action=argparse.BooleanOptionalAction, default=True,
+                   help="feed the current board to the network (default: on)")
+    p.add_argument("--phase-feature", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--side-to-move-feature", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--runtime-min-context", type=_non_negative_int, default=8,
+                   help="a target position needs at least this many moves of history")
+    p.add_argument("--runtime-min-target", type=_positive_int, default=1,
+                   help="at least this many moves must remain from a target position")
+    p.add_argument("--runtime-max-samples-per-game", type=_non_negative_int, default=0,
+                   help="target positions per game per epoch, drawn at random (0 = all)")
+    p.add_argument("--endgame-phase-weight", type=_non_negative_float, default=1.0,
+                   help="loss weight of endgame targets")
+    p.add_argument("--early-stopping-patience", type=_non_negative_int, default=5,
+                   help="stop after this many epochs without a better val loss (0 = never)")
+    p.add_argument("--lr-patience", type=_non_negative_int, default=2,
+                   help="ReduceLROnPlateau patience, in epochs")
+    p.add_argument("--progress-jsonl-out", type=Path, help="append JSON-lines progress events")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, "
+                   "cuda:N")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help=f"continue from CHECKPOINT (default: OUTPUT_DIR/{LAST})")
+    p.add_argument("--max-steps-per-epoch", type=_non_negative_int, default=0,
+                   help="cap on optimizer steps per epoch (0 = whole epoch), for smoke runs")
+    return p
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    elif device.type != "cpu":
+        raise TrainError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+class Progress:
+    """Progress for people (tqdm on a terminal, rank 0) and machines (JSON lines)."""
+
+    def __init__(self, path: Path | None, primary: bool) -> None:
+        self.primary = primary
+        self.fh: IO[str] | None = None
+        if path is not None and primary:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = path.open("a", encoding="utf-8")
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.fh is not None:
+            rec = {"event": kind, "ts": round(time.time(), 3), **fields}
+            self.fh.write(json.dumps(rec) + "\n")
+            self.fh.flush()
+
+    def say(self, line: str) -> None:
+        if self.primary:
+            tqdm.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def masked_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted training loss, per-position cross-entropy) over the batch's targets."""
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        batch.targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).reshape(batch.targets.shape)
+    weight_sum = batch.weights.sum()
+    loss = (ce * batch.weights).sum() / weight_sum.clamp_min(1e-8)
+    return loss, ce
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace, dist_env: settings.DistributedEnv) -> None:
+        self.args = args
+        self.rank = dist_env.RANK
+        self.world = dist_env.WORLD_SIZE
+        self.primary = self.rank == 0
+        self.device = resolve_device(args.device, dist_env.LOCAL_RANK)
+        self.progress = Progress(args.progress_jsonl_out, self.primary)
+        self.splice = SpliceConfig(
+            args.runtime_min_context, args.runtime_min_target, args.runtime_max_samples_per_game
+        )
+        self.amp = self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def _load_data(self) -> None:
+        t0 = time.monotonic()
+        self.progress.say("loading datasets ...")
+        train_games, train_formats = load_games(self.args.train)
+        val_games, val_formats = load_games(self.args.val)
+        self.train_set = GameDataset(train_games, self.splice, self.args.seed, sample=True)
+        self.val_set = GameDataset(val_games, self.splice, self.args.seed, sample=False)
+        self.train_targets = self.train_set.count_targets()
+        self.val_targets = self.val_set.count_targets()
+        if self.train_targets == 0:
+            raise TrainError(
+                "no training targets: every position was excluded by the runtime splice settings "
+                f"(--runtime-min-context {self.splice.min_context}, --runtime-min-target "
+                f"{self.splice.min_target})"
+            )
+        if self.val_targets == 0:
+            raise TrainError("no validation targets under the runtime splice settings")
+        self.formats = {
+            k: train_formats[k] + val_formats[k] for k in train_formats if train_formats[k]
+            or val_formats[k]
+        }
+        self.progress.say(
+            f"data: {len(train_games)} train games ({self.train_targets} targets), "
+            f"{len(val_games)} val games ({self.val_targets} targets) in "
+            f"{time.monotonic() - t0:.1f}s"
+        )
+
+    def _loader(self, dataset: GameDataset, epoch: int, shuffle: bool) -> DataLoader[Any]:
+        lengths = [len(g) for g in dataset.games]
+        batches = bucketed_batches(
+            lengths, self.args.batch_size, self.args.seed, epoch, self.rank, self.world, shuffle
+        )
+        dataset.epoch = epoch
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=Collator(self.args.endgame_phase_weight if shuffle else 1.0),
+            num_workers=self.args.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out: torch.Tensor = model(batch.tokens, batch.phase, batch.side, batch.boards)
+        return out
+
+    def _all_reduce(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict[str, float]:
+        model.train()
+        loader = self._loader(self.train_set, epoch, shuffle=True)
+        total = len(loader.batch_sampler)  # type: ignore[arg-type]
+        if self.args.max_steps_per_epoch:
+            total = min(total, self.args.max_steps_per_epoch)
+        loss_sum = weight_sum = 0.0
+        targets = 0
+        t0 = time.monotonic()
+        bar = tqdm(total=total, desc=f"epoch {epoch}", unit="batch", disable=None if
+                   self.primary else True, leave=False)
+        for step, batch in enumerate(loader):
+            if step >= total:
+                break
+            batch = batch.to(self.device)
+            logits = self._forward(model, batch)
+            loss, _ = masked_loss(logits, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            w = float(batch.weights.sum())
+            loss_sum += float(loss.detach()) * w
+            weight_sum += w
+            targets += batch.num_targets
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / max(weight_sum, 1e-8):.3f}")
+            if step % 50 == 0:
+                self.progress.event("step", epoch=epoch, step=step, steps=total, loss=float(loss.detach()))
+        bar.close()
+        elapsed = time.monotonic() - t0
+        loss_sum, weight_sum, targets_all = self._all_reduce([loss_sum, weight_sum, float(targets)])
+        return {
+            "train_loss": loss_sum / max(weight_sum, 1e-8),
+            "train_targets": targets_all,
+            "targets_per_s": targets_all / max(elapsed, 1e-9),
+            "train_seconds": elapsed,
+        }
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        ce_sum = correct = count = 0.0
+        for batch in self._loader(self.val_set, 0, shuffle=False):
+            batch = batch.to(self.device)
+            logits = self._forward(model, batch)
+            _, ce = masked_loss(logits, batch)
+            mask = batch.targets != IGNORE
+            ce_sum += float(ce[mask].sum())
+            correct += float((logits.argmax(-1) == batch.targets)[mask].sum())
+            count += float(mask.sum())
+        ce_sum, correct, count = self._all_reduce([ce_sum, correct, count])
+        return {"val_loss": ce_sum / max(count, 1.0), "val_top1": correct / max(count, 1.0)}
+
+    def _resume_path(self) -> Path | None:
+        if self.args.resume is None:
+            return None
+        if self.args.resume == "auto":
+            return Path(self.args.output_dir) / LAST
+        return Path(self.args.resume)
+
+    def run(self, on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any]:
+        args = self.args
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        np.random.seed(args.seed % 2**32)
+        self._load_data()
+        config = ModelConfig(
+            embed_dim=args.embed_dim,
+            hidden_dim=args.hidden_dim,
+            num_layers=args.num_layers,
+            dropout=args.dropout,
+            rnn=args.rnn,
+            phase_feature=args.phase_feature,
+            side_feature=args.side_to_move_feature,
+            board_feature=args.board_feature,
+        )
+        state: dict[str, Any] = {
+            "epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+        }
+        resume = self._resume_path()
+        payload = None
+        if resume is not None:
+            try:
+                payload = read_checkpoint(resume)
+            except CheckpointError as exc:
+                raise TrainError(f"--resume: {exc}") from None
+            if "train_state" not in payload:
+                raise TrainError(f"--resume: {resume} holds no training state (use {LAST})")
+            config = ModelConfig.from_dict(payload["model_config"])
+        model: nn.Module = MovePredictor(config).to(self.device)
+        core = model
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=0.5, patience=args.lr_patience
+        )
+        if payload is not None:
+            core.load_state_dict(payload["state_dict"])
+            ts = payload["train_state"]
+            opt.load_state_dict(ts["optimizer"])
+            sched.load_state_dict(ts["scheduler"])
+            state = ts["progress"]
+            _set_rng_state(ts["rng"][min(self.rank, len(ts["rng"]) - 1)], self.device)
+            self.progress.say(f"resumed from {resume} after epoch {state['epoch']}")
+        if self.world > 1:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        params = count_parameters(core)
+        self.progress.say(
+            f"model: {params:,} parameters, features {config.features()}, device {self.device}, "
+            f"world size {self.world}"
+        )
+        self.progress.event(
+            "start", parameters=params, device=str(self.device), world_size=self.world,
+            train_targets=self.train_targets, val_targets=self.val_targets,
+            start_epoch=state["epoch"] + 1, epochs=args.epochs,
+        )
+        out = Path(args.output_dir)
+        t_start = time.monotonic()
+        stopped_early = False
+        for epoch in range(state["epoch"] + 1, args.epochs + 1):
+            if args.early_stopping_patience and state["bad_epochs"] >= args.early_stopping_patience:
+                stopped_early = True
+                break
+            tr = self.train_epoch(model, opt, epoch)
+            va = self.validate(model)
+            sched.step(va["val_loss"])
+            rec = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **tr, **va}
+            state["history"].append(rec)
+            state["epoch"] = epoch
+            improved = va["val_loss"] < state["best_val_loss"]
+            if improved:
+                state["best_val_loss"] = va["val_loss"]
+                state["best_epoch"] = epoch
+                state["bad_epochs"] = 0
+            else:
+                state["bad_epochs"] += 1
+            rng = self._gather_rng()
+            if self.primary:
+                common = self._meta(config, state)
+                if improved:
+                    save_checkpoint(out / BEST, core, **common)
+                save_checkpoint(
+                    out / LAST, core, **common,
+                    train_state={
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "progress": state, "rng": rng,
+                    },
+                )
+            self.progress.event("epoch", **rec, best_epoch=state["best_epoch"])
+            self.progress.say(
+                f"epoch {epoch}/{args.epochs}: train loss {tr['train_loss']:.4f}, val loss "
+                f"{va['val_loss']:.4f}, val top-1 {va['val_top1']:.3f}, "
+                f"{tr['targets_per_s']:,.0f} targets/s" + (" (best)" if improved else "")
+            )
+            if self.world > 1:
+                dist.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+        metrics = {
+            **self._meta(config, state)["metrics"],
+            "stopped_early": stopped_early,
+            "elapsed_s": time.monotonic() - t_start,
+            "model_path": str(out / BEST),
+        }
+        if self.primary:
+            # Re-save so the best model is also the newest .pt in the output dir.
+            best = read_checkpoint(out / BEST)
+            best["metrics"] = metrics
+            torch.save(best, out / BEST)
+            (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            self.progress.event("done", **{k: v for k, v in metrics.items() if k != "history"})
+            self.progress.say(
+                f"done: best epoch {state['best_epoch']}, val loss {state['best_val_loss']:.4f}; "
+                f"model {out / BEST}, metrics {out / METRICS}"
+            )
+        self.progress.close()
+        return metrics
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        mine = _rng_state(self.device)
+        if self.world == 1:
+            return [mine]
+        everyone: list[Any] = [None] * self.world
+        dist.all_gather_object(everyone, mine)
+        return everyone
+
+    def _meta(self, config: ModelConfig, state: dict[str, Any]) -> dict[str, Any]:
+        best = next(
+            (h for h in state["history"] if h["epoch"] == state["best_epoch"]), None
+        )
+        return {
+            "metrics": {
+                "best_epoch": state["best_epoch"],
+                "best_val_loss": state["best_val_loss"],
+                "best_val_top1": best["val_top1"] if best else None,
+                "epochs_run": state["epoch"],
+                "history": state["history"],
+                "train_games": len(self.train_set),
+                "val_games": len(self.val_set),
+                "train_targets": self.train_targets,
+                "val_targets": self.val_targets,
+                "dataset_formats": self.formats,
+                "parameters": count_parameters(MovePredictor(config)),
+                "features": config.features(),
+                "model_config": config.to_dict(),
+                "runtime_splice": vars(self.splice),
+                "device": str(self.device),
+                "world_size": self.world,
+            },
+            "train_args": {
+                k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list)
+                    else v)
+                for k, v in vars(self.args).items()
+            },
+        }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        dist_env = settings.load(settings.DistributedEnv)
+    except settings.SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if dist_env.WORLD_SIZE > 1:
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    try:
+        Trainer(args, dist_env).run()
+    except (DatasetError, TrainError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: continue with --resume (from {Path(args.output_dir) / LAST})",
+              file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
