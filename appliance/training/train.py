@@ -371,7 +371,7 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        params = count_parameters(core)
+        params = self.parameters = count_parameters(core)
         self.progress.say(
             f"model: {params:,} parameters, features {config.features()}, device {self.device}, "
             f"world size {self.world}"
@@ -467,7 +467,7 @@ class Trainer:
                 "train_targets": self.train_targets,
                 "val_targets": self.val_targets,
                 "dataset_formats": self.formats,
-                "parameters": count_parameters(MovePredictor(config)),
+                "parameters": self.parameters,
                 "features": config.features(),
                 "model_config": config.to_dict(),
                 "runtime_splice": vars(self.splice),

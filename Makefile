@@ -1,0 +1,61 @@
+# Build, test and run the chess-bot pod appliance. `make help` lists the targets.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+STOCKFISH ?= /usr/games/stockfish
+TRAIN_EPOCHS ?= 3
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps test test-unit bench lint train gpu-check clean
+
+help:
+	@echo "make install     create .venv with the project (editable) and dev tools"
+	@echo "make train       train on data/sample and print the evaluation table"
+	@echo "make test        install what the tests need, then run every tier"
+	@echo "make bench       run the benchmarks (JSON lines)"
+	@echo "make lint        ruff and mypy"
+	@echo "make gpu-check   GPU training/inference check (needs a CUDA GPU)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# Stockfish generates games in the tests; installed from Debian when running as root.
+system-deps:
+	@if [ ! -x $(STOCKFISH) ] && ! command -v stockfish >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing stockfish (apt)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stockfish >/dev/null; \
+	  else echo "stockfish not found: install it (apt-get install stockfish)"; \
+	    [ "$$CI" != true ] || exit 1; fi; \
+	fi
+
+test: install system-deps
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-unit: install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit
+
+bench: install system-deps
+	$(PY) benchmarks/bench.py
+
+lint: install
+	$(VENV)/bin/ruff check appliance host_tools tests benchmarks
+	$(VENV)/bin/mypy appliance host_tools
+
+train: install
+	TRAIN_DATASET_DIR=data/sample TRAIN_EPOCHS=$(TRAIN_EPOCHS) \
+	  TRAIN_OUTPUT_DIR=$${TRAIN_OUTPUT_DIR:-artifacts/train/sample} \
+	  $(PY) -m appliance.training.preset
+
+gpu-check: install
+	$(PY) -m appliance.training.gpu_check
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
