@@ -304,6 +304,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
+        # The bare module: DDP's forward syncs buffers across ranks, and ranks may see
+        # different numbers of validation batches.
+        model = getattr(model, "module", model)
         model.eval()
         ce_sum = correct = count = 0.0
         for batch in self._loader(self.val_set, 0, shuffle=False):

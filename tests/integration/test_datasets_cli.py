@@ -1,0 +1,88 @@
+"""The datasets CLI as a user runs it: both entry forms, build, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TRAPS = REPO / "tests" / "fixtures" / "pgn" / "traps.pgn"
+SCRIPT = [sys.executable, str(REPO / "host_tools" / "datasets.py")]
+MODULE = [sys.executable, "-m", "host_tools.datasets"]
+
+
+def _run(entry: list[str], *args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*entry, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+@pytest.mark.parametrize("entry", [SCRIPT, MODULE], ids=["script", "module"])
+def test_help_lists_the_subcommands(entry: list[str]):
+    done = _run(entry, "--help")
+    assert done.returncode == 0
+    assert "build     PGN files -> dataset directory" in done.stdout
+    assert "generate  Stockfish self-play -> dataset directory" in done.stdout
+
+
+def test_script_runs_from_another_directory(tmp_path: Path):
+    done = _run(SCRIPT, "build", TRAPS, "--out", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == [
+        "read 11 games from 1 file(s): kept 5, skipped 5, duplicates removed 1",
+        "skipped by reason: bad_fen 1, illegal_move 1, no_moves 1, not_a_game 1, "
+        "unsupported_variant 1",
+    ]
+    assert f"  {TRAPS}:30: game has no moves" in done.stdout.splitlines()
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["created_by"]["command"] == (
+        f"python -m host_tools.datasets build {TRAPS} --out {tmp_path / 'out'}"
+    )
+
+
+def test_build_json_output(tmp_path: Path):
+    done = _run(MODULE, "build", TRAPS, "--out", tmp_path / "out", "--json", "--seed", "4")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["stats"]["games_kept"] == 5 and result["stats"]["created_by"]["seed"] == 4
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        (None, [], "datasets build: error: {bad}: file not found"),
+        (b"hello", [], "datasets build: error: {bad}: cannot read: not a gzip file"),
+        (
+            None,
+            ["--val-fraction", "1"],
+            "datasets build: error: argument --val-fraction: must be in [0, 1), got 1 (see --help)",
+        ),
+        (
+            None,
+            ["--seed", "x"],
+            "datasets build: error: argument --seed: invalid int value: 'x' (see --help)",
+        ),
+    ],
+)
+def test_build_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, make: bytes | None, args: list[str], message: str
+):
+    bad = tmp_path / "games.pgn.gz"
+    if make is not None:
+        bad.write_bytes(make)
+    done = _run(SCRIPT, "build", TRAPS, bad, "--out", tmp_path / "out", *args)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == message.format(bad=bad) + "\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_subcommand_is_a_usage_error():
+    done = _run(SCRIPT)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "datasets: error: the following arguments are required: COMMAND (see --help)\n"
+    )
