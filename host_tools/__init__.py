@@ -1,0 +1,1 @@
+"""Workstation tools: thin CLIs over the appliance modules (datasets, provisioning, smoke tests)."""
