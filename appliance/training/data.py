@@ -126,18 +126,15 @@ def encode_moves(
     n = len(moves)
     tokens = np.empty(n, dtype=np.int16)
     targets = np.empty(n, dtype=np.int16)
-    phase = np.empty(n, dtype=np.int8)
-    side = np.empty(n, dtype=np.int8)
-    boards = np.empty((n, features.BOARD_CODES), dtype=np.uint8)
+    snaps = np.empty((n, 10), dtype=np.uint64)
     prev = vocab.BOS_ID
-    for i, move in enumerate(replay(moves, board, field)):
+    for i, _ in enumerate(replay(moves, board, field)):
         uci = moves[i]
         tokens[i] = prev
         targets[i] = vocab.move_class(uci)
-        phase[i] = features.game_phase(board)
-        side[i] = features.side_to_move(board)
-        boards[i] = features.board_codes(board)
+        snaps[i] = features.snapshot(board)
         prev = vocab.move_id(uci)
+    phase, side, boards = features.encode_snapshots(snaps)
     game = EncodedGame(tokens, targets, phase, side, boards, np.ones(n, dtype=bool), False)
     return game, board
 

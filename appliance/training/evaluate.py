@@ -66,8 +66,9 @@ def read_rows(path: Path, min_context: int) -> list[tuple[Row, EncodedGame]]:
     if name.endswith((".pgn", ".pgn.gz", ".pgn.zst")):
         from appliance.training import pgn_import
 
+        counts = pgn_import.ImportCounts()
         source: Iterable[tuple[str, Any]] = (
-            (f"{path}:{r.get('source', '?')}", r) for r in pgn_import.read_pgn_rows(path)
+            (r["source"], r) for r in pgn_import.iter_pgn_rows(path, counts)
         )
     else:
         source = ((f"{path}:{line}", r) for line, r in read_jsonl(path))

@@ -156,3 +156,31 @@ def test_board_feature_changes_predictions():
     a = model(tokens, phase, side, boards)
     b = model(tokens, phase, side, other)
     assert torch.equal(a[0, :5], b[0, :5]) and not torch.allclose(a[0, 5], b[0, 5])
+
+
+def _reference_codes(board: chess.Board) -> list[int]:
+    codes = []
+    for sq in chess.SQUARES:
+        piece = board.piece_at(sq)
+        codes.append(0 if piece is None else piece.piece_type + (0 if piece.color else 6))
+    codes.append(board.has_kingside_castling_rights(chess.WHITE)
+                 + 2 * board.has_queenside_castling_rights(chess.WHITE)
+                 + 4 * board.has_kingside_castling_rights(chess.BLACK)
+                 + 8 * board.has_queenside_castling_rights(chess.BLACK))
+    ep = board.ep_square if board.has_legal_en_passant() else None
+    codes.append(0 if ep is None else chess.square_file(ep) + 1)
+    return codes
+
+
+def test_game_encoding_matches_per_position_reference():
+    from appliance.training.data import encode_row
+    rng = random.Random(11)
+    for _ in range(30):
+        moves = random_game(rng, 200)
+        game = encode_row({"moves_uci": moves})
+        board = chess.Board()
+        for t, uci in enumerate(moves):
+            assert game.boards[t].tolist() == _reference_codes(board), (t, board.fen())
+            assert game.phase[t] == features.game_phase(board)
+            assert game.side[t] == features.side_to_move(board)
+            board.push_uci(uci)
