@@ -63,14 +63,16 @@ class ModelConfig:
 
 
 class MovePredictor(nn.Module):
+    board_offsets: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         c = config
         self.embed = nn.Embedding(VOCAB_SIZE, c.embed_dim, padding_idx=PAD_ID)
-        self.board_embed = (
-            nn.EmbeddingBag(_BOARD_INDEX_SPACE, c.embed_dim, mode="sum") if c.board_feature else None
-        )
+        self.board_embed = None
+        if c.board_feature:
+            self.board_embed = nn.EmbeddingBag(_BOARD_INDEX_SPACE, c.embed_dim, mode="sum")
         self.register_buffer(
             "board_offsets", torch.tensor(_BOARD_SLOT_OFFSETS, dtype=torch.long), persistent=False
         )

@@ -263,7 +263,9 @@ class Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
-    def train_epoch(self, model: nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict[str, float]:
+    def train_epoch(
+        self, model: nn.Module, opt: torch.optim.Optimizer, epoch: int
+    ) -> dict[str, float]:
         model.train()
         loader = self._loader(self.train_set, epoch, shuffle=True)
         total = len(loader.batch_sampler)  # type: ignore[arg-type]
@@ -291,7 +293,9 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / max(weight_sum, 1e-8):.3f}")
             if step % 50 == 0:
-                self.progress.event("step", epoch=epoch, step=step, steps=total, loss=float(loss.detach()))
+                self.progress.event(
+                    "step", epoch=epoch, step=step, steps=total, loss=float(loss.detach())
+                )
         bar.close()
         elapsed = time.monotonic() - t0
         loss_sum, weight_sum, targets_all = self._all_reduce([loss_sum, weight_sum, float(targets)])
@@ -356,8 +360,8 @@ class Trainer:
             if "train_state" not in payload:
                 raise TrainError(f"--resume: {resume} holds no training state (use {LAST})")
             config = ModelConfig.from_dict(payload["model_config"])
-        model: nn.Module = MovePredictor(config).to(self.device)
-        core = model
+        core = MovePredictor(config).to(self.device)
+        model: nn.Module = core
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=0.5, patience=args.lr_patience

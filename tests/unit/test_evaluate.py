@@ -61,7 +61,7 @@ def test_unseen_prefix_falls_back_to_frequent_legal_move(tmp_path: Path, model_p
 
 
 def test_table_output_and_training_files_from_checkpoint(tmp_path: Path, capsys):
-    from tests.unit.test_train import _run, _args
+    from tests.unit.test_train import _args, _run
     ds = make_dataset(tmp_path / "ds", train_games=6, val_games=3)
     _run(_args(ds, tmp_path / "out", "--epochs", "1"))
     assert evaluate.main(["--model", str(tmp_path / "out" / "model_best.pt"), "--data",
