@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 STOCKFISH ?= /usr/games/stockfish
+# `make train`: a short CPU run; the trainer's own defaults are the seed's (40 epochs, lr 2e-4).
 TRAIN_EPOCHS ?= 3
+TRAIN_LR ?= 2e-3
+TRAIN_BATCH_SIZE ?= 16
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps test test-unit bench lint train gpu-check clean
@@ -50,7 +53,8 @@ lint: install
 	$(VENV)/bin/mypy appliance host_tools
 
 train: install
-	TRAIN_DATASET_DIR=data/sample TRAIN_EPOCHS=$(TRAIN_EPOCHS) \
+	TRAIN_DATASET_DIR=data/sample TRAIN_EPOCHS=$(TRAIN_EPOCHS) TRAIN_LR=$(TRAIN_LR) \
+	  TRAIN_BATCH_SIZE=$(TRAIN_BATCH_SIZE) \
 	  TRAIN_OUTPUT_DIR=$${TRAIN_OUTPUT_DIR:-artifacts/train/sample} \
 	  $(PY) -m appliance.training.preset
 

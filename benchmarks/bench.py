@@ -2,8 +2,8 @@
 
 1. train_throughput: targets/s of whole-game training vs one network pass per spliced sample.
 2. data_pipeline: batches/s of the loader alone vs training steps/s.
-3. eval_*: the sample-trained model (history-only and history+board) evaluated on the sample's
-   val split and on the real games PGN, with the random-legal and frequent-prefix baselines.
+3. eval_*: the sample-trained model (history-only and history+board; `make train` settings)
+   evaluated on the sample's val split and on the real games PGN, with both baselines.
 Env: BENCH_EPOCHS (default 3) for the evaluation models, BENCH_STEPS (default 4).
 """
 
@@ -115,7 +115,8 @@ def bench_eval(workdir: Path) -> None:
         out = workdir / name.replace("+", "_")
         t0 = time.perf_counter()
         train.main(["--train", str(train_file), "--val", str(val_file), "--output-dir", str(out),
-                    "--epochs", str(EPOCHS), flag, "--seed", "1"])
+                    "--epochs", str(EPOCHS), "--lr", "2e-3", "--batch-size", "16", flag,
+                    "--seed", "1"])
         train_s = time.perf_counter() - t0
         loaded = load_model(out / train.BEST)
         for data_name, rows in datasets.items():

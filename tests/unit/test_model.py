@@ -93,6 +93,7 @@ def test_network_shapes_and_seed_defaults():
         256, 512, 2, 0.15)
     history_only = MovePredictor(ModelConfig(board_feature=False))
     assert count_parameters(history_only) == 5_255_680
+    assert count_parameters(MovePredictor(config)) == 5_978_880
     model = MovePredictor(ModelConfig(embed_dim=16, hidden_dim=24)).eval()
     logits = model(*_inputs(3))
     assert logits.shape == (3, 12, 1968)
