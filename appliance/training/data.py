@@ -25,6 +25,7 @@ from typing import Any
 
 import chess
 import numpy as np
+from tqdm import tqdm
 
 from appliance.model import features, vocab
 
@@ -189,14 +190,22 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 raise DatasetError(f"{path}:{line_no}: broken JSON: {exc.msg}") from None
 
 
-def load_games(paths: Iterable[Path | str]) -> tuple[list[EncodedGame], dict[str, int]]:
-    """Encode every row of every file; returns the games and a count per row format."""
+def load_games(
+    paths: Iterable[Path | str], progress: bool = False
+) -> tuple[list[EncodedGame], dict[str, int]]:
+    """Encode every row of every file; returns the games and a count per row format.
+
+    Memory: about 73 bytes per position (66 of them board codes).
+    """
     games: list[EncodedGame] = []
     counts = {GAME_FORMAT: 0, LEGACY_FORMAT: 0}
     for raw in paths:
         path = Path(raw)
         before = len(games)
-        for line_no, row in read_jsonl(path):
+        rows = read_jsonl(path)
+        bar = tqdm(rows, desc=f"encode {path.name}", unit=" rows", disable=None if progress
+                   else True, leave=False)
+        for line_no, row in bar:
             try:
                 counts[row_format(row) if isinstance(row, dict) else GAME_FORMAT] += 1
                 games.append(encode_row(row))

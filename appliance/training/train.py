@@ -213,8 +213,8 @@ class Trainer:
     def _load_data(self) -> None:
         t0 = time.monotonic()
         self.progress.say("loading datasets ...")
-        train_games, train_formats = load_games(self.args.train)
-        val_games, val_formats = load_games(self.args.val)
+        train_games, train_formats = load_games(self.args.train, progress=self.primary)
+        val_games, val_formats = load_games(self.args.val, progress=self.primary)
         self.train_set = GameDataset(train_games, self.splice, self.args.seed, sample=True)
         self.val_set = GameDataset(val_games, self.splice, self.args.seed, sample=False)
         self.train_targets = self.train_set.count_targets()
@@ -227,10 +227,7 @@ class Trainer:
             )
         if self.val_targets == 0:
             raise TrainError("no validation targets under the runtime splice settings")
-        self.formats = {
-            k: train_formats[k] + val_formats[k] for k in train_formats if train_formats[k]
-            or val_formats[k]
-        }
+        self.formats = {k: n for k in train_formats if (n := train_formats[k] + val_formats[k])}
         self.progress.say(
             f"data: {len(train_games)} train games ({self.train_targets} targets), "
             f"{len(val_games)} val games ({self.val_targets} targets) in "

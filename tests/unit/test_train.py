@@ -141,3 +141,11 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path, capsys):
     code, err = _main(capsys, _args(ds, tmp_path / "fresh", "--resume"))
     assert (code, err) == (
         2, f"error: --resume: {tmp_path / 'fresh' / 'checkpoint_last.pt'}: checkpoint not found")
+
+
+def test_dataloader_workers_give_the_same_result(tmp_path: Path):
+    ds = make_dataset(tmp_path / "ds", train_games=12, val_games=4)
+    extra = ["--epochs", "2", "--runtime-max-samples-per-game", "4"]
+    a = _run(_args(ds, tmp_path / "w0", *extra))
+    b = _run(_args(ds, tmp_path / "w2", *extra, "--num-workers", "2"))
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
