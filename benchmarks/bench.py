@@ -4,7 +4,7 @@
 2. data_pipeline: batches/s of the loader alone vs training steps/s.
 3. eval_*: the sample-trained model (history-only and history+board; `make train` settings)
    evaluated on the sample's val split and on the real games PGN, with both baselines.
-Env: BENCH_EPOCHS (default 3) for the evaluation models, BENCH_STEPS (default 4).
+Env: BENCH_EPOCHS (default 3) for the evaluation models, BENCH_STEPS (default 6).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from appliance.training.data import EncodedGame, SpliceConfig, load_games  # noq
 
 SAMPLE = ROOT / "data" / "sample"
 REAL_PGN = ROOT.parent / "shared" / "data" / "real_games_chesscom.pgn"
-STEPS = int(os.environ.get("BENCH_STEPS", "4"))
+STEPS = int(os.environ.get("BENCH_STEPS", "6"))
 EPOCHS = int(os.environ.get("BENCH_EPOCHS", "3"))
 SPLICE = SpliceConfig()
 
