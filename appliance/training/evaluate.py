@@ -181,11 +181,10 @@ def evaluate(
                          best_legal_legal=1.0)
                 ranked, seen = baseline.predict(keys[t], set(legal))
                 covered += seen
-                hit1 = float(bool(ranked) and ranked[0] == target)
-                freq.add(top1=hit1, top5=float(target in ranked),
-                         legal_top1=float(bool(ranked) and ranked[0] in legal),
-                         best_legal_top1=hit1, best_legal_legal=float(bool(ranked)
-                                                                      and ranked[0] in legal))
+                top = ranked[0] if ranked else None
+                hit1, legal1 = float(top == target), float(top in legal)
+                freq.add(top1=hit1, top5=float(target in ranked), legal_top1=legal1,
+                         best_legal_top1=hit1, best_legal_legal=legal1)
         bar.update(len(chunk))
     bar.close()
     return {
