@@ -7,9 +7,9 @@ the variable and the expected form.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REPO_DIR = Path(__file__).resolve().parents[1]
@@ -72,6 +72,35 @@ class TrainingSettings(_Env):
     )
 
 
+class InferenceSettings(_Env):
+    INFERENCE_PORT: int = Field(8000, ge=1, le=65535, description="Inference API port.")
+    INFERENCE_MODEL_PATH: Path | None = Field(
+        None, description="Checkpoint to serve; default: newest *.pt under $REPO_DIR/artifacts/."
+    )
+    INFERENCE_DEVICE: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto (CUDA when available), cpu or cuda."
+    )
+    INFERENCE_API_TOKEN: SecretStr | None = Field(
+        None, description="When set, /infer* and /metrics need 'Authorization: Bearer <token>'."
+    )
+    INFERENCE_HEARTBEAT_FILE: Path | None = Field(
+        None, description="Touched on API traffic (at most once a second) for the idle watchdog."
+    )
+    INFERENCE_MAX_HISTORY: int = Field(1024, ge=1, description="Most moves one position may have.")
+    INFERENCE_MAX_BATCH_POSITIONS: int = Field(
+        256, ge=1, description="Most positions one /infer/batch call may hold."
+    )
+    INFERENCE_MAX_BODY_BYTES: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted."
+    )
+    INFERENCE_BATCH_WINDOW_MS: float = Field(
+        2.0, ge=0, description="How long a forward pass waits for concurrent requests to join."
+    )
+    INFERENCE_BATCH_MAX: int = Field(
+        64, ge=1, description="Most positions in one forward pass."
+    )
+
+
 class DistributedEnv(_Env):
     """What torchrun tells each worker process."""
 
@@ -93,5 +122,7 @@ def load(cls: type[S]) -> S:
             name = ".".join(str(p) for p in err["loc"])
             field = cls.model_fields.get(name)
             doc = f" ({field.description})" if field and field.description else ""
-            problems.append(f"{name}={err.get('input')!r}: {err['msg']}{doc}")
+            secret = any(w in name for w in ("TOKEN", "KEY", "PASSWORD", "SECRET"))
+            shown = "<redacted>" if secret else repr(err.get("input"))
+            problems.append(f"{name}={shown}: {err['msg']}{doc}")
         raise SettingsError("bad environment: " + "; ".join(problems)) from None
