@@ -101,6 +101,88 @@ class InferenceSettings(_Env):
     )
 
 
+_REPO_ID = r"^([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$"
+_REPO_ID_DOC = " (owner/name)"
+
+
+class HfSettings(_Env):
+    """Hugging Face Hub: artifact sync (hf-sync) and versioned datasets (publish/fetch)."""
+
+    HF_TOKEN: SecretStr | None = Field(
+        None, description="Hub token; write access for sync and publish (never printed)."
+    )
+    HF_ENDPOINT: str = Field(
+        "https://huggingface.co", pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="Hub URL; point it at host_tools.hubemu for tests and rehearsal.",
+    )
+    HF_REPO_ID: str | None = Field(
+        None, pattern=_REPO_ID, description="Model repo that artifact sync uploads to" + _REPO_ID_DOC
+    )
+    HF_SYNC_SOURCE_DIR: Path | None = Field(
+        None, description="Directory artifact sync watches; default $REPO_DIR/artifacts."
+    )
+    HF_SYNC_PATTERNS: str = Field(
+        "*.pt,*.json", pattern=r"[^,\s]", description="Comma-separated file-name globs to sync."
+    )
+    HF_SYNC_STATE_DIR: Path | None = Field(
+        None, description="Upload index and status.json (pending count); default "
+        "$REPO_DIR/.appliance/hf-sync."
+    )
+    HF_SYNC_MODE: Literal["auto", "inotify", "poll"] = Field(
+        "auto", description="Watcher: inotify with polling fallback (auto), or one of them only."
+    )
+    HF_SYNC_DEBOUNCE_SECONDS: float = Field(
+        2.0, ge=0, le=3600, description="Quiet time after a file's last write before its upload."
+    )
+    HF_SYNC_POLL_SECONDS: float = Field(
+        10.0, gt=0, le=3600, description="Scan interval of the polling fallback."
+    )
+    HF_DATASET_REPO_ID: str | None = Field(
+        None, pattern=_REPO_ID, description="Dataset repo for publish/fetch" + _REPO_ID_DOC
+    )
+    HF_DATASET_PATH_PREFIX: str = Field(
+        "validated_datasets", pattern=r"^[A-Za-z0-9_-][\w.-]*(/[A-Za-z0-9_-][\w.-]*)*$",
+        description="Folder of the dataset repo that holds <name>/<version>/.",
+    )
+    HF_DATASET_CACHE_DIR: Path | None = Field(
+        None, description="Where fetched datasets go; default $REPO_DIR/data/hf_datasets."
+    )
+    HF_FETCH_LATEST_ALL_DATASETS: bool = Field(
+        False, description="Preset: fetch the newest version of every dataset and train on them."
+    )
+    HF_DATASET_SCHEMA_FILTER: Literal[
+        "auto", "game_jsonl_runtime_splice_v1", "splice_rows_legacy"
+    ] = Field("auto", description="Preset: row format to train on; auto prefers game rows.")
+    HF_DATASET_FETCH_MANIFEST: Path | None = Field(
+        None, description="Aggregate fetch manifest; default <cache dir>/fetch_manifest.json."
+    )
+    HF_USE_EXISTING_FETCH_MANIFEST: bool = Field(
+        False, description="Preset: reuse HF_DATASET_FETCH_MANIFEST instead of fetching."
+    )
+
+    @property
+    def token(self) -> str | None:
+        return self.HF_TOKEN.get_secret_value() if self.HF_TOKEN else None
+
+    @property
+    def sync_patterns(self) -> list[str]:
+        return [p.strip() for p in self.HF_SYNC_PATTERNS.split(",") if p.strip()]
+
+    def sync_source_dir(self, repo_dir: Path) -> Path:
+        return self.HF_SYNC_SOURCE_DIR or repo_dir / "artifacts"
+
+    def sync_state_dir(self, repo_dir: Path) -> Path:
+        return self.HF_SYNC_STATE_DIR or repo_dir / ".appliance" / "hf-sync"
+
+    def dataset_cache_dir(self, repo_dir: Path) -> Path:
+        return self.HF_DATASET_CACHE_DIR or repo_dir / "data" / "hf_datasets"
+
+    def fetch_manifest(self, repo_dir: Path) -> Path:
+        return self.HF_DATASET_FETCH_MANIFEST or (
+            self.dataset_cache_dir(repo_dir) / "fetch_manifest.json"
+        )
+
+
 class DistributedEnv(_Env):
     """What torchrun tells each worker process."""
 
