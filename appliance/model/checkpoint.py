@@ -6,6 +6,7 @@ A checkpoint loads for inference with no training arguments: `load_model(path)`.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -53,13 +54,17 @@ def save_checkpoint(path: Path, model: MovePredictor, **extra: Any) -> None:
             os.unlink(tmp)
 
 
-def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """The raw checkpoint dict, after checking format and vocabulary version."""
+def read_checkpoint(path: Path | str, data: bytes | None = None) -> dict[str, Any]:
+    """The raw checkpoint dict, after checking format and vocabulary version.
+
+    `data`, when given, is the file's content already read (`path` then only names it).
+    """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        source: Any = io.BytesIO(data) if data is not None else path
+        payload = torch.load(source, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a corrupt file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -73,9 +78,11 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: Path | str, device: str | torch.device = "cpu", data: bytes | None = None
+) -> LoadedModel:
     """Load a checkpoint into an eval-mode model on `device`."""
-    payload = read_checkpoint(path)
+    payload = read_checkpoint(path, data)
     try:
         config = ModelConfig.from_dict(payload["model_config"])
         model = MovePredictor(config)

@@ -107,6 +107,21 @@ def start_board(fen: str | None) -> chess.Board:
     return board
 
 
+def illegal_reason(board: chess.Board, move: chess.Move) -> str:
+    """Why `move` is not legal on `board`, in words."""
+    color = "white" if board.turn == chess.WHITE else "black"
+    src, dst = chess.square_name(move.from_square), chess.square_name(move.to_square)
+    piece = board.piece_at(move.from_square)
+    if piece is None or piece.color != board.turn:
+        return f"there is no {color} piece on {src}"
+    if board.is_pseudo_legal(move):
+        return f"it would leave the {color} king in check"
+    name = chess.piece_name(piece.piece_type)
+    if move.promotion and piece.piece_type != chess.PAWN:
+        return f"only a pawn can promote, and {src} holds a {name}"
+    return f"the {color} {name} on {src} cannot move to {dst}"
+
+
 def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> Iterator[chess.Move]:
     """Push each move on `board`, yielding it first; DatasetError names the bad move."""
     for i, uci in enumerate(moves):
@@ -114,7 +129,10 @@ def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> It
             raise DatasetError(f"{field}[{i}] = {uci!r} is not a UCI move")
         move = chess.Move.from_uci(uci)
         if not board.is_legal(move):
-            raise DatasetError(f"{field}[{i}] = {uci!r} is illegal in position {board.fen()!r}")
+            raise DatasetError(
+                f"{field}[{i}] = {uci!r} is illegal: {illegal_reason(board, move)} "
+                f"(position {board.fen()!r})"
+            )
         yield move
         board.push(move)
 

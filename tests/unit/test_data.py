@@ -37,8 +37,8 @@ def test_bad_rows_name_file_line_and_reason(tmp_path: Path):
     assert _error(tmp_path, ok + '{"moves_uci": ["e2e4", "e7e9"]}\n') == (
         "rows.jsonl:2: moves_uci[1] = 'e7e9' is not a UCI move")
     assert _error(tmp_path, ok + '\n{"moves_uci": ["e2e4", "e2e4"]}\n') == (
-        "rows.jsonl:3: moves_uci[1] = 'e2e4' is illegal in position "
-        "'rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1'")
+        "rows.jsonl:3: moves_uci[1] = 'e2e4' is illegal: there is no black piece on e2 "
+        "(position 'rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1')")
     assert _error(tmp_path, '{"moves": ["e2e4"]}\n') == (
         "rows.jsonl:1: missing field: a game row needs 'moves_uci', a legacy row needs 'context'"
         " and 'target'")
@@ -122,3 +122,19 @@ def test_bucketed_batches_cover_each_game_once_and_split_evenly():
     r1 = bucketed_batches(lengths, 8, seed=1, epoch=0, rank=1, world_size=2)
     assert len(r0) == len(r1) == 6  # 13 batches: one left out so both ranks step together
     assert not set(i for b in r0 for i in b) & set(i for b in r1 for i in b)
+
+
+@pytest.mark.parametrize(
+    ("fen", "uci", "reason"),
+    [
+        (None, "e7e5", "there is no white piece on e7"),
+        (None, "g1g3", "the white knight on g1 cannot move to g3"),
+        ("4k3/4r3/8/8/8/8/4B3/4K3 w - - 0 1", "e2d3", "it would leave the white king in check"),
+        ("4k3/R7/8/8/8/8/8/4K3 w - - 0 1", "a7a8q", "only a pawn can promote, and a7 holds a rook"),
+    ],
+)
+def test_illegal_move_reasons(fen, uci, reason):
+    from appliance.training.data import encode_moves
+    with pytest.raises(DatasetError) as err:
+        encode_moves([uci], fen, field="moves")
+    assert str(err.value).startswith(f"moves[0] = {uci!r} is illegal: {reason} (position ")

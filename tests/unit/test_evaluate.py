@@ -78,8 +78,8 @@ def test_errors(tmp_path: Path, model_path: Path, capsys):
     assert evaluate.main(["--model", str(model_path), "--data", str(val), "--train-data",
                           str(val)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: {val}:1: moves_uci[1] = 'e7e4' is illegal in position "
-        "'rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1'")
+        f"error: {val}:1: moves_uci[1] = 'e7e4' is illegal: the black pawn on e7 cannot move to "
+        "e4 (position 'rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1')")
     assert evaluate.main(["--model", str(model_path), "--data", str(val)]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: frequent-prefix baseline needs the training data: pass --train-data (not found: "
