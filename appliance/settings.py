@@ -6,10 +6,13 @@ the variable and the expected form.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REPO_DIR = Path(__file__).resolve().parents[1]
@@ -99,6 +102,9 @@ class InferenceSettings(_Env):
     INFERENCE_BATCH_MAX: int = Field(
         64, ge=1, description="Most positions in one forward pass."
     )
+    INFERENCE_MODEL_RESCAN_SECONDS: float = Field(
+        10.0, gt=0, description="While no model can be loaded, look again this often."
+    )
 
 
 _REPO_ID = r"^([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$"
@@ -183,6 +189,199 @@ class HfSettings(_Env):
         )
 
 
+# -- the pod runtime: services, repo, ssh, jupyter, watchdog, runpod, system paths ---------------
+
+_FLAG_TRUE = ("1", "true", "yes", "on")
+_FLAG_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(value: object) -> object:
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _FLAG_TRUE:
+            return True
+        if v in _FLAG_FALSE:
+            return False
+        raise PydanticCustomError("flag", "expected 1 or 0 (also true/false, yes/no, on/off)")
+    return value
+
+
+def _port(value: object) -> object:
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise PydanticCustomError("port", "expected a TCP port number 1..65535")
+    return port
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Port = Annotated[int, BeforeValidator(_port)]
+
+SECRET_WORDS = ("TOKEN", "KEY", "PASSWORD", "SECRET", "CREDENTIAL")
+
+
+def is_secret_name(name: str) -> bool:
+    """Variables whose values are never written to logs, configs or login shells."""
+    return any(w in name.upper() for w in SECRET_WORDS)
+
+
+class ServiceSettings(_Env):
+    """Which supervisord programs the pod runs."""
+
+    START_SSHD: Flag = Field(True, description="Run sshd, program sshd.")
+    START_JUPYTER: Flag = Field(True, description="Run Jupyter Lab as runner, program jupyter.")
+    START_INFERENCE_API: Flag = Field(
+        True, description="Run the inference API, program inference; left out without torch."
+    )
+    START_HF_SYNC: Flag = Field(False, description="Run the HF artifact sync, program hf-sync.")
+    START_IDLE_WATCHDOG: Flag = Field(
+        False, description="Run the idle watchdog, program idle-watchdog."
+    )
+
+
+class RepoSettings(_Env):
+    """The project checkout the pod works in."""
+
+    REPO_URL: str = Field(
+        "", pattern=r"^\S*$",
+        description="Git URL cloned into REPO_DIR at start; empty = the code baked in the image.",
+    )
+    REPO_REF: str = Field(
+        "", pattern=r"^[^\s~^:?*\[\\]*$",
+        description="Branch, tag or commit to check out; empty = the remote's default branch.",
+    )
+    CLONE_REPO_ON_START: Flag = Field(True, description="Clone REPO_URL when REPO_DIR has none.")
+    GIT_AUTO_PULL: Flag = Field(True, description="Fast-forward an existing checkout at start.")
+    SYNC_REQUIREMENTS_ON_START: Flag = Field(
+        True, description="pip install -r REPO_DIR/requirements.txt when its hash changed."
+    )
+    FORCE_REQUIREMENTS_SYNC: Flag = Field(
+        False, description="Run pip install -r even when the hash is unchanged."
+    )
+
+
+class SshSettings(_Env):
+    PUBLIC_KEY: str = Field(
+        "", description="Public keys for runner, one per line; RunPod sets it from the account."
+    )
+    AUTHORIZED_KEYS: str = Field("", description="More public keys for runner, one per line.")
+    SSH_PORT: Port = Field(22, description="Port sshd listens on.")
+
+
+class JupyterSettings(_Env):
+    JUPYTER_PORT: Port = Field(8888, description="Port Jupyter Lab listens on.")
+    JUPYTER_TOKEN: SecretStr | None = Field(
+        None, description="Jupyter token (never printed); unset: JUPYTER_PASSWORD, else one is "
+        "generated into the secrets dir."
+    )
+    JUPYTER_PASSWORD: SecretStr | None = Field(
+        None, description="RunPod's name for the Jupyter token; used when JUPYTER_TOKEN is unset."
+    )
+
+    @property
+    def token(self) -> str | None:
+        secret = self.JUPYTER_TOKEN or self.JUPYTER_PASSWORD
+        return secret.get_secret_value() if secret else None
+
+
+class WatchdogSettings(_Env):
+    """The idle watchdog, program idle-watchdog."""
+
+    AUTOSTOP_IDLE_MINUTES: float = Field(
+        30.0, gt=0, description="Stop the pod after this many idle minutes."
+    )
+    AUTOSTOP_ACTION: Literal["runpod_api", "exit", "none"] = Field(
+        "runpod_api", description="runpod_api (stop this pod), exit (end the container) or "
+        "none (log only)."
+    )
+    AUTOSTOP_POLL_SECONDS: float = Field(60.0, gt=0, description="How often idleness is checked.")
+    AUTOSTOP_GPU_UTIL_PERCENT: float = Field(
+        5.0, ge=0, le=100, description="GPU utilisation above this counts as activity."
+    )
+    AUTOSTOP_PROCESS_PATTERNS: str = Field(
+        "appliance.training", description="Comma-separated command-line substrings of processes "
+        "that count as activity."
+    )
+
+
+class RunpodSettings(_Env):
+    RUNPOD_API_KEY: SecretStr | None = Field(
+        None, description="Pod-scoped API key RunPod injects (never printed)."
+    )
+    RUNPOD_POD_ID: str = Field("", description="This pod's id (RunPod injects it).")
+    RUNPOD_REST_URL: str = Field(
+        "https://rest.runpod.io/v1", pattern=r"^https?://\S+$",
+        description="RunPod REST API base URL (point it at localpod for tests).",
+    )
+    RUNPOD_GRAPHQL_URL: str = Field(
+        "https://api.runpod.io/graphql", pattern=r"^https?://\S+$",
+        description="RunPod GraphQL URL (point it at localpod for tests).",
+    )
+
+
+class RuntimeSettings(_Env):
+    """Where the bootstrap puts things; tests point every path into a temporary root."""
+
+    WORKSPACE_DIR: Path = Field(
+        Path("/workspace"), description="Persistent volume: Jupyter's root, appliance state."
+    )
+    HF_HOME: Path | None = Field(
+        None, description="Hugging Face cache for services and shells; default "
+        "$WORKSPACE_DIR/.cache/huggingface."
+    )
+    APPLIANCE_STATE_DIR: Path | None = Field(
+        None, description="Logs, SSH host keys, records; default $WORKSPACE_DIR/.appliance."
+    )
+    APPLIANCE_ETC_DIR: Path = Field(
+        Path("/etc"), description="Holds ssh/, supervisor/ and profile.d/ written at start."
+    )
+    APPLIANCE_RUN_DIR: Path = Field(
+        Path("/run"), description="Runtime dir: supervisor socket, pid file, secret files."
+    )
+    APPLIANCE_SSHD_PRIVSEP_DIR: Path = Field(
+        Path("/run/sshd"), description="sshd's privilege-separation dir (compiled into sshd)."
+    )
+    APPLIANCE_BIN_DIR: Path = Field(
+        Path("/usr/local/bin"), description="Where the supervisorctl command for runner goes."
+    )
+    APPLIANCE_SSHD: Path = Field(Path("/usr/sbin/sshd"), description="The sshd binary.")
+    APPLIANCE_USER: str = Field(
+        "runner", pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="The login account."
+    )
+    APPLIANCE_USER_HOME: Path | None = Field(
+        None, description="The account's home (authorized_keys, Jupyter's HOME); default "
+        "/home/$APPLIANCE_USER."
+    )
+    APPLIANCE_PYTHON: Path = Field(
+        Path(sys.executable), json_schema_extra={"doc_default": ""},
+        description="Python of the services and of pip; default the one running the bootstrap.",
+    )
+    APPLIANCE_REQUIREMENTS_STAMP: Path | None = Field(
+        None, description="Hash of the last installed requirements.txt; default in the venv of "
+        "APPLIANCE_PYTHON."
+    )
+    APPLIANCE_BIND_HOST: str = Field(
+        "0.0.0.0", pattern=r"^[0-9A-Za-z.:-]+$",
+        description="Address sshd, Jupyter and the inference API listen on.",
+    )
+    APPLIANCE_EXTRA_CONF_DIR: Path | None = Field(
+        None, description="Extra supervisord program files (*.conf) to include."
+    )
+    APPLIANCE_SECRETS_DIR: Path | None = Field(
+        None, description="Secret files named after their variable, read when it is unset; "
+        "default $APPLIANCE_RUN_DIR/appliance/secrets."
+    )
+    APPLIANCE_FATAL_COOLDOWN_SECONDS: float = Field(
+        60.0, gt=0, description="Wait before a FATAL program is started again."
+    )
+    APPLIANCE_FATAL_MAX_REVIVES: int = Field(
+        5, ge=0, description="Revivals in a row before a FATAL program is left alone; sshd has "
+        "no limit."
+    )
+
+
 class DistributedEnv(_Env):
     """What torchrun tells each worker process."""
 
@@ -195,8 +394,15 @@ S = TypeVar("S", bound=BaseSettings)
 
 
 def load(cls: type[S]) -> S:
-    """Read `cls` from the environment; SettingsError names each bad variable."""
+    """Read `cls` from the environment; SettingsError names each bad variable.
+
+    An unset variable is also looked for as a file named after it in APPLIANCE_SECRETS_DIR: the
+    bootstrap moves secrets there so that they stay out of the services' environment.
+    """
+    secrets_dir = os.environ.get("APPLIANCE_SECRETS_DIR")
     try:
+        if secrets_dir and Path(secrets_dir).is_dir():
+            return cls(_secrets_dir=secrets_dir)
         return cls()
     except ValidationError as exc:
         problems = []

@@ -1,0 +1,487 @@
+"""The FastAPI app: /healthz, /infer, /infer/batch, /metrics, with auth, limits and batching.
+
+The model loads on a background thread; until it is ready (or while none can be found) /healthz
+answers 503 with the reason and /infer* answer 503, and the service keeps looking for a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException
+
+from appliance.inference.batcher import MicroBatcher
+from appliance.inference.predictor import TOPK_MAX, InputError, Prediction, Predictor, Prepared
+from appliance.model.checkpoint import CheckpointError
+from appliance.settings import InferenceSettings
+
+log = logging.getLogger("appliance.inference")
+ROUTES = ("/healthz", "/infer", "/infer/batch", "/metrics")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+# -- request and response bodies ---------------------------------------------------------------
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    moves: list[str] = Field(default_factory=list, description="UCI moves played so far.")
+    fen: str | None = Field(None, description="Starting position (default: the standard one).")
+    topk: int = Field(5, ge=1, le=TOPK_MAX, description="How many ranked moves to return.")
+
+    @field_validator("moves", mode="before")
+    @classmethod
+    def _moves(cls, v: Any) -> Any:
+        if not isinstance(v, list) or not all(isinstance(m, str) for m in v):
+            raise ValueError("must be a list of UCI move strings")
+        return v
+
+    @field_validator("fen", mode="before")
+    @classmethod
+    def _fen(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, str):
+            raise ValueError("must be a FEN string or null")
+        return v
+
+    @field_validator("topk", mode="before")
+    @classmethod
+    def _topk(cls, v: Any) -> Any:
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= TOPK_MAX:
+            raise ValueError(f"must be an integer from 1 to {TOPK_MAX}")
+        return v
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    positions: list[InferRequest] = Field(min_length=1, description="Positions to predict.")
+
+    @field_validator("positions", mode="before")
+    @classmethod
+    def _positions(cls, v: Any) -> Any:
+        if not isinstance(v, list) or not v:
+            raise ValueError("must be a non-empty list of positions")
+        return v
+
+
+class RankedMove(BaseModel):
+    uci: str
+    prob: float
+    legal: bool
+
+
+class InferResult(BaseModel):
+    topk: list[RankedMove]
+    predicted_uci: str = Field(description="The model's top move, legal or not.")
+    best_legal: str = Field(description="The highest-ranked legal move.")
+    phase: str
+    side_to_move: str
+
+
+class InferResponse(InferResult):
+    device: str
+    latency_ms: float
+
+
+class BatchResponse(BaseModel):
+    results: list[InferResult]
+    device: str
+    latency_ms: float
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+# -- service state -----------------------------------------------------------------------------
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("inference_requests", "Requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("inference_request_latency_seconds", "Request latency",
+                                 ["route"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.batch = Histogram("inference_batch_size", "Positions per forward pass",
+                               registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.ready = Gauge("inference_model_ready", "1 when a model is loaded",
+                           registry=self.registry)
+        self.model = Info("inference_model", "The model being served", registry=self.registry)
+
+
+class Heartbeat:
+    """Touches the heartbeat file at most once per interval; a failure never fails a request."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] = time.monotonic,
+                 interval: float = 1.0) -> None:
+        self.path = path
+        self.clock = clock
+        self.interval = interval
+        self.last = float("-inf")
+        self.warned = False
+
+    def beat(self) -> None:
+        now = self.clock()
+        if self.path is None or now - self.last < self.interval:
+            return
+        self.last = now
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+            os.utime(self.path)
+        except OSError as exc:
+            if not self.warned:
+                log.warning("cannot touch heartbeat file %s: %s", self.path, exc.strerror)
+                self.warned = True
+
+
+@dataclass
+class ModelState:
+    status: str = "loading"
+    reason: str = "the model is loading"
+    predictor: Predictor | None = None
+    loaded_at: float = 0.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def resolve_model_path(explicit: Path | None, repo_dir: Path) -> Path:
+    """--model / INFERENCE_MODEL_PATH, else the newest *.pt under $REPO_DIR/artifacts/."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise FileNotFoundError(f"model file not found: {explicit}")
+        return explicit
+    root = repo_dir / "artifacts"
+    found = [p for p in root.rglob("*.pt") if p.is_file()] if root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(
+            f"no model found: no *.pt under {root}; train one (make train) or set "
+            "INFERENCE_MODEL_PATH"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+class Service:
+    def __init__(self, cfg: InferenceSettings, model_path: Path | None, repo_dir: Path,
+                 device: str, progress: bool = False) -> None:
+        self.cfg = cfg
+        self.model_path = model_path
+        self.repo_dir = repo_dir
+        self.device_name = device
+        self.progress = progress
+        self.state = ModelState()
+        self.metrics = Metrics()
+        self.heartbeat = Heartbeat(cfg.INFERENCE_HEARTBEAT_FILE)
+        token = cfg.INFERENCE_API_TOKEN.get_secret_value() if cfg.INFERENCE_API_TOKEN else ""
+        self.token = token.encode()
+        self.batcher: MicroBatcher[Prepared, Prediction] = MicroBatcher(
+            self._forward, cfg.INFERENCE_BATCH_WINDOW_MS / 1000, cfg.INFERENCE_BATCH_MAX,
+            self.metrics.batch.observe,
+        )
+
+    def _forward(self, batch: list[Prepared]) -> list[Prediction]:
+        predictor = self.state.predictor
+        assert predictor is not None  # requests are admitted only once a model is ready
+        return predictor.predict(batch)
+
+    def load_once(self) -> bool:
+        """Try to resolve and load the model; True when ready."""
+        try:
+            device = resolve_device(self.device_name)
+            path = resolve_model_path(self.model_path, self.repo_dir)
+            self.state.reason = f"loading {path}"
+            predictor = Predictor.load(path, device, self.cfg.INFERENCE_MAX_HISTORY,
+                                       self.progress)
+        except (FileNotFoundError, CheckpointError, RuntimeError, OSError) as exc:
+            self.state.status = "no_model" if isinstance(exc, FileNotFoundError) else "error"
+            self.state.reason = str(exc)
+            return False
+        facts = predictor.facts()
+        self.state.predictor = predictor
+        self.state.loaded_at = time.time()
+        self.state.status, self.state.reason = "ok", ""
+        self.metrics.ready.set(1)
+        self.metrics.model.info({k: str(v) for k, v in facts.items() if k != "features"})
+        feats = ",".join(k for k, on in facts["features"].items() if on)
+        log.info("model ready: path=%s sha256=%s parameters=%d device=%s torch=%s features=%s",
+                 facts["model_path"], facts["model_sha256"], facts["parameters"],
+                 facts["device"], facts["torch"], feats)
+        return True
+
+    def load_until_ready(self) -> None:
+        while not self.state.stop.is_set():
+            if self.load_once():
+                return
+            every = self.cfg.INFERENCE_MODEL_RESCAN_SECONDS
+            log.warning("inference not ready: %s (retrying every %gs)", self.state.reason, every)
+            self.state.stop.wait(every)
+
+    def ready_predictor(self) -> Predictor:
+        if self.state.predictor is None:
+            raise HTTPException(503, f"model not ready: {self.state.reason}")
+        return self.state.predictor
+
+    def check_token(self, request: Request) -> None:
+        if not self.token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if not header:
+            raise HTTPException(401, "missing bearer token",
+                                headers={"WWW-Authenticate": 'Bearer realm="inference"'})
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(),
+                                                                     self.token):
+            raise HTTPException(401, "invalid bearer token", headers={
+                "WWW-Authenticate": 'Bearer realm="inference", error="invalid_token"'})
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if part == "body":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_message(errors: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """(status, messages) for pydantic errors: 400 for bad JSON, 422 for the rest."""
+    messages = []
+    status = 422
+    for err in errors:
+        kind, loc = err.get("type", ""), tuple(err.get("loc", ()))
+        where = _path(loc)
+        if kind == "json_invalid":
+            status = 400
+            messages.append(f"malformed JSON body: {err.get('ctx', {}).get('error', 'invalid')}")
+        elif not where and kind in ("missing", "model_attributes_type", "dict_type"):
+            messages.append("request body must be a JSON object")
+        elif kind == "missing":
+            messages.append(f"{where}: required")
+        elif kind == "extra_forbidden":
+            messages.append(f"{where}: unknown field")
+        elif kind == "value_error":
+            messages.append(f"{where}: {err.get('ctx', {}).get('error', err.get('msg'))}")
+        else:
+            messages.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return status, messages
+
+
+def _json_error(status: int, message: str, headers: Mapping[str, str] | None = None,
+                **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+# -- ASGI middleware: body limit, metrics, heartbeat --------------------------------------------
+
+
+class ServiceMiddleware:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
+                 service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        service = self.service
+        path = scope["path"]
+        route = path if path in ROUTES else "other"
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            body = await self._read_body(scope, receive)
+            if isinstance(body, JSONResponse):
+                await body(scope, receive, tracking_send)
+                return
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            if route.startswith("/infer"):
+                # Bodies are JSON whatever Content-Type says (curl -d sends a form type).
+                scope = {**scope, "headers": [
+                    (k, v) for k, v in scope.get("headers", []) if k != b"content-type"
+                ] + [(b"content-type", b"application/json")]}
+            await self.app(scope, replay, tracking_send)
+        finally:
+            service.metrics.requests.labels(route, str(status["code"])).inc()
+            service.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            if path.startswith("/infer"):
+                # Health probes and scrapes are not activity: they must not keep a pod alive.
+                service.heartbeat.beat()
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | JSONResponse:
+        limit = self.service.cfg.INFERENCE_MAX_BODY_BYTES
+        too_big = _json_error(413, f"request body exceeds {limit} bytes")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return _json_error(400, "invalid Content-Length header")
+                if declared > limit:
+                    return too_big
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return too_big
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        service.batcher.start()
+        loader = None
+        if load_in_background:
+            loader = threading.Thread(target=service.load_until_ready, name="model-loader",
+                                      daemon=True)
+            loader.start()
+        try:
+            yield
+        finally:
+            service.state.stop.set()
+            await service.batcher.stop()
+
+    app = FastAPI(
+        title="chess-bot inference API",
+        version="1",
+        description="Next-move predictions from the trained chess model. Errors are "
+        '`{"error": message}`.',
+        lifespan=lifespan,
+    )
+    auth = Depends(service.check_token)
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody} for code in (400, 401, 413, 422, 503)
+    }
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, messages = validation_message(list(exc.errors()))
+        return _json_error(status, messages[0], details=messages)
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404:
+            detail = f"not found: {request.url.path}"
+        return _json_error(exc.status_code, detail, headers=exc.headers)
+
+    @app.exception_handler(InputError)
+    async def on_input(request: Request, exc: InputError) -> JSONResponse:
+        return _json_error(422, str(exc))
+
+    @app.get("/healthz", responses={503: {"model": ErrorBody}})
+    async def healthz() -> JSONResponse:
+        st = service.state
+        if st.predictor is None:
+            return JSONResponse({"status": st.status, "reason": st.reason}, status_code=503)
+        return JSONResponse({"status": "ok", **st.predictor.facts(),
+                             "uptime_s": round(time.time() - st.loaded_at, 1)})
+
+    @app.post("/infer", dependencies=[auth], response_model=InferResponse, responses=errors)
+    async def infer(req: InferRequest) -> dict[str, Any]:
+        predictor = service.ready_predictor()
+        t0 = time.perf_counter()
+        prepared = await run_in_threadpool(predictor.prepare, req.moves, req.fen, req.topk)
+        [result] = await service.batcher.submit([prepared])
+        return {**result.to_dict(), "device": str(predictor.device),
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    @app.post("/infer/batch", dependencies=[auth], response_model=BatchResponse,
+              responses=errors)
+    async def infer_batch(req: BatchRequest) -> dict[str, Any]:
+        predictor = service.ready_predictor()
+        limit = service.cfg.INFERENCE_MAX_BATCH_POSITIONS
+        if len(req.positions) > limit:
+            raise InputError(f"positions: {len(req.positions)} positions exceed the limit of "
+                             f"{limit}")
+        t0 = time.perf_counter()
+
+        def prepare_all() -> list[Prepared]:
+            out = []
+            for i, p in enumerate(req.positions):
+                try:
+                    out.append(predictor.prepare(p.moves, p.fen, p.topk))
+                except InputError as exc:
+                    raise InputError(f"positions[{i}]: {exc}") from None
+            return out
+
+        prepared = await run_in_threadpool(prepare_all)
+        results = await service.batcher.submit(prepared)
+        return {"results": [r.to_dict() for r in results], "device": str(predictor.device),
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    @app.get("/metrics", dependencies=[auth], response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(ServiceMiddleware, service=service)
+    return app
