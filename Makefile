@@ -45,8 +45,11 @@ test: install system-deps
 test-unit: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit
 
+# Every benchmarks/bench*.py; BENCH=name runs one (e.g. BENCH=inference).
+BENCH ?= *
 bench: install system-deps
-	$(PY) benchmarks/bench.py
+	@set -e; for b in benchmarks/bench$(if $(filter *,$(BENCH)),*,_$(BENCH)).py; do \
+	  echo "# $$b" >&2; $(PY) $$b; done
 
 lint: install
 	$(VENV)/bin/ruff check appliance host_tools tests benchmarks
