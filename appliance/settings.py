@@ -102,9 +102,6 @@ class InferenceSettings(_Env):
     INFERENCE_BATCH_MAX: int = Field(
         64, ge=1, description="Most positions in one forward pass."
     )
-    INFERENCE_MODEL_RESCAN_SECONDS: float = Field(
-        10.0, gt=0, description="While no model can be loaded, look again this often."
-    )
 
 
 _REPO_ID = r"^([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$"
