@@ -1,0 +1,164 @@
+"""Inference benchmarks, one JSON line each, each against a baseline measured in the same run.
+
+1. http_overhead: /infer p50/p99 over HTTP vs the predictor called in-process, same inputs.
+2. batching_gain: requests/s with 16 concurrent clients vs 1 client.
+3. load_test: BENCH_LOAD_SECONDS (default 30) of 16 concurrent clients; errors must be 0.
+The model has the seed dimensions (its weights do not change the cost); the server is a real
+uvicorn on a loopback port, as supervisord runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from appliance.inference.predictor import Predictor  # noqa: E402
+from appliance.model.checkpoint import save_checkpoint  # noqa: E402
+from appliance.model.network import ModelConfig, MovePredictor  # noqa: E402
+
+LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "30"))
+CLIENTS = 16
+
+
+def emit(name: str, **fields: object) -> None:
+    print(json.dumps({"benchmark": name, **fields}), flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 2)
+
+
+def positions(n: int) -> list[list[str]]:
+    """Histories cut at random plies from the sample's val games."""
+    rng = random.Random(0)
+    games = [json.loads(line)["moves_uci"] for line in
+             (ROOT / "data" / "sample" / "val.jsonl").read_text().splitlines()]
+    out = []
+    for _ in range(n):
+        g = rng.choice(games)
+        out.append(g[: rng.randrange(len(g))])
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def direct_latency(model: Path, inputs: list[list[str]]) -> list[float]:
+    predictor = Predictor.load(model, torch.device("cpu"), 1024)
+    for moves in inputs[:10]:
+        predictor.predict([predictor.prepare(moves, None, 5)])
+    times = []
+    for moves in inputs:
+        t = time.perf_counter()
+        predictor.predict([predictor.prepare(moves, None, 5)])
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+async def run_clients(url: str, inputs: list[list[str]], clients: int,
+                      seconds: float | None = None, count: int | None = None
+                      ) -> tuple[int, int, list[float], float]:
+    """(ok, errors, latencies ms, elapsed s) for `clients` concurrent request loops."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    start = time.perf_counter()
+
+    async def loop(client: httpx.AsyncClient, k: int) -> None:
+        nonlocal errors, sent
+        i = k
+        while True:
+            if count is not None and sent >= count:
+                return
+            if seconds is not None and time.perf_counter() - start >= seconds:
+                return
+            sent += 1
+            t = time.perf_counter()
+            try:
+                r = await client.post(url + "/infer", json={"moves": inputs[i % len(inputs)]})
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append((time.perf_counter() - t) * 1000)
+            errors += not ok
+            i += clients
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        await asyncio.gather(*(loop(client, k) for k in range(clients)))
+    return len(latencies) - errors, errors, latencies, time.perf_counter() - start
+
+
+def main() -> int:
+    inputs = positions(300)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "seed.pt"
+        torch.manual_seed(0)
+        save_checkpoint(model, MovePredictor(ModelConfig()))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "appliance.inference", "--model", str(model), "--host",
+             "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")})
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(url + "/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    print("error: the inference server did not become ready", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+
+            direct = direct_latency(model, inputs)
+            asyncio.run(run_clients(url, inputs, 1, count=20))  # warm-up
+            _, errs, http, _ = asyncio.run(run_clients(url, inputs, 1, count=len(inputs)))
+            emit("http_overhead", http_p50_ms=pct(http, 50), http_p99_ms=pct(http, 99),
+                 direct_p50_ms=pct(direct, 50), direct_p99_ms=pct(direct, 99),
+                 ratio_p50=round(statistics.median(http) / statistics.median(direct), 2),
+                 requests=len(http), errors=errs)
+
+            ok1, err1, _, s1 = asyncio.run(run_clients(url, inputs, 1, count=300))
+            ok16, err16, lat16, s16 = asyncio.run(run_clients(url, inputs, CLIENTS, count=1200))
+            emit("batching_gain", one_client_rps=round(ok1 / s1, 1),
+                 clients=CLIENTS, concurrent_rps=round(ok16 / s16, 1),
+                 ratio=round((ok16 / s16) / (ok1 / s1), 2), errors=err1 + err16,
+                 concurrent_p99_ms=pct(lat16, 99))
+
+            ok, err, lat, secs = asyncio.run(run_clients(url, inputs, CLIENTS,
+                                                         seconds=LOAD_SECONDS))
+            emit("load_test", seconds=round(secs, 1), clients=CLIENTS, requests=ok + err,
+                 errors=err, rps=round((ok + err) / secs, 1), p50_ms=pct(lat, 50),
+                 p99_ms=pct(lat, 99), baseline_one_client_p99_ms=pct(http, 99))
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
