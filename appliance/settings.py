@@ -102,9 +102,12 @@ class InferenceSettings(_Env):
     INFERENCE_BATCH_MAX: int = Field(
         64, ge=1, description="Most positions in one forward pass."
     )
+    INFERENCE_MODEL_RESCAN_SECONDS: float = Field(
+        10.0, gt=0, description="While no model can be loaded, look again this often."
+    )
 
 
-_REPO_ID = r"^([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$"
+REPO_ID_PATTERN = r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$"
 _REPO_ID_DOC = " (owner/name)"
 
 
@@ -119,7 +122,8 @@ class HfSettings(_Env):
         description="Hub URL; point it at host_tools.hubemu for tests and rehearsal.",
     )
     HF_REPO_ID: str | None = Field(
-        None, pattern=_REPO_ID, description="Model repo that artifact sync uploads to" + _REPO_ID_DOC
+        None, pattern=REPO_ID_PATTERN,
+        description="Model repo that artifact sync uploads to" + _REPO_ID_DOC,
     )
     HF_SYNC_SOURCE_DIR: Path | None = Field(
         None, description="Directory artifact sync watches; default $REPO_DIR/artifacts."
@@ -141,7 +145,8 @@ class HfSettings(_Env):
         10.0, gt=0, le=3600, description="Scan interval of the polling fallback."
     )
     HF_DATASET_REPO_ID: str | None = Field(
-        None, pattern=_REPO_ID, description="Dataset repo for publish/fetch" + _REPO_ID_DOC
+        None, pattern=REPO_ID_PATTERN,
+        description="Dataset repo for publish/fetch" + _REPO_ID_DOC,
     )
     HF_DATASET_PATH_PREFIX: str = Field(
         "validated_datasets", pattern=r"^[A-Za-z0-9_-][\w.-]*(/[A-Za-z0-9_-][\w.-]*)*$",
