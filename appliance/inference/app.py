@@ -431,6 +431,8 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404:
             detail = f"not found: {request.url.path}"
+        elif exc.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "malformed JSON body: cannot be parsed"
         return _json_error(exc.status_code, detail, headers=exc.headers)
 
     @app.exception_handler(InputError)

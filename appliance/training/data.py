@@ -94,16 +94,26 @@ def _uci_list(value: Any, field: str) -> list[str]:
     return value
 
 
+def _cut(text: str, limit: int) -> str:
+    """`text`, cut so an error message never echoes a huge input."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _short(text: str, limit: int = 100) -> str:
+    """repr of `text`, cut the same way."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
+
+
 def start_board(fen: str | None) -> chess.Board:
     if fen is None:
         return chess.Board()
     try:
         board = chess.Board(fen)
     except ValueError as exc:
-        raise DatasetError(f"bad FEN {fen!r}: {exc}") from None
+        raise DatasetError(f"bad FEN {_short(fen)}: {_cut(str(exc), 160)}") from None
     status = board.status()
     if status != chess.STATUS_VALID:
-        raise DatasetError(f"bad FEN {fen!r}: not a valid position ({status!r})")
+        raise DatasetError(f"bad FEN {_short(fen)}: not a valid position ({status!r})")
     return board
 
 
@@ -126,7 +136,7 @@ def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> It
     """Push each move on `board`, yielding it first; DatasetError names the bad move."""
     for i, uci in enumerate(moves):
         if not vocab.is_vocab_move(uci):
-            raise DatasetError(f"{field}[{i}] = {uci!r} is not a UCI move")
+            raise DatasetError(f"{field}[{i}] = {_short(uci)} is not a UCI move")
         move = chess.Move.from_uci(uci)
         if not board.is_legal(move):
             raise DatasetError(

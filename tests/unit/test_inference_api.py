@@ -102,6 +102,8 @@ BAD = [
     ({"moves": "e2e4"}, 422, "moves: must be a list of UCI move strings"),
     ({"moves": ["e2e4", 7]}, 422, "moves: must be a list of UCI move strings"),
     ({"fen": 3}, 422, "fen: must be a FEN string or null"),
+    ({"fen": "8/" * 60}, 422, "bad FEN '" + "8/" * 50 + "'... (120 chars): " + (
+        "expected 8 rows in position part of fen: '" + "8/" * 60)[:160] + "... (163 chars)"),
     ({"moves": [], "colour": "w"}, 422, "colour: unknown field"),
     ({"moves": ["e2e4", "e7e9"]}, 422, "moves[1] = 'e7e9' is not a UCI move"),
     ({"moves": ["e2e4", "e2e4"]}, 422, "moves[1] = 'e2e4' is illegal: there is no black piece on "
@@ -129,6 +131,8 @@ def test_malformed_and_oversized_bodies(client: TestClient):
         return r.status_code, r.json()["error"]
 
     assert post(b'{"moves": [') == (400, "malformed JSON body: Expecting value")
+    assert post(b"[" * 2000 + b"]" * 2000) == (
+        400, "malformed JSON body: cannot be parsed")
     assert post(b"[1, 2]") == (422, "request body must be a JSON object")
     assert post(b"") == (422, "request body must be a JSON object")
     assert post(b'"e2e4"') == (422, "request body must be a JSON object")
