@@ -392,6 +392,11 @@ class DistributedEnv(_Env):
     WORLD_SIZE: int = Field(1, ge=1)
 
 
+def pod_settings_classes() -> list[type[BaseSettings]]:
+    """Every settings class of the pod's env contract, in definition order (not torchrun's)."""
+    return [c for c in _Env.__subclasses__() if c is not DistributedEnv]
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 
