@@ -248,12 +248,15 @@ class Service:
         return True
 
     def load_until_ready(self) -> None:
+        logged = ""
         while not self.state.stop.is_set():
             if self.load_once():
                 return
-            every = self.cfg.INFERENCE_MODEL_RESCAN_SECONDS
-            log.warning("inference not ready: %s (retrying every %gs)", self.state.reason, every)
-            self.state.stop.wait(every)
+            if self.state.reason != logged:  # once per new reason, not every rescan
+                logged = self.state.reason
+                log.warning("inference not ready: %s (looking again every %gs)", logged,
+                            self.cfg.INFERENCE_MODEL_RESCAN_SECONDS)
+            self.state.stop.wait(self.cfg.INFERENCE_MODEL_RESCAN_SECONDS)
 
     def ready_predictor(self) -> Predictor:
         if self.state.predictor is None:

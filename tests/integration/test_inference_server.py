@@ -180,5 +180,6 @@ def test_no_model_keeps_serving_503_then_picks_one_up(trained_model: Path, tmp_p
         wait_until(lambda: httpx.get(srv.url + "/healthz").status_code == 200, timeout=30)
         assert httpx.get(srv.url + "/healthz").json()["model_path"] == str(target)
         assert srv.proc.poll() is None
+        assert srv.log.read_text().count("inference not ready: no model found") == 1
     finally:
         stop(srv)
