@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -314,13 +314,40 @@ class RunpodSettings(_Env):
     )
     RUNPOD_POD_ID: str = Field("", description="This pod's id (RunPod injects it).")
     RUNPOD_REST_URL: str = Field(
-        "https://rest.runpod.io/v1", pattern=r"^https?://\S+$",
-        description="RunPod REST API base URL (point it at localpod for tests).",
+        "https://api.runpod.io/v2", pattern=r"^https?://\S+$",
+        description="RunPod REST v2 base URL (v1 was retired 2026-11-15; point it at localpod "
+        "for tests).",
     )
     RUNPOD_GRAPHQL_URL: str = Field(
         "https://api.runpod.io/graphql", pattern=r"^https?://\S+$",
         description="RunPod GraphQL URL (point it at localpod for tests).",
     )
+
+
+class HostSshSettings(BaseSettings):
+    """How the workstation's ssh checks pod host keys; not part of the pod's env contract."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
+
+    RUNPOD_SSH_HOST_KEY_CHECKING: Literal["accept-new", "yes", "ask"] = Field(
+        "accept-new", description="OpenSSH StrictHostKeyChecking for pods (never 'no')."
+    )
+    RUNPOD_SSH_KNOWN_HOSTS_FILE: Path = Field(
+        Path("config/runpod_known_hosts"),
+        description="Persistent known-hosts file for pods; relative paths are under the checkout.",
+    )
+
+    @field_validator("RUNPOD_SSH_KNOWN_HOSTS_FILE")
+    @classmethod
+    def _not_dev_null(cls, value: Path) -> Path:
+        # A /dev/null known-hosts file silently disables host-key pinning (peers.md, lesson 6).
+        if str(value) in ("/dev/null", "") or value == Path("/dev/null"):
+            raise ValueError("a real file is needed; /dev/null would disable host-key pinning")
+        return value
+
+    def known_hosts_path(self, repo_dir: Path = DEFAULT_REPO_DIR) -> Path:
+        path = self.RUNPOD_SSH_KNOWN_HOSTS_FILE.expanduser()
+        return path if path.is_absolute() else repo_dir / path
 
 
 class RuntimeSettings(_Env):
