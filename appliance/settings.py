@@ -117,6 +117,9 @@ class HfSettings(_Env):
     HF_TOKEN: SecretStr | None = Field(
         None, description="Hub token; write access for sync and publish (never printed)."
     )
+    HF_TOKEN_PATH: Path | None = Field(
+        None, description="File holding the Hub token, read when HF_TOKEN is empty."
+    )
     HF_ENDPOINT: str = Field(
         "https://huggingface.co", pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
         description="Hub URL; point it at host_tools.hubemu for tests and rehearsal.",
