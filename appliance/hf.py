@@ -100,14 +100,24 @@ def keyring_token() -> str | None:
 
 
 def resolve_token(
-    explicit: str | None, env_token: str | None,
+    explicit: str | None, env_token: str | None, token_file: Path | None = None,
     keyring_lookup: Callable[[], str | None] = keyring_token,
 ) -> tuple[str | None, str]:
-    """The token and where it came from: --token, then HF_TOKEN, then the keyring."""
+    """The token and where it came from: --token, then HF_TOKEN, then the HF_TOKEN_PATH file,
+    then the keyring. An unreadable token file is an error, not a silent fallback."""
     if explicit:
         return explicit, "--token"
     if env_token:
         return env_token, "HF_TOKEN"
+    if token_file is not None:
+        try:
+            text = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise HubAuthError(f"HF_TOKEN_PATH={token_file}: cannot read the token file: "
+                               f"{reason}") from None
+        if text:
+            return text, "HF_TOKEN_PATH"
     found = keyring_lookup()
     if found:
         return found, "keyring"

@@ -1,5 +1,5 @@
-"""Dataset CLI for the workstation: build a dataset directory from PGN files or generate one with
-Stockfish. Run as `python host_tools/datasets.py COMMAND ...` or `python -m host_tools.datasets`.
+"""Dataset CLI for the workstation: build a dataset directory from PGN files, generate one with
+Stockfish, publish/fetch versions on the HF Hub. Run as `python host_tools/datasets.py COMMAND ...`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any, NoReturn
 if __package__ in (None, ""):  # run as a script: make `appliance` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from appliance.hf import HubError  # noqa: E402
+from appliance.settings import SettingsError  # noqa: E402
 from appliance.training.data import DatasetError  # noqa: E402
 from appliance.training.dataset_dir import DEFAULT_SEED, DEFAULT_VAL_FRACTION  # noqa: E402
 from appliance.training.generate import (  # noqa: E402
@@ -25,6 +27,7 @@ from appliance.training.generate import (  # noqa: E402
     generate_dataset,
 )
 from appliance.training.pgn_import import import_pgn  # noqa: E402
+from host_tools.datasets_hub import SUBCOMMANDS as HUB_SUBCOMMANDS  # noqa: E402
 
 EXIT_OK = 0
 EXIT_FAILED = 2
@@ -310,7 +313,8 @@ def _run_generate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 # Each entry adds one subcommand; new ones (publish, fetch) go here with their own _add_* function.
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_build, _add_generate)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_build, _add_generate, *HUB_SUBCOMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"datasets {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CliError, DatasetError, GenerateError, OSError) as exc:
+    except (CliError, DatasetError, GenerateError, OSError, HubError, SettingsError) as exc:
         print(f"datasets {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

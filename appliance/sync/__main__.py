@@ -160,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     if args.command == "status":
         return _run_status(cfg.sync_state_dir(paths.REPO_DIR), args.json)
-    token, _ = resolve_token(None, cfg.token)
+    try:
+        token, _ = resolve_token(None, cfg.token, cfg.HF_TOKEN_PATH)
+    except HubError as exc:
+        print(f"{where}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     redact = Redactor([token])
     _setup_logging(redact)
     try:
