@@ -208,21 +208,6 @@ def _add_fetch(sub: SubParsers) -> None:
     p.set_defaults(handler=_run_fetch)
 
 
-def fetch_to_manifest(client: HubClient, repo: str, prefix: str, dest: Path,
-                      manifest_out: Path | None, name: str | None = None,
-                      version: str | None = None) -> tuple[list[hd.Fetched], dict[str, Any]]:
-    """Fetch one dataset (`name`) or every newest one, and write the aggregate manifest."""
-    if name is not None:
-        one, revision = hd.fetch(client, repo, prefix, name, version, dest)
-        fetched = [one]
-    else:
-        fetched, revision = hd.fetch_all_latest(client, repo, prefix, dest)
-    manifest = hd.fetch_manifest(fetched, repo, prefix, revision)
-    if manifest_out is not None:
-        hd.write_json_atomic(manifest_out, manifest)
-    return fetched, manifest
-
-
 def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     paths, cfg = _settings()
     if args.version and not args.name:
@@ -233,7 +218,7 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.all_latest and manifest_out is None:
         manifest_out = cfg.HF_DATASET_FETCH_MANIFEST or dest / "fetch_manifest.json"
     started = time.monotonic()
-    fetched, manifest = fetch_to_manifest(_client(args, cfg), repo, prefix, dest, manifest_out,
+    fetched, manifest = hd.fetch_to_manifest(_client(args, cfg), repo, prefix, dest, manifest_out,
                                           args.name, args.version)
     elapsed = time.monotonic() - started
     if args.json:

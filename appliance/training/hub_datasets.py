@@ -624,6 +624,22 @@ def fetch_manifest(fetched: Sequence[Fetched], repo_id: str, prefix: str, revisi
     }
 
 
+def fetch_to_manifest(client: HubClient, repo: str, prefix: str, dest: Path,
+                      manifest_out: Path | None, name: str | None = None,
+                      version: str | None = None) -> tuple[list[Fetched], dict[str, Any]]:
+    """Fetch one dataset (`name`) or the newest version of each, and write the aggregate
+    manifest to `manifest_out`."""
+    if name is not None:
+        one, revision = fetch(client, repo, prefix, name, version, dest)
+        fetched = [one]
+    else:
+        fetched, revision = fetch_all_latest(client, repo, prefix, dest)
+    manifest = fetch_manifest(fetched, repo, prefix, revision)
+    if manifest_out is not None:
+        write_json_atomic(manifest_out, manifest)
+    return fetched, manifest
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

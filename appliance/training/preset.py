@@ -3,6 +3,11 @@
 Dataset: TRAIN_PATH + VAL_PATH, else TRAIN_DATASET_DIR, else the newest dir under
 $REPO_DIR/data/dataset/ holding train.jsonl and val.jsonl. Uses torchrun when several GPUs are
 visible. Each phase is timed into the phase-timing log (source=runpod_train_preset).
+
+HF mode (HF_FETCH_LATEST_ALL_DATASETS=1): the newest version of every dataset in
+HF_DATASET_REPO_ID is fetched (or HF_DATASET_FETCH_MANIFEST reused with
+HF_USE_EXISTING_FETCH_MANIFEST=1), one row format is picked (HF_DATASET_SCHEMA_FILTER; auto
+prefers game rows) and every file of it goes to the trainer as repeated --train / --val.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from appliance import settings
+from appliance.hf import HubClient, HubError, resolve_token
 from appliance.timing import TimingLog
+from appliance.training import hub_datasets
+from appliance.training.data import GAME_FORMAT, LEGACY_FORMAT, DatasetError
 from appliance.training.train import BEST
 
 SOURCE = "runpod_train_preset"
@@ -72,17 +81,70 @@ def resolve_dataset(cfg: settings.TrainingSettings, repo_dir: Path) -> tuple[Pat
     return pair
 
 
+SPLICE_VARS = ("TRAIN_RUNTIME_MIN_CONTEXT", "TRAIN_RUNTIME_MIN_TARGET",
+               "TRAIN_RUNTIME_MAX_SAMPLES_PER_GAME")
+
+
+def select_bucket(manifest: dict[str, Any], schema_filter: str, where: Path
+                  ) -> tuple[str, list[Path], list[Path], list[str]]:
+    """The row format to train on, its train and val files and its datasets (name@version),
+    from a fetch manifest."""
+    buckets = manifest["aggregate_by_format"]
+    found = ", ".join(sorted(buckets)) or "none"
+    if schema_filter == "auto":
+        fmt = next((f for f in (GAME_FORMAT, LEGACY_FORMAT) if f in buckets), None)
+        if fmt is None:
+            raise PresetError(f"{where}: no dataset of a known row format (found: {found})")
+    elif schema_filter in buckets:
+        fmt = schema_filter
+    else:
+        raise PresetError(f"HF_DATASET_SCHEMA_FILTER={schema_filter}: no fetched dataset has "
+                          f"that format (found: {found})")
+    bucket = buckets[fmt]
+    train = [Path(p) for p in bucket["train"]]
+    val = [Path(p) for p in bucket["val"]]
+    for p in train + val:
+        if not p.is_file():
+            raise PresetError(f"{p}: listed in {where} but missing; fetch again "
+                              "(HF_USE_EXISTING_FETCH_MANIFEST=0)")
+    return fmt, train, val, list(bucket["datasets"])
+
+
+def resolve_hf_datasets(hf: settings.HfSettings, repo_dir: Path
+                        ) -> tuple[str, list[Path], list[Path], list[str]]:
+    """HF mode: fetch the newest version of every dataset (or reuse the fetch manifest)."""
+    manifest_path = hf.fetch_manifest(repo_dir)
+    if hf.HF_USE_EXISTING_FETCH_MANIFEST:
+        manifest = hub_datasets.read_fetch_manifest(manifest_path)
+    else:
+        if not hf.HF_DATASET_REPO_ID:
+            raise PresetError("HF_FETCH_LATEST_ALL_DATASETS=1 needs HF_DATASET_REPO_ID (the "
+                              "dataset repo, OWNER/NAME)")
+        token, _ = resolve_token(None, hf.token, hf.HF_TOKEN_PATH)
+        client = HubClient(hf.HF_ENDPOINT, token)
+        _, manifest = hub_datasets.fetch_to_manifest(
+            client, hf.HF_DATASET_REPO_ID, hf.HF_DATASET_PATH_PREFIX,
+            hf.dataset_cache_dir(repo_dir), manifest_path)
+    return select_bucket(manifest, hf.HF_DATASET_SCHEMA_FILTER, manifest_path)
+
+
 def trainer_command(
-    cfg: settings.TrainingSettings, train: Path, val: Path, output_dir: Path, gpus: int
+    cfg: settings.TrainingSettings, train: Path | Sequence[Path], val: Path | Sequence[Path],
+    output_dir: Path, gpus: int, splice: bool = True,
 ) -> list[str]:
+    """`splice=False` leaves out the runtime splice flags (legacy rows are spliced already)."""
     launcher = [sys.executable, "-m"]
     if gpus > 1:
         launcher += ["torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"]
-    cmd = launcher + ["appliance.training.train", "--train", str(train), "--val", str(val),
-                      "--output-dir", str(output_dir)]
+    trains = [train] if isinstance(train, Path) else list(train)
+    vals = [val] if isinstance(val, Path) else list(val)
+    cmd = launcher + ["appliance.training.train"]
+    cmd += [a for p in trains for a in ("--train", str(p))]
+    cmd += [a for p in vals for a in ("--val", str(p))]
+    cmd += ["--output-dir", str(output_dir)]
     for var, flag in FLAG_VARS.items():
         value = getattr(cfg, var)
-        if value is not None:
+        if value is not None and (splice or var not in SPLICE_VARS):
             cmd += [flag, str(value)]
     try:
         cmd += shlex.split(cfg.TRAIN_EXTRA_ARGS)
@@ -101,25 +163,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         paths = settings.load(settings.PathSettings)
         cfg = settings.load(settings.TrainingSettings)
+        hf = settings.load(settings.HfSettings)
     except settings.SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run_id = paths.RUN_ID or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     timing = TimingLog(paths.timing_log, SOURCE, run_id)
+    fmt = GAME_FORMAT
     try:
-        with timing.phase("resolve_dataset_paths"):
-            train, val = resolve_dataset(cfg, paths.REPO_DIR)
-    except PresetError as exc:
+        if hf.HF_FETCH_LATEST_ALL_DATASETS:
+            with timing.phase("fetch_datasets"):
+                fmt, trains, vals, names = resolve_hf_datasets(hf, paths.REPO_DIR)
+            print(f"dataset: HF {fmt}: {', '.join(names)} (manifest "
+                  f"{hf.fetch_manifest(paths.REPO_DIR)})", flush=True)
+        else:
+            with timing.phase("resolve_dataset_paths"):
+                train, val = resolve_dataset(cfg, paths.REPO_DIR)
+            trains, vals = [train], [val]
+    except (PresetError, DatasetError, HubError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     output_dir = cfg.TRAIN_OUTPUT_DIR or paths.REPO_DIR / "artifacts" / "train" / run_id
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     try:
-        cmd = trainer_command(cfg, train, val, output_dir, gpus)
+        cmd = trainer_command(cfg, trains, vals, output_dir, gpus, splice=fmt == GAME_FORMAT)
     except PresetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"dataset: train {train}, val {val}", flush=True)
+    print(f"dataset: train {', '.join(map(str, trains))}, val {', '.join(map(str, vals))}",
+          flush=True)
     print("trainer: " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
@@ -130,10 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(res["exit_code"] or 1)
     if args.evaluate:
         with timing.phase("evaluate") as res:
-            res["exit_code"] = subprocess.call(
-                [sys.executable, "-m", "appliance.training.evaluate", "--model",
-                 str(output_dir / BEST), "--data", str(val), "--train-data", str(train)]
-            )
+            train_data = [a for p in trains for a in ("--train-data", str(p))]
+            for val in vals:  # evaluate takes one data file
+                res["exit_code"] = subprocess.call(
+                    [sys.executable, "-m", "appliance.training.evaluate", "--model",
+                     str(output_dir / BEST), "--data", str(val), *train_data]
+                )
+                if res["exit_code"]:
+                    break
         return int(res["exit_code"] or 0)
     return 0
 
