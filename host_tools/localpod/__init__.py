@@ -1,0 +1,8 @@
+"""localpod: a local RunPod-compatible control plane (REST v2 and a GraphQL subset) on 127.0.0.1
+whose pods are records only or real local containers; used by the tests and for rehearsal.
+"""
+
+from host_tools.localpod.server import LocalPodServer
+from host_tools.localpod.state import Account, Fault, PodBackend, RecordsBackend
+
+__all__ = ["Account", "Fault", "LocalPodServer", "PodBackend", "RecordsBackend"]
