@@ -1,0 +1,60 @@
+"""Run localpod on 127.0.0.1: point RUNPOD_REST_URL / RUNPOD_GRAPHQL_URL (or the runpod SDK's
+RUNPOD_API_BASE_URL) at the URLs it prints; pods are records only unless --engine is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from host_tools.localpod.containers import ContainerBackend
+from host_tools.localpod.server import LocalPodServer
+from host_tools.localpod.state import DEFAULT_IMAGE, Account, PodBackend, RecordsBackend
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m host_tools.localpod",
+        description="A local RunPod control plane: REST v2 (/v2) and the GraphQL subset "
+        "(/graphql) on 127.0.0.1. Faults: POST /_localpod/faults; request log: "
+        "GET /_localpod/requests.",
+    )
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--engine", choices=["podman", "docker"],
+                   help="run pods as containers with this engine (default: records only)")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help="image of the templates "
+                   "(default %(default)s)")
+    p.add_argument("--api-key-file", type=Path, metavar="FILE",
+                   help="accept only the account keys listed in FILE (one per line); default: "
+                   "any non-empty key")
+    p.add_argument("--public-key-file", type=Path, metavar="FILE",
+                   help="SSH public keys injected into pods as PUBLIC_KEY")
+    p.add_argument("--boot-polls", type=int, default=1, metavar="N",
+                   help="reads a records-only pod stays booting (default %(default)s)")
+    args = p.parse_args(argv)
+    keys: set[str] = set()
+    public_key = ""
+    try:
+        if args.api_key_file:
+            keys = set(args.api_key_file.read_text(encoding="utf-8").split())
+        if args.public_key_file:
+            public_key = args.public_key_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        p.error(f"{exc.filename}: {exc.strerror}")
+    backend: PodBackend = ContainerBackend(args.engine) if args.engine else RecordsBackend()
+    server = LocalPodServer(Account(backend, keys, boot_polls=args.boot_polls, image=args.image,
+                                    public_key=public_key), args.port)
+    print(f"localpod listening: RUNPOD_REST_URL={server.rest_url} "
+          f"RUNPOD_GRAPHQL_URL={server.graphql_url} RUNPOD_API_BASE_URL={server.url}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    server.server_close()
+    server.account.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
