@@ -1,0 +1,430 @@
+"""Settings -> the pod's config files: supervisord.conf, one program file each, sshd_config.
+
+Pure (no I/O but reading the templates in supervisord.conf.d/), so golden tests pin the output;
+the bootstrap writes the files where `Layout` says.
+"""
+
+from __future__ import annotations
+
+import shlex
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from appliance import settings
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "supervisord.conf.d"
+HOST_KEY_TYPES = ("ed25519", "ecdsa")
+# Order is start order (supervisord priority); sshd stops last.
+PROGRAM_FILES = {
+    "fatal-reviver": "00-fatal-reviver.conf",
+    "sshd": "10-sshd.conf",
+    "inference": "20-inference.conf",
+    "jupyter": "30-jupyter.conf",
+    "hf-sync": "40-hf-sync.conf",
+    "idle-watchdog": "50-idle-watchdog.conf",
+}
+# Login shells get these besides the settings variables that are set (never a secret).
+EXTRA_SHELL_VARS = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+                    "NVIDIA_DRIVER_CAPABILITIES", "TZ", "LANG", "LC_ALL")
+SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+class RenderError(ValueError):
+    """A value that cannot be written into a config file safely, named."""
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """The settings the pod runtime reads, loaded together."""
+
+    runtime: settings.RuntimeSettings
+    services: settings.ServiceSettings
+    paths: settings.PathSettings
+    repo: settings.RepoSettings
+    ssh: settings.SshSettings
+    jupyter: settings.JupyterSettings
+    inference: settings.InferenceSettings
+
+    @classmethod
+    def load(cls) -> PodConfig:
+        """Every pod settings class is validated; all bad variables are named in one error."""
+        problems: list[str] = []
+        for klass in settings.pod_settings_classes():
+            try:
+                settings.load(klass)
+            except settings.SettingsError as exc:
+                problems.append(str(exc).removeprefix("bad environment: "))
+        if problems:
+            raise settings.SettingsError("bad environment: " + "; ".join(problems))
+        return cls(settings.load(settings.RuntimeSettings), settings.load(settings.ServiceSettings),
+                   settings.load(settings.PathSettings), settings.load(settings.RepoSettings),
+                   settings.load(settings.SshSettings), settings.load(settings.JupyterSettings),
+                   settings.load(settings.InferenceSettings))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path the bootstrap reads or writes, from RuntimeSettings."""
+
+    workspace: Path
+    state_dir: Path
+    etc_dir: Path
+    run_dir: Path
+    privsep_dir: Path
+    bin_dir: Path
+    secrets_dir: Path
+    user: str
+    user_home: Path
+    python: Path
+    stamp: Path
+    hf_home: Path
+    sshd: Path
+
+    @classmethod
+    def of(cls, rt: settings.RuntimeSettings) -> Layout:
+        state = rt.APPLIANCE_STATE_DIR or rt.WORKSPACE_DIR / ".appliance"
+        python = rt.APPLIANCE_PYTHON
+        return cls(
+            workspace=rt.WORKSPACE_DIR,
+            state_dir=state,
+            etc_dir=rt.APPLIANCE_ETC_DIR,
+            run_dir=rt.APPLIANCE_RUN_DIR,
+            privsep_dir=rt.APPLIANCE_SSHD_PRIVSEP_DIR,
+            bin_dir=rt.APPLIANCE_BIN_DIR,
+            secrets_dir=rt.APPLIANCE_SECRETS_DIR or rt.APPLIANCE_RUN_DIR / "appliance" / "secrets",
+            user=rt.APPLIANCE_USER,
+            user_home=rt.APPLIANCE_USER_HOME or Path("/home") / rt.APPLIANCE_USER,
+            python=python,
+            stamp=rt.APPLIANCE_REQUIREMENTS_STAMP
+            or python.parent.parent / ".appliance-requirements.sha256",
+            hf_home=rt.HF_HOME or rt.WORKSPACE_DIR / ".cache" / "huggingface",
+            sshd=rt.APPLIANCE_SSHD,
+        )
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def host_key_store(self) -> Path:
+        return self.state_dir / "ssh"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.etc_dir / "ssh"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.etc_dir / "ssh" / "sshd_config"
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.etc_dir / "supervisor"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.etc_dir / "supervisor" / "supervisord.conf"
+
+    @property
+    def conf_d(self) -> Path:
+        return self.etc_dir / "supervisor" / "conf.d"
+
+    @property
+    def env_file(self) -> Path:
+        return self.etc_dir / "profile.d" / "appliance-env.sh"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.run_dir / "supervisor"
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / "supervisor" / "supervisor.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "supervisord.pid"
+
+    @property
+    def appliance_run(self) -> Path:
+        return self.run_dir / "appliance"
+
+    @property
+    def fatal_dir(self) -> Path:
+        return self.run_dir / "appliance" / "fatal"
+
+    @property
+    def boot_record(self) -> Path:
+        return self.run_dir / "appliance" / "bootstrap.json"
+
+    @property
+    def supervisorctl(self) -> Path:
+        return self.bin_dir / "supervisorctl"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.user_home / ".ssh" / "authorized_keys"
+
+    @property
+    def venv_bin(self) -> Path:
+        return self.python.parent
+
+    def host_key(self, key_type: str) -> Path:
+        return self.ssh_dir / f"ssh_host_{key_type}_key"
+
+    def secret_file(self, name: str) -> Path:
+        return self.secrets_dir / name
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    mode: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which programs run, and why any enabled one is left out."""
+
+    programs: tuple[str, ...]
+    left_out: Mapping[str, str]
+
+
+def plan(services: settings.ServiceSettings, torch_ok: bool) -> Plan:
+    wanted = {
+        "fatal-reviver": True,
+        "sshd": services.START_SSHD,
+        "inference": services.START_INFERENCE_API,
+        "jupyter": services.START_JUPYTER,
+        "hf-sync": services.START_HF_SYNC,
+        "idle-watchdog": services.START_IDLE_WATCHDOG,
+    }
+    left_out = {}
+    if wanted["inference"] and not torch_ok:
+        wanted["inference"] = False
+        left_out["inference"] = "torch cannot be imported, so the inference API would crash-loop"
+    return Plan(tuple(n for n, on in wanted.items() if on), left_out)
+
+
+# -- escaping ---------------------------------------------------------------------------------
+
+def _ini(value: str, what: str) -> str:
+    """A value for a supervisord option: one line, no inline comment, '%' escaped."""
+    if "\n" in value or "\r" in value:
+        raise RenderError(f"{what}: {value!r} holds a line break; it cannot go into supervisord "
+                          "config")
+    for marker in (" ;", "\t;", " #", "\t#"):
+        if marker in value:
+            raise RenderError(f"{what}: {value!r} holds {marker.strip()!r} after a space, which "
+                              "supervisord reads as a comment")
+    return value.replace("%", "%%")
+
+
+def _command(args: list[str], what: str) -> str:
+    return _ini(" ".join(shlex.quote(a) for a in args), what)
+
+
+def _environment(env: Mapping[str, str], what: str) -> str:
+    for key, value in env.items():
+        if '"' in value or "\\" in value:
+            raise RenderError(f"{what}: {key}={value!r} holds a quote or backslash, which "
+                              "supervisord's environment= cannot carry")
+    return _ini(",".join(f'{k}="{v}"' for k, v in env.items()), what)
+
+
+def _sshd_value(value: str, what: str) -> str:
+    if any(c in value for c in '"\n\r'):
+        raise RenderError(f"{what}: {value!r} holds a quote or line break; it cannot go into "
+                          "sshd_config")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
+def _template(name: str, **values: str) -> str:
+    text = (TEMPLATE_DIR / name).read_text(encoding="utf-8")
+    try:
+        return string.Template(text).substitute(values)
+    except KeyError as exc:
+        raise RenderError(f"template {TEMPLATE_DIR / name} uses ${exc.args[0]}, which render.py "
+                          "does not fill in") from None
+
+
+# -- the files ----------------------------------------------------------------------------------
+
+def _user_env(layout: Layout, **extra: str) -> dict[str, str]:
+    return {"HOME": str(layout.user_home), "USER": layout.user, "LOGNAME": layout.user,
+            "SHELL": "/bin/bash", **extra}
+
+
+def _hf_token_path(layout: Layout, secret_names: frozenset[str]) -> dict[str, str]:
+    """huggingface_hub reads the token from this file, so it needs no HF_TOKEN in the env."""
+    if "HF_TOKEN" not in secret_names:
+        return {}
+    return {"HF_TOKEN_PATH": str(layout.secret_file("HF_TOKEN"))}
+
+
+def _listen_host(cfg: PodConfig) -> str:
+    return cfg.runtime.APPLIANCE_BIND_HOST
+
+
+def supervisord_conf(layout: Layout, extra_conf_dir: Path | None) -> str:
+    globs = [layout.conf_d / "*.conf"]
+    if extra_conf_dir is not None:
+        globs.append(extra_conf_dir / "*.conf")
+    for g in globs:
+        if any(c.isspace() for c in str(g)):
+            raise RenderError(f"{g}: supervisord's [include] cannot hold a path with spaces")
+    return _template(
+        "supervisord.conf",
+        log_dir=_ini(str(layout.log_dir), "log dir"),
+        pidfile=_ini(str(layout.pidfile), "pid file"),
+        socket=_ini(str(layout.socket), "socket"),
+        group=_ini(layout.user, "APPLIANCE_USER"),
+        include=_ini(" ".join(str(g) for g in globs), "include"),
+    )
+
+
+def program_conf(name: str, cfg: PodConfig, layout: Layout, secret_names: frozenset[str]) -> str:
+    """One program file; `secret_names` are the secret files the bootstrap wrote."""
+    py = str(layout.python)
+    log_dir = _ini(str(layout.log_dir), "log dir")
+    user = _ini(layout.user, "APPLIANCE_USER")
+    home = _ini(str(layout.user_home), "APPLIANCE_USER_HOME")
+    host = _listen_host(cfg)
+    if name == "fatal-reviver":
+        rt = cfg.runtime
+        args = [py, "-m", "appliance.reviver", "--socket", str(layout.socket),
+                "--records", str(layout.fatal_dir),
+                "--cooldown", f"{rt.APPLIANCE_FATAL_COOLDOWN_SECONDS:g}",
+                "--max-revives", str(rt.APPLIANCE_FATAL_MAX_REVIVES), "--uncapped", "sshd"]
+        return _template("fatal-reviver.conf", command=_command(args, name), log_dir=log_dir)
+    if name == "sshd":
+        args = [str(layout.sshd), "-D", "-e", "-f", str(layout.sshd_config)]
+        return _template("sshd.conf", command=_command(args, name), log_dir=log_dir)
+    if name == "inference":
+        inf = cfg.inference
+        args = [py, "-m", "appliance.inference", "--host", host, "--port", str(inf.INFERENCE_PORT)]
+        if inf.INFERENCE_MODEL_PATH is not None:
+            args += ["--model", str(inf.INFERENCE_MODEL_PATH)]
+        args += ["--device", inf.INFERENCE_DEVICE]
+        return _template("inference.conf", command=_command(args, name), directory=home,
+                         user=user, log_dir=log_dir,
+                         environment=_environment(_user_env(layout), name))
+    if name == "jupyter":
+        ws = str(layout.workspace)
+        args = [py, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={host}",
+                f"--ServerApp.port={cfg.jupyter.JUPYTER_PORT}", "--ServerApp.port_retries=0",
+                f"--ServerApp.root_dir={ws}"]
+        env = _user_env(layout, JUPYTER_TOKEN_FILE=str(layout.secret_file("JUPYTER_TOKEN")),
+                        **_hf_token_path(layout, secret_names))
+        return _template("jupyter.conf", command=_command(args, name), log_dir=log_dir,
+                         directory=_ini(ws, "WORKSPACE_DIR"), user=user,
+                         environment=_environment(env, name))
+    if name == "hf-sync":
+        args = [py, "-m", "appliance.sync", "watch"]
+        env = _user_env(layout, **_hf_token_path(layout, secret_names))
+        return _template("hf-sync.conf", command=_command(args, name), directory=home,
+                         user=user, log_dir=log_dir, environment=_environment(env, name))
+    if name == "idle-watchdog":
+        args = [py, "-m", "appliance.watchdog"]
+        return _template("idle-watchdog.conf", command=_command(args, name),
+                         directory=_ini(str(layout.state_dir), "state dir"), log_dir=log_dir)
+    raise RenderError(f"unknown program {name!r}; known: {', '.join(PROGRAM_FILES)}")
+
+
+def ssh_path(layout: Layout) -> str:
+    parts = [str(layout.bin_dir), str(layout.venv_bin), *SYSTEM_PATH]
+    return ":".join(dict.fromkeys(parts))
+
+
+def sshd_config(cfg: PodConfig, layout: Layout, shell_vars: Mapping[str, str]) -> str:
+    """`shell_vars`: what ssh sessions see besides PATH (see shell_env); a value sshd_config
+    cannot quote is left out here (login shells still get it from the env file)."""
+    host_keys = "\n".join(
+        "HostKey " + _sshd_value(str(layout.host_key(t)), "host key") for t in HOST_KEY_TYPES
+    )
+    pairs = {"PATH": ssh_path(layout)}
+    pairs.update({k: v for k, v in shell_vars.items()
+                  if k != "PATH" and not any(c in v for c in '"\\') and v.isprintable()})
+    setenv = " ".join(_sshd_value(f"{k}={v}", "SetEnv") for k, v in pairs.items())
+    return _template(
+        "sshd_config",
+        port=str(cfg.ssh.SSH_PORT),
+        listen_address=_sshd_value(_listen_host(cfg), "APPLIANCE_BIND_HOST"),
+        host_keys=host_keys,
+        user=_sshd_value(layout.user, "APPLIANCE_USER"),
+        authorized_keys=_sshd_value(str(layout.authorized_keys), "authorized_keys"),
+        setenv=setenv,
+    )
+
+
+def supervisorctl_shim(layout: Layout) -> str:
+    return _template("supervisorctl", python=str(layout.python),
+                     config=repr(str(layout.supervisord_conf)))
+
+
+def strip_credentials(url: str) -> str:
+    """A URL without its user:password part (for logs and shells)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def shell_env(environ: Mapping[str, str], layout: Layout,
+              secret_names: frozenset[str]) -> dict[str, str]:
+    """The allow-listed environment for login shells: no secret, ever."""
+    declared = {name for klass in settings.pod_settings_classes() for name in klass.model_fields}
+    out: dict[str, str] = {}
+    for name in sorted(environ):
+        allowed = name in declared or name.startswith("RUNPOD_") or name in EXTRA_SHELL_VARS
+        if not allowed or settings.is_secret_name(name) or not environ[name]:
+            continue
+        out[name] = strip_credentials(environ[name]) if name == "REPO_URL" else environ[name]
+    out["HF_HOME"] = str(layout.hf_home)
+    out["APPLIANCE_SECRETS_DIR"] = str(layout.secrets_dir)
+    out.update(_hf_token_path(layout, secret_names))
+    out["VIRTUAL_ENV"] = str(layout.venv_bin.parent)
+    return out
+
+
+def env_file(environ: Mapping[str, str], layout: Layout, secret_names: frozenset[str]) -> str:
+    lines = [
+        "# The pod's environment for login shells and ssh commands (allow-listed, no secrets).",
+        "# Written by appliance.bootstrap at every start; edits here are lost.",
+    ]
+    for name, value in shell_env(environ, layout, secret_names).items():
+        lines.append(f"export {name}={shlex.quote(value)}")
+    front = f"{shlex.quote(str(layout.bin_dir))}:{shlex.quote(str(layout.venv_bin))}"
+    lines += [
+        f'case ":$PATH:" in *:{shlex.quote(str(layout.venv_bin))}:*) ;; '
+        f'*) export PATH={front}:"$PATH" ;; esac',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_all(cfg: PodConfig, layout: Layout, *, torch_ok: bool, environ: Mapping[str, str],
+               secret_names: frozenset[str]) -> dict[str, Rendered]:
+    """Every file the bootstrap writes, by name: supervisord.conf, conf.d/NN-<program>.conf,
+    sshd_config (when sshd runs), supervisorctl and appliance-env.sh."""
+    p = plan(cfg.services, torch_ok)
+    out = {"supervisord.conf": Rendered(
+        supervisord_conf(layout, cfg.runtime.APPLIANCE_EXTRA_CONF_DIR), 0o644)}
+    for name in p.programs:
+        out[f"conf.d/{PROGRAM_FILES[name]}"] = Rendered(
+            program_conf(name, cfg, layout, secret_names), 0o600)
+    if cfg.services.START_SSHD:
+        out["sshd_config"] = Rendered(
+            sshd_config(cfg, layout, shell_env(environ, layout, secret_names)), 0o644)
+    out["supervisorctl"] = Rendered(supervisorctl_shim(layout), 0o755)
+    out["appliance-env.sh"] = Rendered(env_file(environ, layout, secret_names), 0o644)
+    return out

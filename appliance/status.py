@@ -1,0 +1,58 @@
+"""`python -m appliance.status`: the pod's health for an operator (also as runner over SSH).
+
+Every program's state and uptime, the inference API's /healthz, FATAL revivals and the last
+boot's phases. Exit 0 when every enabled program runs, 1 when one does not, 2 on bad settings,
+3 when supervisord cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from appliance import settings
+from appliance.health import gather, local_url, read_json, render_table
+from appliance.render import Layout, PodConfig
+
+EXIT_OK, EXIT_UNHEALTHY, EXIT_SETTINGS, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m appliance.status", description=__doc__.split("\n\n")[0],
+        epilog="exit status: 0 healthy, 1 a program is not running, 2 bad settings, "
+        "3 supervisord unreachable")
+    p.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds per request (default 3)")
+    args = p.parse_args(argv)
+    try:
+        cfg = PodConfig.load()
+    except settings.SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    layout = Layout.of(cfg.runtime)
+    boot = read_json(layout.boot_record) or {}
+    programs = boot.get("programs")
+    report = gather(
+        socket_path=layout.socket,
+        expected=list(programs) if isinstance(programs, list) else None,
+        left_out=dict(boot.get("left_out") or {}),
+        records=layout.fatal_dir,
+        timing_log=cfg.paths.timing_log,
+        inference_url=local_url(cfg.runtime.APPLIANCE_BIND_HOST,
+                                cfg.inference.INFERENCE_PORT, "/healthz"),
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(render_table(report))
+    if not report.reachable:
+        return EXIT_UNREACHABLE
+    return EXIT_OK if report.ok else EXIT_UNHEALTHY
+
+
+if __name__ == "__main__":
+    sys.exit(main())
