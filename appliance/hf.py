@@ -21,8 +21,8 @@ DEFAULT_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
 REDACTED = "<redacted>"
 TOKEN_HELP = (
-    "pass --token, set HF_TOKEN, or store it with `keyring set "
-    f"{KEYRING_SERVICE} {KEYRING_USERNAME}`"
+    "set HF_TOKEN (or HF_TOKEN_PATH), pass --token where the command has it, or store it with "
+    f"`keyring set {KEYRING_SERVICE} {KEYRING_USERNAME}`"
 )
 
 log = logging.getLogger("appliance.hf")
@@ -177,6 +177,10 @@ class HubClient:
         if self.endpoint != DEFAULT_ENDPOINT:
             # Xet uploads need Hugging Face's CAS servers; any other endpoint only speaks LFS.
             constants.HF_HUB_DISABLE_XET = True
+        if constants.ENDPOINT.rstrip("/") != self.endpoint:
+            # The library's own probes (agent registry) go to the endpoint it read at import:
+            # never let them reach a host this client was not pointed at.
+            constants.HF_HUB_DISABLE_TELEMETRY = True
         (enable_progress_bars if progress else disable_progress_bars)()
         # token=False: never fall back to a token huggingface_hub finds on its own.
         self._api = huggingface_hub.HfApi(endpoint=self.endpoint, token=token or False)

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="polling interval (default HF_SYNC_POLL_SECONDS, 10)")
     watch.add_argument("--mode", choices=("auto", "inotify", "poll"),
                        help="event source (default HF_SYNC_MODE, auto)")
+    watch.add_argument("--retry-backoff", type=float, default=5.0, metavar="S",
+                       help="wait after a failed upload, doubled after each further failure up "
+                       "to 300 s (default %(default)s)")
     status = sub.add_parser("status", help="print the watcher's pending count and last upload")
     status.add_argument("--json", action="store_true", help="print status.json as is")
     return parser
@@ -115,9 +118,10 @@ def _run_watch(job: SyncJob, client: HubClient, args: argparse.Namespace,
         debounce_s=args.debounce if args.debounce is not None else cfg.HF_SYNC_DEBOUNCE_SECONDS,
         poll_s=args.poll if args.poll is not None else cfg.HF_SYNC_POLL_SECONDS,
         mode=args.mode or cfg.HF_SYNC_MODE,
+        backoff_s=args.retry_backoff,
     )
-    if wcfg.debounce_s < 0 or wcfg.poll_s <= 0:
-        raise ValueError("--debounce must be >= 0 and --poll > 0")
+    if wcfg.debounce_s < 0 or wcfg.poll_s <= 0 or wcfg.backoff_s <= 0:
+        raise ValueError("--debounce must be >= 0, --poll and --retry-backoff > 0")
     watcher = Watcher(job, lambda rels: sync_once(client, job, rels), wcfg)
     stop = threading.Event()
 
@@ -169,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(redact)
     try:
         job = _job(args, cfg, paths.REPO_DIR)
-        client = HubClient(cfg.HF_ENDPOINT, token)
+        # The watcher retries on its own schedule, so each of its uploads is a single attempt.
+        client = HubClient(cfg.HF_ENDPOINT, token, attempts=1 if args.command == "watch" else 4)
         if args.command == "once":
             return _run_once(job, client, args.json)
         return _run_watch(job, client, args, cfg)

@@ -106,6 +106,7 @@ def sync_once(client: HubClient, job: SyncJob, only: Iterable[str] | None = None
             index.save()
             result.elapsed_s = time.monotonic() - started
             return result
+        client.require_token(f"upload to {job.repo_id}")
         client.ensure_repo(job.repo_id, job.repo_type)
         rels = [rel for rel, _, _ in todo]
         result.commit = client.upload(

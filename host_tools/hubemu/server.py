@@ -113,6 +113,7 @@ class Handler(BaseHTTPRequestHandler):
     server: _Server
     _status = 0
     _body_bytes = 0
+    _body_started = False
 
     # -- plumbing --
 
@@ -152,6 +153,7 @@ class Handler(BaseHTTPRequestHandler):
         return b"".join(self._body_chunks(limit))
 
     def _body_chunks(self, limit: int | None = None) -> Iterator[bytes]:
+        self._body_started = True
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
@@ -201,6 +203,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         self._status = 0
         self._body_bytes = 0
+        self._body_started = False
         started = time.time()
         fault = self.state.take_fault(self.command, self.path)
         try:
@@ -209,8 +212,10 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._route()
         except _Reply as reply:
+            self._skip_body()
             self._error(reply.status, reply.message, reply.code, reply.headers)
         except HubStoreError as exc:
+            self._skip_body()
             self._error(exc.status, exc.message, exc.code)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
@@ -219,6 +224,19 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.log.append(RequestRecord(
                     started, self.command, self.path, self._status,
                     self._token() is not None, self._body_bytes))
+
+    def _skip_body(self) -> None:
+        """A request refused before its body was read: read it, or the body's bytes would be
+        taken for the next request on this keep-alive connection."""
+        if self._body_started:
+            if self._body_bytes < int(self.headers.get("Content-Length") or 0):
+                self.close_connection = True  # refused halfway through the body
+            return
+        try:
+            for _ in self._body_chunks(limit=MAX_JSON_BODY):
+                pass
+        except (_Reply, ValueError):
+            self.close_connection = True
 
     def _apply_fault(self, fault: Fault) -> None:
         if fault.action == "drop":

@@ -1,0 +1,67 @@
+"""Helpers for the HF tests: environment for huggingface_hub against the local Hub emulator (set
+before huggingface_hub is imported), an emulator fixture and a canary token that must never leak.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+# Read by huggingface_hub at import: no Xet (the emulator speaks LFS only), no probe to the real
+# Hub, no progress bars in captured output.
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from host_tools.hubemu import HubEmulator  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CANARY = "hf_CANARY_9f8e7d6c5b4a3f2e1d0c"
+OTHER_TOKEN = "hf_other_token_not_accepted_1234"
+
+
+def run_hub(tmp_path: Path) -> Iterator[HubEmulator]:
+    """Body of a `hub` fixture: an emulator that accepts only the canary token for writes and
+    private repos, with small tree pages so listings paginate."""
+    emu = HubEmulator(tmp_path / "hub", tree_page_size=4, tokens=frozenset({CANARY})).start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def hf_env(hub: HubEmulator, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Environment for a CLI subprocess talking to `hub` with the canary token."""
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith(("HF_", "TRAIN_", "HUGGING")) and k != "VAL_PATH"}
+    env = {
+        **keep,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_TOKEN": CANARY,
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+        "REPO_DIR": str(tmp_path / "repo"),
+        "PYTHONPATH": str(REPO),
+    }
+    env.update(extra)
+    return {k: v for k, v in env.items() if v != ""}
+
+
+def python() -> str:
+    return sys.executable
+
+
+def assert_no_canary(*texts: str) -> None:
+    for text in texts:
+        assert CANARY not in text, "the HF token leaked into output"
+
+
+def assert_canary_never_in_urls(hub: HubEmulator) -> None:
+    paths = [r.path for r in hub.requests()]
+    assert paths, "the test made no request"
+    assert not any(CANARY in p for p in paths)
