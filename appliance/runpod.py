@@ -300,6 +300,12 @@ def strip_api_key(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), urlencode(query), ""))
 
 
+def _split_query(url: str) -> tuple[str, dict[str, str]]:
+    parts = urlsplit(url)
+    return (urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+            dict(parse_qsl(parts.query, keep_blank_values=True)))
+
+
 def _retry_after_seconds(value: str | None, now: float) -> float | None:
     if not value:
         return None
@@ -329,8 +335,11 @@ class RunpodClient:
                  timeout_s: float = 30.0) -> None:
         settings = settings if settings is not None else load(RunpodSettings)
         self._key, self.key_source = resolve_api_key(api_key, settings, keyring_lookup)
-        self.rest_url = strip_api_key(rest_url or settings.RUNPOD_REST_URL)
-        self.graphql_url = strip_api_key(graphql_url or settings.RUNPOD_GRAPHQL_URL)
+        # Query parameters of a configured URL (api_key removed) go on every request to it.
+        self.rest_url, self._rest_params = _split_query(
+            strip_api_key(rest_url or settings.RUNPOD_REST_URL))
+        self.graphql_url, self._graphql_params = _split_query(
+            strip_api_key(graphql_url or settings.RUNPOD_GRAPHQL_URL))
         self._sleep, self.retries = sleep, retries
         self.backoff_s, self.max_wait_s = backoff_s, max_wait_s
         # Redirects are not followed, so the Authorization header never leaves the two endpoints.
@@ -360,6 +369,8 @@ class RunpodClient:
     def _request(self, method: str, url: str, call: str, *, json_body: Any = None,
                  params: dict[str, str] | None = None, retry_5xx: bool = True) -> httpx.Response:
         """One call with retries: 429 waits Retry-After, 5xx and connection errors back off."""
+        base = self._rest_params if url.startswith(self.rest_url) else self._graphql_params
+        params = {**base, **(params or {})} or None
         attempt = 0
         while True:
             try:

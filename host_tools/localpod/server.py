@@ -147,6 +147,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         with self.account.lock:
             self.account.requests.append({"method": self.command, "path": urlsplit(self.path).path,
+                                          "target": self.path,
                                           "status": status,
                                           "user_agent": self.headers.get("User-Agent", ""),
                                           "accept": self.headers.get("Accept", "")})
