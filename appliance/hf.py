@@ -101,7 +101,7 @@ def keyring_token() -> str | None:
 
 def resolve_token(
     explicit: str | None, env_token: str | None, token_file: Path | None = None,
-    keyring_lookup: Callable[[], str | None] = keyring_token,
+    keyring_lookup: Callable[[], str | None] | None = None,
 ) -> tuple[str | None, str]:
     """The token and where it came from: --token, then HF_TOKEN, then the HF_TOKEN_PATH file,
     then the keyring. An unreadable token file is an error, not a silent fallback."""
@@ -118,7 +118,7 @@ def resolve_token(
                                f"{reason}") from None
         if text:
             return text, "HF_TOKEN_PATH"
-    found = keyring_lookup()
+    found = (keyring_lookup or keyring_token)()
     if found:
         return found, "keyring"
     return None, "none"
@@ -160,7 +160,7 @@ class HubClient:
         token: str | None = None,
         *,
         attempts: int = DEFAULT_ATTEMPTS,
-        backoff_s: float = DEFAULT_BACKOFF_S,
+        backoff_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         progress: bool = False,
     ) -> None:
@@ -171,7 +171,7 @@ class HubClient:
         self.endpoint = endpoint.rstrip("/")
         self.token = token
         self.attempts = max(1, attempts)
-        self.backoff_s = backoff_s
+        self.backoff_s = DEFAULT_BACKOFF_S if backoff_s is None else backoff_s
         self.sleep = sleep
         self.redact = Redactor([token])
         if self.endpoint != DEFAULT_ENDPOINT:
