@@ -5,6 +5,7 @@ over an Account, plus /_localpod/faults and /_localpod/requests for tests.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -255,6 +256,8 @@ class Handler(BaseHTTPRequestHandler):
         elif route == "/pods" and self.command == "POST":
             req = _v2_create(body)
             fault = self._fault(f"CREATE {path}")
+            if fault is not None and fault.kind != "create_then_500":
+                return
             pod = acc.create_pod(req, scope)
             if fault is not None and fault.kind == "create_then_500":
                 raise ApiError(500, "Something went wrong. Please try again later or contact "
@@ -323,7 +326,7 @@ class Handler(BaseHTTPRequestHandler):
                 # Schema errors are HTTP 400 before any resolver runs; resolver errors are 200.
                 schema = exc.status == 400 and ("not defined" in exc.message
                                                 or "Cannot query" in exc.message)
-                status = 400 if schema else 401 if exc.status == 401 else 200
+                status = 400 if schema else exc.status if exc.status in (401, 403) else 200
                 self._reply(status, {"errors": [{"message": exc.message, "path": [name]}],
                                      "data": {name: None}}, exc.headers)
                 return
@@ -336,6 +339,8 @@ class Handler(BaseHTTPRequestHandler):
         inp = args.get("input") if isinstance(args.get("input"), dict) else {}
         assert isinstance(inp, dict)
         if kind == "query" and name == "gpuTypes":
+            if acc.catalog_denied:
+                raise ApiError(403, "access denied")
             ids = {inp["id"]} if inp.get("id") else set(inp.get("ids") or []) or None
             return [gpu_graphql(g) for g in acc.catalog.values() if ids is None or g.id in ids]
         if kind == "query" and name == "myself":
@@ -443,6 +448,12 @@ class LocalPodServer(ThreadingHTTPServer):
         self.account = account
         account.api_base = self.url
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer is normal under fault tests; anything else is shown.
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError):
+            super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.server_port}"
@@ -456,7 +467,9 @@ class LocalPodServer(ThreadingHTTPServer):
         return f"{self.url}/graphql"
 
     def start_background(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="localpod", daemon=True)
+        # A short poll interval keeps shutdown() (and so each test's teardown) fast.
+        thread = threading.Thread(target=self.serve_forever, args=(0.05,), name="localpod",
+                                  daemon=True)
         thread.start()
         return thread
 
