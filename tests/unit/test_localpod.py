@@ -1,0 +1,187 @@
+"""localpod checked with a client nobody here wrote (the official runpod SDK over GraphQL), plus
+its own rules: auth, pod-scoped keys, schema errors, and the container backend's command lines.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator, Sequence
+
+import httpx
+import pytest
+
+from host_tools.localpod import Account, Fault, LocalPodServer, RecordsBackend
+from host_tools.localpod.containers import ContainerBackend
+from tests import localpod_fixture
+from tests.localpod_fixture import CANARY
+
+localpod = localpod_fixture.localpod
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sdk(localpod: LocalPodServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", localpod.url)  # read per call by the SDK
+    import runpod
+
+    monkeypatch.setattr(runpod, "api_key", CANARY)
+    yield runpod
+
+
+def test_sdk_full_pod_lifecycle(sdk, localpod: LocalPodServer) -> None:  # type: ignore[no-untyped-def]
+    gpus = sdk.get_gpus()
+    assert {"id": "NVIDIA RTX A4000", "displayName": "RTX A4000", "memoryInGb": 16} in gpus
+    assert sdk.get_gpu("NVIDIA RTX A4000")["lowestPrice"] == {"minimumBidPrice": None,
+                                                               "uninterruptablePrice": 0.17}
+    with pytest.raises(ValueError, match="No GPU found with the specified ID"):
+        sdk.get_gpu("NVIDIA GTX 9999")
+    created = sdk.create_pod("sdk-pod", "img:1", "NVIDIA RTX A4000", cloud_type="SECURE",
+                             ports="22/tcp, 8888/http", env={"A": "b"},
+                             volume_mount_path="/workspace", volume_in_gb=20)
+    pod_id = created["id"]
+    assert created["imageName"] == "img:1" and created["env"] == ["A=b"]
+    assert created["machine"] == {"podHostId": f"{pod_id}-localpod"}
+    record = localpod.account.pods[pod_id]
+    assert (record.ports, record.cloud, record.volume_path) == (
+        ["22/tcp", "8888/http"], "SECURE", "/workspace")
+    first = sdk.get_pod(pod_id)
+    assert (first["desiredStatus"], first["runtime"]) == ("RUNNING", None)  # still booting
+    running = sdk.get_pod(pod_id)
+    ports = {p["privatePort"]: p for p in running["runtime"]["ports"]}
+    assert ports[22]["publicPort"] == record.mappings[22] and ports[22]["isIpPublic"] is True
+    assert [p["id"] for p in sdk.get_pods()] == [pod_id]
+    assert sdk.stop_pod(pod_id) == {"id": pod_id, "desiredStatus": "EXITED"}
+    assert sdk.get_pod(pod_id)["runtime"] is None
+    assert sdk.resume_pod(pod_id, 1)["desiredStatus"] == "RUNNING"
+    assert sdk.terminate_pod(pod_id) is None
+    assert sdk.get_pod(pod_id) is None
+    assert sdk.get_pods() == []
+    assert all(CANARY not in r["target"] for r in localpod.account.requests)
+
+
+def test_sdk_errors(sdk, localpod: LocalPodServer,  # type: ignore[no-untyped-def]
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from runpod import error
+
+    with pytest.raises(error.QueryError, match="^pod not found$"):
+        sdk.stop_pod("nosuchpod00000")
+    localpod.account.faults.append(Fault("GRAPHQL podFindAndDeployOnDemand", kind="no_capacity"))
+    with pytest.raises(error.QueryError, match="no longer any instances available"):
+        sdk.create_pod("x", "img", "NVIDIA A40")
+    monkeypatch.setattr(sdk, "api_key", "wrong")
+    with pytest.raises(error.AuthenticationError):
+        sdk.get_pods()
+
+
+def gql(server: LocalPodServer, query: str, key: str | None = CANARY,
+        variables: dict | None = None, url: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(url or server.graphql_url, json={"query": query, "variables": variables},
+                      headers=headers)
+
+
+def test_graphql_auth_public_catalog_and_legacy_query_key(localpod: LocalPodServer) -> None:
+    assert gql(localpod, "{ myself { pods { id } } }", key=None).status_code == 401
+    public = gql(localpod, "{ gpuTypes { id } }", key=None)
+    assert public.status_code == 200 and len(public.json()["data"]["gpuTypes"]) == 6
+    legacy = gql(localpod, "{ myself { pods { id } } }", key=None,
+                 url=f"{localpod.graphql_url}?api_key={CANARY}")
+    assert legacy.json() == {"data": {"myself": {"pods": []}}}
+
+
+def test_graphql_schema_errors_are_400(localpod: LocalPodServer) -> None:
+    bad = gql(localpod, 'mutation { podStop(input: {podId: "x", objectMounts: 1}) { id } }')
+    assert (bad.status_code, bad.json()["errors"][0]["message"]) == (
+        400, 'Field "objectMounts" is not defined by type "PodStopInput".')
+    syntax = gql(localpod, "mutation { podStop(")
+    assert syntax.status_code == 400
+    assert syntax.json()["errors"][0]["message"].startswith("Syntax Error: ")
+    unknown = gql(localpod, "{ podRestart { id } }")
+    assert (unknown.status_code, unknown.json()["errors"][0]["message"]) == (
+        400, 'Cannot query field "podRestart" on type "Query".')
+
+
+def test_rest_validation_and_auth(localpod: LocalPodServer) -> None:
+    auth = {"Authorization": f"Bearer {CANARY}"}
+    assert httpx.get(f"{localpod.rest_url}/pods").json() == {
+        "title": "Unauthorized", "status": 401, "detail": "missing bearer token"}
+    bad = httpx.post(f"{localpod.rest_url}/pods", headers=auth,
+                     json={"name": "n", "image": "i", "gpu": {"id": "NVIDIA A40"}, "bogus": 1})
+    assert (bad.status_code, bad.json()["detail"]) == (
+        422, "Request validation failed: unknown field 'bogus'")
+    assert httpx.get(f"{localpod.rest_url}/catalog/gpus?include=AVAILABILITY",
+                     headers=auth).json()["detail"] == "include=AVAILABILITY requires product"
+
+
+def test_pod_scoped_key_reaches_only_its_pod(localpod: LocalPodServer) -> None:
+    acc = localpod.account
+    pod = acc.create_pod({"name": "a", "image": "i", "gpu_id": "NVIDIA A40", "gpu_count": 1,
+                          "cloud": "SECURE", "ports": ["22/tcp"]}, "account")
+    other = acc.create_pod({"name": "b", "image": "i", "gpu_id": "NVIDIA A40", "gpu_count": 1,
+                            "cloud": "SECURE"}, "account")
+    env = pod.injected_env("ssh-ed25519 AAA me", localpod.url)
+    assert env["RUNPOD_POD_ID"] == pod.id and env["PUBLIC_KEY"] == "ssh-ed25519 AAA me"
+    assert env["RUNPOD_TCP_PORT_22"] == str(pod.mappings[22])
+    assert env["RUNPOD_REST_URL"] == localpod.rest_url
+    scoped = {"Authorization": f"Bearer {pod.pod_key}"}
+    listed = httpx.get(f"{localpod.rest_url}/pods", headers=scoped).json()["pods"]
+    assert [p["id"] for p in listed] == [pod.id]
+    denied = httpx.post(f"{localpod.rest_url}/pods/{other.id}/action", headers=scoped,
+                        json={"action": "stop"})
+    assert (denied.status_code, denied.json()["detail"]) == (
+        403, "access denied: this pod-scoped key is for another pod")
+    own = httpx.post(f"{localpod.rest_url}/pods/{pod.id}/action", headers=scoped,
+                     json={"action": "stop"})
+    assert own.json()["status"] == "EXITED"
+    assert pod.pod_key not in str(httpx.get(f"{localpod.rest_url}/pods/{pod.id}",
+                                            headers=scoped).json())
+
+
+def test_capacity_is_used_and_released() -> None:
+    acc = Account(RecordsBackend(), {CANARY})
+    stock = acc.catalog["NVIDIA GeForce RTX 3090"]
+    assert stock.free == 1
+    req = {"name": "a", "image": "i", "gpu_id": stock.id, "gpu_count": 1, "cloud": "SECURE"}
+    pod = acc.create_pod(req, "account")
+    with pytest.raises(Exception, match="no longer any instances available"):
+        acc.create_pod(req, "account")
+    acc.action(pod.id, "terminate", "account")
+    assert stock.free == 1
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], dict[str, str] | None]] = []
+
+    def __call__(self, argv: Sequence[str], env: dict[str, str] | None
+                 ) -> subprocess.CompletedProcess[str]:
+        self.calls.append((list(argv), env))
+        failing = argv[1:3] == ["volume", "inspect"]
+        return subprocess.CompletedProcess(list(argv), 1 if failing else 0, "true\n", "")
+
+
+def test_container_backend_command_lines_keep_the_key_out_of_argv() -> None:
+    engine = FakeEngine()
+    acc = Account(ContainerBackend("podman", run=engine), {CANARY}, public_key="k1\nk2")
+    pod = acc.create_pod({"name": "c", "image": "img:1", "gpu_id": "NVIDIA A40", "gpu_count": 1,
+                          "cloud": "SECURE", "ports": ["22/tcp", "8888/http"]}, "account")
+    argvs = [argv for argv, _ in engine.calls]
+    name, volume = f"localpod-{pod.id}", f"localpod-{pod.id}-workspace"
+    assert argvs[:3] == [["podman", "rm", "-f", name], ["podman", "volume", "inspect", volume],
+                         ["podman", "volume", "create", volume]]
+    run_argv, run_env = engine.calls[3]
+    assert run_argv[:7] == ["podman", "run", "-d", "--name", name, "--hostname", name]
+    assert run_argv[run_argv.index("--runtime"):][:2] == ["--runtime", "runc"]
+    assert "nofile=1024:1024" in run_argv and "nproc=1024:1024" in run_argv
+    assert f"127.0.0.1:{pod.mappings[22]}:22" in run_argv
+    assert f"{volume}:/workspace" in run_argv and run_argv[-1] == "img:1"
+    assert pod.pod_key not in " ".join(run_argv) and CANARY not in " ".join(run_argv)
+    assert run_env is not None and run_env["RUNPOD_API_KEY"] == pod.pod_key
+    assert run_env["PUBLIC_KEY"] == "k1\nk2"
+    engine.calls.clear()
+    acc.action(pod.id, "stop", "account")
+    assert [argv for argv, _ in engine.calls] == [["podman", "rm", "-f", "-t", "10", name]]
+    engine.calls.clear()
+    acc.action(pod.id, "terminate", "account")
+    assert [argv for argv, _ in engine.calls] == [
+        ["podman", "rm", "-f", "-t", "10", name], ["podman", "volume", "rm", "-f", volume]]
