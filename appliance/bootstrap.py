@@ -295,7 +295,8 @@ class Bootstrap:
             self.log.redact.add(token)
         gid = pwd.getpwnam(lay.user).pw_gid
         for name, value in values.items():
-            write_file(lay.secret_file(name), value + "\n", 0o440, 0, gid)
+            # No newline: Jupyter takes JUPYTER_TOKEN_FILE's content verbatim as the token.
+            write_file(lay.secret_file(name), value, 0o440, 0, gid)
         for old in lay.secrets_dir.iterdir():
             if old.name not in values:
                 old.unlink()

@@ -16,10 +16,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KEY_TYPES = (
-    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-)
+# Key type -> how many length-prefixed strings its key data holds (RFC 4253 6.6, RFC 5656,
+# PROTOCOL.u2f); a truncated paste rarely still adds up.
+KEY_FIELDS = {
+    "ssh-ed25519": 2, "ssh-rsa": 3, "ecdsa-sha2-nistp256": 3, "ecdsa-sha2-nistp384": 3,
+    "ecdsa-sha2-nistp521": 3, "sk-ssh-ed25519@openssh.com": 3,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 4,
+}
+KEY_TYPES = tuple(KEY_FIELDS)
 _KEY_RE = re.compile(r"(?:^|\s)(\S+)\s+([A-Za-z0-9+/]+={0,3})(?:\s+(.*))?$")
 
 
@@ -38,25 +42,35 @@ def _check_key(line: str) -> str | None:
     if "PRIVATE KEY" in line:
         return "a private key: give the line of the .pub file instead"
     m = _KEY_RE.search(line)
-    if m is None:
-        return "not a public key (expected '<type> <base64 data> [comment]')"
-    key_type, data = m.group(1), m.group(2)
-    if key_type not in KEY_TYPES:
+    if m is None or m.group(1) not in KEY_TYPES:
         known = [t for t in line.split() if t in KEY_TYPES]
-        if not known:
-            return f"unknown key type {key_type[:40]!r} (expected one of {', '.join(KEY_TYPES)})"
-        return "key data after the type is not base64"
+        if known:
+            return f"key data after {known[0]} is not base64"
+        return ("not a public key: expected '<type> <base64 data> [comment]' with a type such "
+                "as ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256")
+    key_type, data = m.group(1), m.group(2)
     try:
         blob = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         return "key data is not valid base64"
-    if len(blob) < 4:
-        return "key data is too short"
-    n = int.from_bytes(blob[:4], "big")
-    inner = blob[4:4 + n]
-    if len(inner) != n or inner.decode("ascii", "replace") != key_type:
-        return f"key data does not hold a {key_type} key (truncated or pasted wrongly?)"
+    fields = _ssh_strings(blob)
+    if fields is None or len(fields) != KEY_FIELDS[key_type] or fields[0] != key_type.encode():
+        return f"key data is not a complete {key_type} key (truncated or pasted wrongly?)"
     return None
+
+
+def _ssh_strings(blob: bytes) -> list[bytes] | None:
+    """The length-prefixed strings `blob` consists of, or None if it does not add up."""
+    out, i = [], 0
+    while i < len(blob):
+        if i + 4 > len(blob):
+            return None
+        n = int.from_bytes(blob[i:i + 4], "big")
+        if i + 4 + n > len(blob):
+            return None
+        out.append(blob[i + 4:i + 4 + n])
+        i += 4 + n
+    return out
 
 
 def parse_keys(sources: list[tuple[str, str]]) -> KeyReport:
@@ -116,7 +130,8 @@ def ensure_account(user: str, home: Path, shadow: Path = Path("/etc/shadow")) ->
         notes.append("unlocked for key login")
     home.mkdir(parents=True, exist_ok=True)
     os.chown(home, pw.pw_uid, pw.pw_gid)
-    home.chmod(0o755)
+    # Other accounts have no business in it (Jupyter keeps its runtime files there).
+    home.chmod(0o750)
     return notes
 
 

@@ -1,0 +1,131 @@
+"""Golden tests of the rendered configs for a matrix of env inputs, and the escaping rules.
+
+`UPDATE_GOLDEN=1 pytest tests/unit/test_render.py` rewrites tests/fixtures/golden/ after an
+intended change; review the diff like code.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from pathlib import Path
+
+import pytest
+
+from appliance import settings
+from appliance.render import Layout, PodConfig, RenderError, plan, render_all
+
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
+ALL_VARS = [name for klass in settings.pod_settings_classes() for name in klass.model_fields]
+BASE = {
+    "APPLIANCE_PYTHON": "/opt/venv/bin/python",
+    "REPO_DIR": "/opt/app",
+    "RUNPOD_POD_ID": "abc123xyz",
+    "RUNPOD_PUBLIC_IP": "203.0.113.7",
+    "RUNPOD_TCP_PORT_22": "40022",
+    "RUNPOD_API_KEY": "rk-secret-value",
+    "PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK235h+TnBPJknIFHVk86hmPlqwVd25z0XzAhhFY"
+                  "nH1I me@laptop",
+    "CUDA_VISIBLE_DEVICES": "0",
+    "HOSTNAME": "not-allow-listed",
+    "REPO_URL": "https://user:ghp-secret@github.com/owner/chess.git",
+}
+CASES = {
+    "all_on": ({**BASE, "START_HF_SYNC": "1", "START_IDLE_WATCHDOG": "1",
+                "HF_TOKEN": "hf-secret-value", "HF_REPO_ID": "owner/models",
+                "INFERENCE_MODEL_PATH": "/workspace/models/best.pt"}, True),
+    "ssh_only": ({**BASE, "START_JUPYTER": "0", "START_INFERENCE_API": "0"}, True),
+    "no_torch": (BASE, False),
+}
+
+
+def _render(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], torch_ok: bool):
+    for name in [*ALL_VARS, "APPLIANCE_SECRETS_DIR"]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = PodConfig.load()
+    secret_names = frozenset({"JUPYTER_TOKEN"} | {n for n in env if n == "HF_TOKEN"})
+    return render_all(cfg, Layout.of(cfg.runtime), torch_ok=torch_ok, environ=env,
+                      secret_names=secret_names)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendered_files_match_the_golden_copies(monkeypatch, case):
+    env, torch_ok = CASES[case]
+    files = _render(monkeypatch, env, torch_ok)
+    folder = GOLDEN / case
+    if os.environ.get("UPDATE_GOLDEN"):
+        for old in folder.rglob("*"):
+            if old.is_file():
+                old.unlink()
+        for name, rendered in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(rendered.text)
+    golden = {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+    assert sorted(files) == sorted(golden)
+    for name, rendered in files.items():
+        assert rendered.text == golden[name], f"{case}/{name} differs from the golden copy"
+
+
+@pytest.mark.parametrize("case,programs", [
+    ("all_on", ["fatal-reviver", "sshd", "inference", "jupyter", "hf-sync", "idle-watchdog"]),
+    ("ssh_only", ["fatal-reviver", "sshd"]),
+    ("no_torch", ["fatal-reviver", "sshd", "jupyter"]),
+])
+def test_the_matrix_renders_the_programs_it_should(monkeypatch, case, programs):
+    env, torch_ok = CASES[case]
+    files = _render(monkeypatch, env, torch_ok)
+    names = []
+    for name, rendered in files.items():
+        if name.startswith("conf.d/"):
+            parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+            parser.read_string(rendered.text)
+            (section,) = parser.sections()
+            names.append(section.split(":", 1)[1])
+            assert rendered.mode == 0o600
+    assert names == programs
+    assert plan(PodConfig.load().services, torch_ok).programs == tuple(programs)
+
+
+def test_no_secret_is_rendered_anywhere(monkeypatch):
+    env, _ = CASES["all_on"]
+    files = _render(monkeypatch, {**env, "JUPYTER_TOKEN": "jt-secret-value"}, True)
+    for rendered in files.values():
+        for secret in ("rk-secret-value", "hf-secret-value", "jt-secret-value", "ghp-secret"):
+            assert secret not in rendered.text
+
+
+def test_the_login_env_is_allow_listed(monkeypatch):
+    env, _ = CASES["all_on"]
+    text = _render(monkeypatch, env, True)["appliance-env.sh"].text
+    exported = [line.split("=", 1)[0].removeprefix("export ") for line in text.splitlines()
+                if line.startswith("export ")]
+    assert exported == [
+        "APPLIANCE_PYTHON", "CUDA_VISIBLE_DEVICES", "HF_REPO_ID", "INFERENCE_MODEL_PATH",
+        "REPO_DIR", "REPO_URL", "RUNPOD_POD_ID", "RUNPOD_PUBLIC_IP", "RUNPOD_TCP_PORT_22",
+        "START_HF_SYNC", "START_IDLE_WATCHDOG", "HF_HOME", "APPLIANCE_SECRETS_DIR",
+        "HF_TOKEN_PATH", "VIRTUAL_ENV"]
+    assert "export REPO_URL=https://github.com/owner/chess.git" in text
+
+
+def test_percent_is_escaped_for_supervisord(monkeypatch):
+    files = _render(monkeypatch, {**BASE, "WORKSPACE_DIR": "/work%space"}, True)
+    jupyter = files["conf.d/30-jupyter.conf"].text
+    assert "directory=/work%%space\n" in jupyter
+    assert "--ServerApp.root_dir=/work%%space" in jupyter
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"APPLIANCE_STATE_DIR": "/state ;x"},
+     "log dir: '/state ;x/logs' holds ';' after a space, which supervisord reads as a comment"),
+    ({"APPLIANCE_USER_HOME": '/home/"q"', "START_JUPYTER": "0"},
+     "inference: HOME='/home/\"q\"' holds a quote or backslash, which supervisord's "
+     "environment= cannot carry"),
+    ({"APPLIANCE_ETC_DIR": "/my etc"},
+     "/my etc/supervisor/conf.d/*.conf: supervisord's [include] cannot hold a path with spaces"),
+])
+def test_values_that_cannot_be_written_safely_are_refused(monkeypatch, env, message):
+    with pytest.raises(RenderError) as err:
+        _render(monkeypatch, {**BASE, **env}, True)
+    assert str(err.value) == message
