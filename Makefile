@@ -29,13 +29,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# Stockfish generates games in the tests; installed from Debian when running as root.
+# Stockfish generates games in the tests; the pod-runtime tests run sshd, ssh, git and setfacl
+# (runner may need to reach a Python under /root). Installed from Debian when running as root;
+# policy-rc.d 101 keeps the package from starting a machine-wide sshd.
+RUNTIME_TOOLS := /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client \
+  /usr/bin/ssh-keygen:openssh-client /usr/bin/git:git /usr/bin/setfacl:acl
 system-deps:
 	@if [ ! -x $(STOCKFISH) ] && ! command -v stockfish >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing stockfish (apt)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stockfish >/dev/null; \
 	  else echo "stockfish not found: install it (apt-get install stockfish)"; \
+	    [ "$$CI" != true ] || exit 1; fi; \
+	fi
+	@missing=""; for t in $(RUNTIME_TOOLS); do [ -x "$${t%%:*}" ] || missing="$$missing $${t##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (apt)"; policy=; \
+	    if [ ! -e /usr/sbin/policy-rc.d ]; then policy=1; \
+	      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    rc=$$?; [ -z "$$policy" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	  else echo "not found:$$missing: install them (apt-get install$$missing)"; \
 	    [ "$$CI" != true ] || exit 1; fi; \
 	fi
 
