@@ -106,7 +106,8 @@ def _setup_logging(redact: Redactor) -> None:
 
 def _run_once(job: SyncJob, client: HubClient, as_json: bool) -> int:
     if not job.source.is_dir():
-        raise ValueError(f"--source {job.source}: not a directory")
+        raise ValueError(f"source directory {job.source} does not exist (--source or "
+                         "HF_SYNC_SOURCE_DIR)")
     result = sync_once(client, job)
     print(json.dumps(result.to_json()) if as_json else result.summary(job))
     return 0

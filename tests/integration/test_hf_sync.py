@@ -105,6 +105,9 @@ def test_once_uploads_changes_and_a_resync_sends_nothing(hub: HubEmulator, tmp_p
      "hf-sync once: error: create model repo acme/artifacts: HTTP 401, the Hub refused the "
      "token: set HF_TOKEN (or HF_TOKEN_PATH), pass --token where the command has it, or store "
      "it with `keyring set huggingface codex_hf_write_token`"),
+    ({}, ["--repo", REPO_ID, "--source", "/nonexistent/artifacts"],
+     "hf-sync once: error: source directory /nonexistent/artifacts does not exist (--source or "
+     "HF_SYNC_SOURCE_DIR)"),
     ({"HF_SYNC_PATTERNS": ","}, ["--repo", REPO_ID],
      "hf-sync once: error: bad environment: HF_SYNC_PATTERNS=',': String should match pattern "
      "'[^,\\s]' (Comma-separated file-name globs to sync.)"),
