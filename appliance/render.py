@@ -314,9 +314,7 @@ def program_conf(name: str, cfg: PodConfig, layout: Layout, secret_names: frozen
                          environment=_environment(_user_env(layout), name))
     if name == "jupyter":
         ws = str(layout.workspace)
-        # no_browser_open_file: the redirect page Jupyter would write holds the token.
-        args = [py, "-m", "jupyterlab", "--no-browser", "--ServerApp.no_browser_open_file=True",
-                f"--ServerApp.ip={host}",
+        args = [py, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={host}",
                 f"--ServerApp.port={cfg.jupyter.JUPYTER_PORT}", "--ServerApp.port_retries=0",
                 f"--ServerApp.root_dir={ws}"]
         env = _user_env(layout, JUPYTER_TOKEN_FILE=str(layout.secret_file("JUPYTER_TOKEN")),

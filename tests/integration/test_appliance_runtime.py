@@ -183,15 +183,16 @@ def test_secrets_never_leak(pod: Appliance):
             cmd = _cmdline(int(entry.name))
             leaks += [f"pid {entry.name} command line" for c in canaries if c in cmd]
     secrets_dir = Path(pod.env["APPLIANCE_RUN_DIR"]) / "appliance" / "secrets"
-    # Jupyter's own server-info files hold its token, readable by runner only.
-    jupyter_runtime = Path(pod.env["APPLIANCE_USER_HOME"]) / ".local" / "share" / "jupyter"
+    # Jupyter's own server-info and redirect files hold its token, in a dir only runner reads.
+    jupyter_runtime = (Path(pod.env["APPLIANCE_USER_HOME"]) / ".local" / "share" / "jupyter"
+                       / "runtime")
     for path in pod.root.rglob("*"):
         if not path.is_file() or secrets_dir in path.parents:
             continue
         text = path.read_bytes()
         for c in canaries:
             if c.encode() in text:
-                if jupyter_runtime in path.parents and path.stat().st_mode & 0o077 == 0:
+                if path.parent == jupyter_runtime and jupyter_runtime.stat().st_mode & 0o077 == 0:
                     continue
                 leaks.append(f"{path.relative_to(pod.root)}")
     for name, info in pod.infos().items():
