@@ -11,9 +11,16 @@ TRAIN_LR ?= 2e-3
 TRAIN_BATCH_SIZE ?= 16
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps test test-unit bench lint train gpu-check clean
+.PHONY: help install system-deps test test-unit bench lint train gpu-check clean \
+	base-image image push up down smoke hadolint
 
 help:
+	@echo "make up          build the image if needed and run a local pod (SSH, Jupyter, API)"
+	@echo "make down        stop the local pod, keep its /workspace volume"
+	@echo "make image       build the pod image (Docker, else podman), tags: git SHA and latest"
+	@echo "make push        push both tags to IMAGE_REPO (DRY_RUN=1 prints what it would push)"
+	@echo "make smoke       the image's training preset on a small dataset, one timing log"
+	@echo "make base-image  debootstrap a Debian bookworm base and import it (cached)"
 	@echo "make install     create .venv with the project (editable) and dev tools"
 	@echo "make train       train on data/sample and print the evaluation table"
 	@echo "make test        install what the tests need, then run every tier"
@@ -54,8 +61,59 @@ system-deps:
 	    [ "$$CI" != true ] || exit 1; fi; \
 	fi
 
+# The container tiers: an engine (podman+runc unless Docker runs), debootstrap for the offline
+# base image, a loopback registry for the push test, and an ssh client. Root installs them via
+# apt; otherwise a missing one fails under CI=true and is only reported elsewhere.
+CONTAINER_DEPS := podman:podman runc:runc debootstrap:debootstrap \
+	docker-registry:docker-registry ssh:openssh-client ssh-keygen:openssh-client
+system-deps: system-deps-container
+.PHONY: system-deps-container
+system-deps-container:
+	@missing=""; for pair in $(CONTAINER_DEPS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (apt)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing for the container tests:$$missing (apt-get install$$missing)"; \
+	    [ "$$CI" != true ] || exit 1; fi; \
+	fi
+
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# --- the image and the local pod (logic in host_tools/image.py and host_tools/localup.py) ---
+IMAGE_REPO ?= chessbot-appliance
+TORCH_VARIANT ?= cpu
+DRY_RUN ?=
+export IMAGE_REPO TORCH_VARIANT
+
+base-image: install
+	$(PY) -m host_tools.image base-image
+
+image: install
+	$(PY) -m host_tools.image build
+
+push: install
+	$(PY) -m host_tools.image push $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run)
+
+hadolint: install
+	$(VENV)/bin/hadolint image/Dockerfile
+
+up: install
+	$(PY) -m host_tools.localup up
+
+down: install
+	$(PY) -m host_tools.localup down
+
+SMOKE_TRAIN_ROWS ?= 64
+SMOKE_VAL_ROWS ?= 16
+SMOKE_EPOCHS ?= 1
+SMOKE_BATCH_SIZE ?= 16
+SMOKE_PROGRESS_JSONL_OUT ?=
+export SMOKE_TRAIN_ROWS SMOKE_VAL_ROWS SMOKE_EPOCHS SMOKE_BATCH_SIZE SMOKE_PROGRESS_JSONL_OUT
+smoke: install
+	$(PY) -m host_tools.localup smoke
 
 test-unit: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests/unit

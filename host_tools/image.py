@@ -1,0 +1,345 @@
+"""Build and push the pod image: container engine choice, debootstrap base, host wheelhouse.
+
+`python -m host_tools.image base-image|wheelhouse|build|push|tags|engine` (the Makefile's
+`base-image`, `image` and `push` targets are thin wrappers over these subcommands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGE_REPO = "chessbot-appliance"
+DEFAULT_BASE_IMAGE = "localhost/chessbot-base:bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+WHEELHOUSE = ROOT / "build" / "wheelhouse"
+DOCKERFILE = ROOT / "image" / "Dockerfile"
+# The CPU build carries no CUDA libraries (a tenth of the CUDA wheel's size); where
+# download.pytorch.org cannot be reached, pip's find-links must hold it (here: /opt/wheels).
+TORCH_SPECS = {"cpu": "torch==2.13.0+cpu", "cuda": "torch==2.13.0"}
+# Packages the image's venv gets besides the project's own dependencies.
+# Debian bookworm's python3: wheels are resolved for exactly this interpreter.
+TARGET_PYTHON = "3.11.2"
+IMAGE_EXTRAS = ("supervisor", "jupyterlab", "huggingface_hub")
+# DESIGN.md section 4: crun is unusable here and limits cannot be raised, so every podman
+# container states its runtime and limits explicitly.
+PODMAN_RUN_FLAGS = ("--runtime", "runc", "--ulimit", "nofile=1024:1024",
+                    "--ulimit", "nproc=1024:1024")
+
+
+class ImageError(RuntimeError):
+    """A build or push step that failed, with what to do about it."""
+
+
+def log(message: str) -> None:
+    print(f"image: {message}", file=sys.stderr, flush=True)
+
+
+def _ok(argv: Sequence[str], timeout: float = 30) -> bool:
+    try:
+        return subprocess.run(list(argv), capture_output=True, timeout=timeout,
+                              check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _apt_install(packages: Sequence[str]) -> None:
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise ImageError(f"{' '.join(packages)} missing: install them (apt-get install "
+                         f"{' '.join(packages)}) or run as root on Debian/Ubuntu")
+    log(f"installing {' '.join(packages)} (apt)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A working container engine: its binary and the flags `run`/`create` need here."""
+
+    name: str
+    run_flags: tuple[str, ...] = field(default=())
+
+    def cmd(self, *args: str) -> list[str]:
+        return [self.name, *args]
+
+
+def detect_engine(preferred: str | None = None, install: bool = True) -> Engine:
+    """Docker when its daemon answers, else podman; installs podman+runc when neither exists."""
+    preferred = preferred or os.environ.get("CONTAINER_ENGINE") or None
+    if preferred not in (None, "docker", "podman"):
+        raise ImageError(f"CONTAINER_ENGINE={preferred!r}: expected docker or podman")
+    if preferred in (None, "docker") and shutil.which("docker") and _ok(["docker", "info"]):
+        return Engine("docker")
+    if preferred == "docker":
+        raise ImageError("CONTAINER_ENGINE=docker but `docker info` fails: start the daemon")
+    if not shutil.which("podman") and install:
+        _apt_install(["podman", "runc"])
+    if shutil.which("podman"):
+        return Engine("podman", PODMAN_RUN_FLAGS)
+    raise ImageError("no container engine: neither a running Docker nor podman was found")
+
+
+def image_repo(raw: str | None = None) -> str:
+    """IMAGE_REPO lower-cased (registries refuse upper case), checked for a sane shape."""
+    repo = (raw if raw is not None else os.environ.get("IMAGE_REPO", "")) or DEFAULT_IMAGE_REPO
+    repo = repo.strip().lower()
+    if not re.fullmatch(r"[a-z0-9]+([._:/-][a-z0-9]+)*", repo) or repo.count(":") > 1:
+        raise ImageError(f"IMAGE_REPO={raw!r} is not an image name like "
+                         "ghcr.io/owner/chess-bot")
+    return repo
+
+
+def git_sha(root: Path = ROOT) -> str:
+    """Short commit of HEAD, with -dirty when tracked files differ (a tag must not lie)."""
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "nogit"
+    dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--",
+                            "appliance", "host_tools", "image", "supervisord.conf.d",
+                            "pyproject.toml"], check=False).returncode != 0
+    return f"{sha}-dirty" if dirty else sha
+
+
+def tags(repo: str | None = None, tag: str | None = None) -> list[str]:
+    name = image_repo(repo)
+    first = tag or os.environ.get("IMAGE_TAG") or git_sha()
+    return [f"{name}:{first}", f"{name}:latest"]
+
+
+def image_exists(engine: Engine, ref: str) -> bool:
+    return _ok(engine.cmd("image", "inspect", ref))
+
+
+# -- base image -------------------------------------------------------------------------------
+def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine's apt uses (deb822 or one-line sources)."""
+    files = [sources_dir / "sources.list", *sorted((sources_dir / "sources.list.d").glob("*"))]
+    for f in files:
+        if not f.is_file():
+            continue
+        text = f.read_text(encoding="utf-8", errors="replace")
+        for m in re.finditer(r"^\s*URIs:\s*(\S+)(?:[^\n]*\n)+?\s*Suites:\s*([^\n]+)", text,
+                             re.M):
+            suites = m.group(2).split()
+            if ({"bookworm", "stable"} & set(suites)
+                    and m.group(1).rstrip("/").endswith("/debian")):
+                return m.group(1)
+        for m in re.finditer(r"^\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", text, re.M):
+            if m.group(2) == "bookworm" and m.group(1).rstrip("/").endswith("/debian"):
+                return m.group(1)
+    return DEFAULT_MIRROR
+
+
+def build_base(engine: Engine, ref: str = DEFAULT_BASE_IMAGE, mirror: str | None = None,
+               force: bool = False) -> str:
+    """debootstrap a minimal bookworm and import it; skipped when the image exists."""
+    if not force and image_exists(engine, ref):
+        log(f"base image {ref} exists: skipped (FORCE=1 rebuilds it)")
+        return ref
+    if not shutil.which("debootstrap"):
+        _apt_install(["debootstrap"])
+    if os.geteuid() != 0:
+        raise ImageError("debootstrap needs root: run `make base-image` as root, or set "
+                         "BASE_IMAGE to a bookworm image your engine can pull")
+    mirror = mirror or os.environ.get("DEBIAN_MIRROR") or apt_mirror()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="chessbot-base-", dir="/var/tmp") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        log(f"debootstrap bookworm from {mirror} (a few minutes)")
+        proc = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs),
+                               mirror], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip()[-800:]
+            raise ImageError(f"debootstrap from {mirror} failed: {tail}")
+        # apt caches and lists are rebuilt by the Dockerfile's apt-get update anyway.
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for p in (rootfs / junk).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."],
+                               stdout=subprocess.PIPE)
+        imp = subprocess.run(engine.cmd("import", "-", ref), stdin=tar.stdout,
+                             capture_output=True, text=True, check=False)
+        assert tar.stdout is not None
+        tar.stdout.close()
+        tar.wait()
+        if imp.returncode != 0 or tar.returncode != 0:
+            raise ImageError(f"{engine.name} import failed: {imp.stderr.strip()[-500:]}")
+    log(f"base image {ref} built in {time.monotonic() - started:.0f} s")
+    return ref
+
+
+# -- wheelhouse -------------------------------------------------------------------------------
+def wheel_requirements(variant: str) -> list[str]:
+    if variant not in ("cpu", "cuda"):
+        raise ImageError(f"TORCH_VARIANT={variant!r}: expected cpu or cuda")
+    torch = os.environ.get("TORCH_SPEC") or TORCH_SPECS[variant]
+    return [torch, *IMAGE_EXTRAS]
+
+
+def build_wheelhouse(variant: str = "cpu", dest: Path = WHEELHOUSE,
+                     python: str = sys.executable) -> Path:
+    """Every wheel the image installs, downloaded (or built) on the host, cached by inputs.
+
+    The image build then needs no registry, and the set is the same on every rebuild.
+    """
+    everything = [*wheel_requirements(variant), *_project_dependencies(), "setuptools>=68",
+                  "wheel"]
+    key = hashlib.sha256("\n".join([TARGET_PYTHON, *everything]).encode()).hexdigest()[:16]
+    out = dest / variant
+    stamp = out / ".inputs"
+    if stamp.is_file() and stamp.read_text().strip() == key:
+        log(f"wheelhouse {out.relative_to(ROOT)} up to date")
+        return out
+    log(f"wheelhouse: resolving for CPython {TARGET_PYTHON} into {out.relative_to(ROOT)}")
+    # `pip wheel` first, because some dependencies ship only sdists (chess): it builds them
+    # here, so the host must be a CPython 3.11 on x86_64 like the image.
+    if sys.version_info[:2] != (3, 11) or os.uname().machine != "x86_64":
+        raise ImageError("the wheelhouse is built with this Python for the image's bookworm "
+                         "CPython 3.11 on x86_64; run it with such a Python (e.g. .venv)")
+    built = dest / f".{variant}-host"
+    shutil.rmtree(built, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    pip = [python, "-m", "pip"]
+    # One resolution for everything, so the project's `torch>=...` cannot pull a second torch.
+    subprocess.run([*pip, "wheel", "-q", "--prefer-binary", "-w", str(built), *everything],
+                   check=True)
+    # Then the image's own interpreter decides: bookworm has 3.11.2, and newer releases of some
+    # packages need 3.11.5, which the host may have.
+    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(17, 37)]
+    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    target = [arg for plat in platforms for arg in ("--platform", plat)]
+    subprocess.run([*pip, "download", "-q", "--only-binary=:all:", "--python-version",
+                    TARGET_PYTHON, "--implementation", "cp", *target, "--find-links",
+                    str(built), "-d", str(out), *everything], check=True)
+    shutil.rmtree(built, ignore_errors=True)
+    # The Dockerfile installs exactly this list from the wheelhouse, before the project's code.
+    (out / "requirements.txt").write_text("\n".join(everything) + "\n", encoding="utf-8")
+    stamp.write_text(key + "\n")
+    return out
+
+
+def _project_dependencies() -> list[str]:
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return list(data["project"]["dependencies"])
+
+
+# -- build and push ---------------------------------------------------------------------------
+def build(engine: Engine, *, variant: str = "cpu", base: str | None = None,
+          repo: str | None = None, tag: str | None = None, quiet: bool = False) -> list[str]:
+    base = base or os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    if base == DEFAULT_BASE_IMAGE:
+        build_base(engine, base)
+    wheels = build_wheelhouse(variant)
+    refs = tags(repo, tag)
+    argv = engine.cmd("build", "-f", str(DOCKERFILE), "--build-arg", f"BASE_IMAGE={base}",
+                      "--build-arg", f"TORCH_VARIANT={variant}",
+                      "--build-arg", f"WHEELHOUSE={wheels.relative_to(ROOT)}")
+    if engine.name == "podman":
+        # No registry and no bridge networking here; the build never pulls the base.
+        # --format docker: OCI images drop HEALTHCHECK and SHELL.
+        argv += ["--network", "host", "--pull=never", "--format", "docker", "--runtime", "runc",
+                 "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+    for ref in refs:
+        argv += ["-t", ref]
+    if quiet:
+        argv.append("-q")
+    started = time.monotonic()
+    log(f"{' '.join(argv[:2])} -> {', '.join(refs)}")
+    proc = subprocess.run([*argv, str(ROOT)], check=False,
+                          stdout=subprocess.DEVNULL if quiet else None)
+    if proc.returncode != 0:
+        raise ImageError(f"{engine.name} build failed (exit {proc.returncode})")
+    log(f"built {refs[0]} in {time.monotonic() - started:.1f} s")
+    return refs
+
+
+def push(engine: Engine, *, repo: str | None = None, tag: str | None = None,
+         dry_run: bool = False, tls_verify: bool = True) -> list[list[str]]:
+    refs = tags(repo, tag)
+    commands = []
+    for ref in refs:
+        argv = engine.cmd("push")
+        if engine.name == "podman" and not tls_verify:
+            argv.append("--tls-verify=false")
+        commands.append([*argv, ref])
+    for argv in commands:
+        if dry_run:
+            print(f"would run: {' '.join(argv)}")
+            continue
+        if not image_exists(engine, argv[-1]):
+            raise ImageError(f"{argv[-1]} does not exist locally: run `make image` first")
+        log(" ".join(argv))
+        if subprocess.run(argv, check=False).returncode != 0:
+            raise ImageError(f"{' '.join(argv)} failed: is `{engine.name} login` done for "
+                             f"{argv[-1].split('/')[0]}?")
+    return commands
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m host_tools.image",
+                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--engine", choices=("docker", "podman"),
+                   help="container engine (default: Docker if its daemon answers, else podman)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("base-image", help="debootstrap a bookworm base and import it (cached)")
+    b.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    b.add_argument("--mirror", help="Debian mirror (default: the one apt uses here)")
+    w = sub.add_parser("wheelhouse", help="download the image's wheels on the host")
+    w.add_argument("--variant", default=os.environ.get("TORCH_VARIANT", "cpu"))
+    bd = sub.add_parser("build", help="build the image, tagged with the git SHA and latest")
+    bd.add_argument("--variant", default=os.environ.get("TORCH_VARIANT", "cpu"))
+    bd.add_argument("--base", help="BASE_IMAGE (default: the local debootstrap base)")
+    bd.add_argument("--quiet", action="store_true")
+    ps = sub.add_parser("push", help="push both tags")
+    ps.add_argument("--dry-run", action="store_true", help="print what would be pushed")
+    ps.add_argument("--tls-verify", default="true", choices=("true", "false"),
+                    help="podman only: false for a plain-HTTP registry")
+    sub.add_parser("tags", help="print the tags a build gets")
+    sub.add_parser("engine", help="print the engine that would be used")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "tags":
+            print("\n".join(tags()))
+            return 0
+        if args.cmd == "wheelhouse":
+            print(build_wheelhouse(args.variant))
+            return 0
+        dry = args.cmd == "push" and args.dry_run
+        engine = (Engine(args.engine or "docker") if dry and args.engine
+                  else detect_engine(args.engine, install=not dry))
+        if args.cmd == "engine":
+            print(engine.name)
+        elif args.cmd == "base-image":
+            print(build_base(engine, os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE,
+                             args.mirror, args.force))
+        elif args.cmd == "build":
+            print("\n".join(build(engine, variant=args.variant, base=args.base,
+                                  quiet=args.quiet)))
+        else:
+            push(engine, dry_run=args.dry_run, tls_verify=args.tls_verify == "true")
+    except (ImageError, subprocess.CalledProcessError) as exc:
+        print(f"image: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
