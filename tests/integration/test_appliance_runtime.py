@@ -104,6 +104,18 @@ def test_status_and_supervisorctl_over_ssh_as_runner(pod: Appliance):
     proc = pod.ssh("python -m appliance.status")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "overall: OK"
+    # Logs are files, so tail works (it cannot on /dev/stdout).
+    tail = pod.ssh("supervisorctl tail jupyter")
+    assert tail.returncode == 0 and "Jupyter Server" in tail.stdout
+
+
+def test_bootstrap_execs_supervisord_in_place(pod: Appliance):
+    assert pod.proc is not None
+    pidfile = Path(pod.env["APPLIANCE_RUN_DIR"]) / "supervisord.pid"
+    assert int(pidfile.read_text()) == pod.proc.pid
+    conf = Path(pod.env["APPLIANCE_ETC_DIR"]) / "supervisor" / "supervisord.conf"
+    assert (f"appliance-bootstrap: exec {PYTHON} -m supervisor.supervisord -n -c {conf} "
+            "(bootstrap took ") in pod.boot_output.read_text()
 
 
 def test_a_stopped_program_makes_status_fail(pod: Appliance):

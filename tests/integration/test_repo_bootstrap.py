@@ -193,3 +193,20 @@ def test_without_torch_inference_is_left_out(root: Path):
     assert record["left_out"] == {"inference": "torch cannot be imported, so the inference API "
                                   "would crash-loop (ModuleNotFoundError: No module named "
                                   "'torch')"}
+
+
+def test_bootstrap_log_hides_repo_url_credentials(root: Path):
+    work = root / "creds"
+    work.mkdir()
+    env = base_env(work, REPO_URL="http://user:canary-url-secret@127.0.0.1:9/x.git",
+                   START_SSHD="0", START_JUPYTER="0", START_INFERENCE_API="0",
+                   SYNC_REQUIREMENTS_ON_START="0")
+    proc = run_bootstrap(env, "--no-exec")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "repo_sync: git clone failed (exit 128): " in proc.stdout
+    assert f"; going on with what is in {work}/repo" in proc.stdout
+    assert "canary-url-secret" not in proc.stdout + proc.stderr
+    assert "canary-url-secret" not in (work / "workspace/.appliance/logs/bootstrap.log").read_text()
+    assert _phase(work / "timings.jsonl", json.loads(
+        (work / "run/appliance/bootstrap.json").read_text())["run_id"], "repo_sync")["status"] \
+        == "error"
