@@ -8,6 +8,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -180,6 +181,8 @@ class HubStore:
         return size
 
     def lfs_entry(self, sha256: str, size: int, path: str) -> FileEntry:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise HubStoreError(400, f"LFS oid of {path!r} is not a sha256 hex digest")
         obj = self.object_path(sha256)
         if not obj.is_file():
             raise HubStoreError(

@@ -216,3 +216,8 @@ def test_lfs_content_must_match_its_oid(hub: HubEmulator):
                    headers={"Authorization": f"Bearer {CANARY}"})
     assert (r.status_code, r.json()["error"]) == (
         422, f"LFS object {oid} of 'm.pt' was never uploaded")
+    sneaky = body.replace(oid.encode(), b"../../../../etc/passwd")
+    r = httpx.post(f"{hub.url}/api/models/{REPO_ID}/commit/main", content=sneaky,
+                   headers={"Authorization": f"Bearer {CANARY}"})
+    assert (r.status_code, r.json()["error"]) == (
+        400, "LFS oid of 'm.pt' is not a sha256 hex digest")
