@@ -24,7 +24,6 @@ DEFAULT_IMAGE_REPO = "chessbot-appliance"
 DEFAULT_BASE_IMAGE = "localhost/chessbot-base:bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
-DOCKERFILE = ROOT / "image" / "Dockerfile"
 # The CPU build carries no CUDA libraries (a tenth of the CUDA wheel's size); where
 # download.pytorch.org cannot be reached, pip's find-links must hold it (here: /opt/wheels).
 TORCH_SPECS = {"cpu": "torch==2.13.0+cpu", "cuda": "torch==2.13.0"}
@@ -243,13 +242,15 @@ def _project_dependencies() -> list[str]:
 
 # -- build and push ---------------------------------------------------------------------------
 def build(engine: Engine, *, variant: str = "cpu", base: str | None = None,
-          repo: str | None = None, tag: str | None = None, quiet: bool = False) -> list[str]:
+          repo: str | None = None, tag: str | None = None, quiet: bool = False,
+          context: Path = ROOT, no_cache: bool = False) -> list[str]:
     base = base or os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
     if base == DEFAULT_BASE_IMAGE:
         build_base(engine, base)
     wheels = build_wheelhouse(variant)
     refs = tags(repo, tag)
-    argv = engine.cmd("build", "-f", str(DOCKERFILE), "--build-arg", f"BASE_IMAGE={base}",
+    argv = engine.cmd("build", "-f", str(context / "image" / "Dockerfile"),
+                      "--build-arg", f"BASE_IMAGE={base}",
                       "--build-arg", f"TORCH_VARIANT={variant}",
                       "--build-arg", f"WHEELHOUSE={wheels.relative_to(ROOT)}")
     if engine.name == "podman":
@@ -261,9 +262,11 @@ def build(engine: Engine, *, variant: str = "cpu", base: str | None = None,
         argv += ["-t", ref]
     if quiet:
         argv.append("-q")
+    if no_cache:
+        argv.append("--no-cache")
     started = time.monotonic()
     log(f"{' '.join(argv[:2])} -> {', '.join(refs)}")
-    proc = subprocess.run([*argv, str(ROOT)], check=False,
+    proc = subprocess.run([*argv, str(context)], check=False,
                           stdout=subprocess.DEVNULL if quiet else None)
     if proc.returncode != 0:
         raise ImageError(f"{engine.name} build failed (exit {proc.returncode})")

@@ -355,7 +355,7 @@ def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "d
         argv += ["--entrypoint", "/usr/bin/tini", image, "--", "/bin/sh", "-c",
                  "python -m appliance.bootstrap --no-exec && "
                  "exec python -m appliance.training.preset"]
-        _run(engine.cmd("rm", "-f", name), check=False)
+        _run(engine.cmd("rm", "-f", "-v", name), check=False)
         subprocess.run(argv, check=True, capture_output=True, env={**os.environ, **env})
         try:
             # A missing destination dir is created holding the dataset's files.
@@ -378,7 +378,7 @@ def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "d
                         Path(dst).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(got, dst)
         finally:
-            _run(engine.cmd("rm", "-f", name), check=False)
+            _run(engine.cmd("rm", "-f", "-v", name), check=False)
     say(f"smoke run {run_id}: exit {code}; timing log {log_path}")
     if code != 0:
         raise UpError(f"the training preset in the container failed (exit {code}); see "

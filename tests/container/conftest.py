@@ -133,7 +133,7 @@ class TrackedContainers:
 
     def cleanup(self) -> None:
         for name, volume in self.made:
-            subprocess.run(self.engine.cmd("rm", "-f", "-t", "0", name), capture_output=True,
+            subprocess.run(self.engine.cmd("rm", "-f", "-v", "-t", "0", name), capture_output=True,
                            check=False)
             subprocess.run(self.engine.cmd("volume", "rm", "-f", volume), capture_output=True,
                            check=False)

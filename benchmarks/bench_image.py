@@ -1,0 +1,141 @@
+"""Image benchmarks, one JSON line each: container start to SSH-ready and to /healthz 200,
+image size, and a rebuild after a one-line code change against a clean build in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from host_tools.image import build, build_wheelhouse, detect_engine  # noqa: E402
+from host_tools.localup import free_port  # noqa: E402
+
+REPO = "localhost/chessbot-appliance-bench"
+
+
+def emit(**record: object) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def poll(predicate, timeout: float = 300) -> float:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise SystemExit(f"not ready within {timeout} s")
+
+
+def context_copy(dest: Path, wheels: Path) -> None:
+    """The tracked tree plus the wheelhouse (hard links): edits there leave the checkout alone."""
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    shutil.copytree(wheels, dest / wheels.relative_to(ROOT), copy_function=os.link)
+
+
+def bench_builds(engine) -> str:  # type: ignore[no-untyped-def]
+    wheels = build_wheelhouse("cpu")
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
+        ctx = Path(tmp)
+        context_copy(ctx, wheels)
+        start = time.monotonic()
+        build(engine, repo=REPO, tag="clean", quiet=True, context=ctx, no_cache=True)
+        clean = time.monotonic() - start
+        with (ctx / "appliance" / "__init__.py").open("a") as fh:
+            fh.write(f"# bench edit {uuid.uuid4().hex}\n")
+        start = time.monotonic()
+        refs = build(engine, repo=REPO, tag="edit", quiet=True, context=ctx)
+        rebuild = time.monotonic() - start
+    emit(bench="image_rebuild_after_code_change", seconds=round(rebuild, 1),
+         baseline="clean_build_no_cache", baseline_seconds=round(clean, 1),
+         ratio=round(rebuild / clean, 3))
+    size = int(subprocess.run(engine.cmd("image", "inspect", "-f", "{{.Size}}", refs[0]),
+                              capture_output=True, text=True, check=True).stdout.strip())
+    base = int(subprocess.run(engine.cmd("image", "inspect", "-f", "{{.Size}}",
+                                         os.environ.get("BASE_IMAGE",
+                                                        "localhost/chessbot-base:bookworm")),
+                              capture_output=True, text=True, check=True).stdout.strip())
+    emit(bench="image_size", mib=round(size / 2**20), baseline="bookworm_base",
+         baseline_mib=round(base / 2**20), ratio=round(size / base, 1))
+    return refs[0]
+
+
+def bench_start(engine, image: str) -> None:  # type: ignore[no-untyped-def]
+    model = ROOT / "artifacts" / "bench-image" / "model_best.pt"
+    if not model.is_file():
+        env = {**os.environ, "TRAIN_DATASET_DIR": str(ROOT / "data" / "sample"),
+               "TRAIN_OUTPUT_DIR": str(model.parent), "TRAIN_EPOCHS": "1",
+               "TRAIN_RUNTIME_MAX_SAMPLES_PER_GAME": "4", "RUNPOD_PHASE_TIMING_LOG":
+               str(model.parent / "timings.jsonl"),
+               "TRAIN_EXTRA_ARGS": "--embed-dim 32 --hidden-dim 64 --num-layers 1 "
+               "--max-steps-per-epoch 5"}
+        subprocess.run([sys.executable, "-m", "appliance.training.preset"], env=env,
+                       check=True, capture_output=True)
+    name = f"chessbot-bench-{uuid.uuid4().hex[:8]}"
+    key = Path(tempfile.mkdtemp()) / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    ssh_port, api_port = free_port(), free_port()
+    env = {**os.environ, "PUBLIC_KEY": key.with_suffix(".pub").read_text().strip(),
+           "INFERENCE_MODEL_PATH": "/workspace/model_best.pt"}
+    try:
+        subprocess.run(engine.cmd("create", "--name", name, *engine.run_flags, "-e",
+                                  "PUBLIC_KEY", "-e", "INFERENCE_MODEL_PATH",
+                                  "-p", f"127.0.0.1:{ssh_port}:22",
+                                  "-p", f"127.0.0.1:{api_port}:8000", image),
+                       check=True, capture_output=True, env=env)
+        subprocess.run(engine.cmd("cp", str(model), f"{name}:/workspace/model_best.pt"),
+                       check=True, capture_output=True)
+        ssh = ["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "BatchMode=yes", "-o",
+               "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
+               "ConnectTimeout=2", "-o", "LogLevel=ERROR", "runner@127.0.0.1", "true"]
+        start = time.monotonic()
+        subprocess.run(engine.cmd("start", name), check=True, capture_output=True)
+        poll(lambda: subprocess.run(ssh, capture_output=True).returncode == 0)
+        ssh_total = time.monotonic() - start
+        poll(lambda: healthz(api_port) == 200)
+        api_total = time.monotonic() - start
+        emit(bench="container_start_to_ssh_ready", seconds=round(ssh_total, 2),
+             baseline="container_start_to_healthz_200", baseline_seconds=round(api_total, 2),
+             ratio=round(ssh_total / api_total, 3))
+    finally:
+        subprocess.run(engine.cmd("rm", "-f", "-v", "-t", "0", name), capture_output=True)
+        shutil.rmtree(key.parent, ignore_errors=True)
+
+
+def main() -> None:
+    engine = detect_engine()
+    image = bench_builds(engine)
+    bench_start(engine, image)
+    for tag in ("clean", "edit", "latest"):
+        subprocess.run(engine.cmd("rmi", f"{REPO}:{tag}"), capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
