@@ -386,3 +386,24 @@ def test_a_crashing_program_ends_fatal_is_recorded_and_revived(fresh_root: Path)
     assert "fatal-reviver: flaky is RUNNING again" in log
     assert ("fatal-reviver: broken stays FATAL: 2 revival(s) in a row did not last; start it by "
             "hand (supervisorctl start broken)") in log
+
+
+@pytest.mark.parametrize("extra,failure", [
+    ({"APPLIANCE_BIND_HOST": "300.1.1.1"},
+     "sshd_setup: FAILED ({ms} ms): sshd -t rejects {root}/etc/ssh/sshd_config: bad addr or host: "
+     "300.1.1.1 (Name or service not known)"),
+    ({"APPLIANCE_SSHD": "/nonexistent/sshd"},
+     "sshd_setup: FAILED ({ms} ms): APPLIANCE_SSHD=/nonexistent/sshd not found: install "
+     "openssh-server or set START_SSHD=0"),
+])
+def test_sshd_config_that_fails_sshd_t_stops_the_bootstrap(fresh_root: Path, extra, failure):
+    env = base_env(fresh_root, START_JUPYTER="0", START_INFERENCE_API="0", RUN_ID="bad", **extra)
+    proc = subprocess.run([str(PYTHON), "-m", "appliance.bootstrap", "--no-exec"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    line = next(line for line in proc.stdout.splitlines() if "sshd_setup: FAILED" in line)
+    ms = line.split("FAILED (", 1)[1].split(" ms)", 1)[0]
+    assert line.endswith(failure.format(ms=ms, root=fresh_root))
+    assert "render_supervisor" not in proc.stdout
+    records = [json.loads(x) for x in Path(env["RUNPOD_PHASE_TIMING_LOG"]).read_text().splitlines()]
+    assert [(r["phase"], r["status"]) for r in records][-1] == ("sshd_setup", "error")
