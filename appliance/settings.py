@@ -295,7 +295,8 @@ class WatchdogSettings(_Env):
     """The idle watchdog, program idle-watchdog."""
 
     AUTOSTOP_IDLE_MINUTES: float = Field(
-        30.0, gt=0, description="Stop the pod after this many idle minutes."
+        30.0, gt=0, description="Stop the pod after this many idle minutes (fractions allowed: "
+        "0.1 = 6 s)."
     )
     AUTOSTOP_ACTION: Literal["runpod_api", "exit", "none"] = Field(
         "runpod_api", description="runpod_api (stop this pod), exit (end the container) or "
@@ -308,6 +309,18 @@ class WatchdogSettings(_Env):
     AUTOSTOP_PROCESS_PATTERNS: str = Field(
         "appliance.training", description="Comma-separated command-line substrings of processes "
         "that count as activity."
+    )
+    AUTOSTOP_WARN_MINUTES: float = Field(
+        5.0, ge=0, description="Wall-message logged-in users this many minutes before the stop; "
+        "activity then cancels it."
+    )
+    AUTOSTOP_SYNC_FLUSH_SECONDS: float = Field(
+        600.0, gt=0, description="Longest wait for pending artifact uploads before a stop; "
+        "unfinished: no stop."
+    )
+    AUTOSTOP_KEEPALIVE_FILE: Path | None = Field(
+        None, description="Keep-alive file (touch it, or `python -m appliance.watchdog keepalive "
+        "2h`); default $WORKSPACE_DIR/.autostop-keepalive."
     )
 
 

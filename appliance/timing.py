@@ -1,7 +1,8 @@
 """Phase-timing records: one JSON line per timed phase, appended to the timing log.
 
 Fields: ts_epoch_ms, source, run_id, phase, status, elapsed_ms, and exit_code when a phase ran a
-process. `phase()` times a block and records "ok" or "error" however the block ends.
+process, and reason when a decision needs explaining (the idle watchdog's stops). `phase()`
+times a block and records "ok" or "error" however the block ends.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class TimingLog:
         self.run_id = run_id
 
     def record(
-        self, phase: str, status: str, elapsed_ms: int, exit_code: int | None = None
+        self, phase: str, status: str, elapsed_ms: int, exit_code: int | None = None,
+        reason: str | None = None,
     ) -> dict[str, object]:
         rec: dict[str, object] = {
             "ts_epoch_ms": int(time.time() * 1000),
@@ -32,6 +34,8 @@ class TimingLog:
         }
         if exit_code is not None:
             rec["exit_code"] = exit_code
+        if reason is not None:
+            rec["reason"] = reason
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")

@@ -1,0 +1,152 @@
+"""The watchdog loop: read every signal each poll, decide, warn, flush the sync, record the reason
+in the phase log and act. Clock, waiting, signals, notifier and action are all injected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.timing import TimingLog
+from appliance.watchdog.actions import Action, Outcome, SyncGate
+from appliance.watchdog.decision import Decision, Tracker, snapshot, write_state
+from appliance.watchdog.signals import Reading, Signal, _span, read_safely
+
+log = logging.getLogger("appliance.watchdog")
+TIMING_SOURCE = "idle_watchdog"
+
+
+@dataclass(frozen=True)
+class Step:
+    decision: Decision
+    readings: list[Reading]
+    outcome: Outcome | None = None  # set when a stop was attempted (or refused by the gate)
+
+
+class Watchdog:
+    def __init__(self, signals: Sequence[Signal], tracker: Tracker, action: Action,
+                 gate: SyncGate, timing: TimingLog, *, state_path: Path | None,
+                 poll_s: float, notify: Callable[[str], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.signals, self.tracker, self.action, self.gate = signals, tracker, action, gate
+        self.timing, self.state_path, self.poll_s = timing, state_path, poll_s
+        self.notify, self.clock = notify, clock
+        self.hold_until = float("-inf")
+        self.failures = 0
+        self.stopped = False  # the exit action succeeded: supervisord is taking us down
+        self._last_active: tuple[str, ...] | None = None
+        self.phase = "watching"
+        self.note = ""
+
+    def read(self, now: float) -> list[Reading]:
+        return [read_safely(s, now) for s in self.signals]
+
+    def step(self) -> Step:
+        now = self.clock()
+        readings = self.read(now)
+        d = self.tracker.step(readings, now)
+        outcome = None
+        if d.active != self._last_active:
+            self._log_change(d, readings)
+            self._last_active = d.active
+        if d.cancel:
+            why = ", ".join(d.active)
+            log.info("stop cancelled: activity (%s)", why)
+            self.notify(f"chess-bot pod: automatic stop cancelled, activity seen ({why}).")
+            self.timing.record("autostop_cancelled", "ok", 0, reason=f"activity: {why}")
+            self.phase, self.note = "watching", ""
+        elif d.warn:
+            self.phase = "warned"
+            msg = (f"chess-bot pod: idle for {_span(d.idle_s)} (no SSH session, busy notebook, "
+                   f"training process, GPU load, inference traffic or keep-alive). It will be "
+                   f"stopped ({self.action.name}) in {_span(d.left_s)}. Any activity cancels "
+                   f"this; `python -m appliance.watchdog keepalive 2h` keeps it up.")
+            log.info("warning sent: stop (%s) in %s", self.action.name, _span(d.left_s))
+            self.notify(msg)
+        elif d.act and now >= self.hold_until and not self.stopped:
+            outcome = self._stop(d, readings)
+        elif not d.active and self.phase == "watching" and self.hold_until < now:
+            self.note = ""
+        self._write_state(d, readings)
+        return Step(d, readings, outcome)
+
+    def _log_change(self, d: Decision, readings: list[Reading]) -> None:
+        if d.active:
+            details = "; ".join(f"{r.name}: {r.detail}" for r in readings if r.active)
+            log.info("active: %s", details)
+        else:
+            log.info("all signals quiet; stop (%s) at %s unless activity comes back",
+                     self.action.name, time.strftime("%H:%M:%S", time.localtime(d.deadline)))
+
+    def _reason(self, d: Decision, readings: list[Reading]) -> str:
+        quiet = "; ".join(f"{r.name} {r.state}" for r in readings)
+        return (f"idle {_span(d.idle_s)} (AUTOSTOP_IDLE_MINUTES={self.tracker.idle_s / 60:g}): "
+                f"{quiet}")
+
+    def _stop(self, d: Decision, readings: list[Reading]) -> Outcome:
+        reason = self._reason(d, readings)
+        self.phase = "stopping"
+        started = time.monotonic()
+        gate = self.gate.flush()
+        if not gate.ok:
+            # Unsynced work outweighs the GPU bill: no stop, and the reason is on record.
+            self.hold_until = self.clock() + max(self.poll_s, self.gate.limit_s)
+            self.phase, self.note = "holding", f"not stopping: {gate.detail}"
+            log.error("not stopping: %s", gate.detail)
+            self.timing.record("autostop", "refused", _ms(started),
+                               reason=f"{reason}; sync flush unfinished: {gate.detail}")
+            return gate
+        log.info("stopping (%s): %s; sync: %s", self.action.name, reason, gate.detail)
+        if self.action.name == "exit":
+            # supervisord's shutdown takes this process down too: the record goes first.
+            self.timing.record("autostop", "ok", _ms(started),
+                               reason=f"{reason}; sync: {gate.detail}; action exit")
+        outcome = self.action.stop()
+        status = "ok" if outcome.ok else "error"
+        if self.action.name == "none":
+            status = "dry_run"
+        if self.action.name != "exit" or not outcome.ok:
+            self.timing.record("autostop", status, _ms(started),
+                               reason=f"{reason}; sync: {gate.detail}; action "
+                               f"{self.action.name}: {outcome.detail}")
+        if outcome.ok:
+            log.info("%s", outcome.detail)
+            self.failures = 0
+            self.stopped = self.action.name == "exit"
+            # A stopped pod ends this process; if it still runs, idleness counts afresh.
+            self.tracker.reset(self.clock())
+            self.phase, self.note = "watching", f"last stop: {outcome.detail}"
+        else:
+            self.failures += 1
+            delay = min(self.poll_s * 2 ** (self.failures - 1), 900.0)
+            self.hold_until = self.clock() + delay
+            self.phase, self.note = "holding", f"stop failed, retry in {_span(delay)}"
+            log.error("%s; retrying in %s", outcome.detail, _span(delay))
+        return outcome
+
+    def _write_state(self, d: Decision, readings: list[Reading]) -> None:
+        if self.state_path is None:
+            return
+        try:
+            write_state(self.state_path, self.snapshot(d, readings))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.state_path, exc)
+
+    def snapshot(self, d: Decision, readings: list[Reading]) -> dict[str, Any]:
+        return snapshot(d, readings, self.tracker, action=self.action.name, pid=os.getpid(),
+                        phase=self.phase, note=self.note)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.step()
+            stop.wait(self.poll_s)
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
