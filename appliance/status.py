@@ -1,8 +1,8 @@
 """`python -m appliance.status`: the pod's health for an operator (also as runner over SSH).
 
-Every program's state and uptime, the inference API's /healthz, FATAL revivals and the last
-boot's phases. Exit 0 when every enabled program runs, 1 when one does not, 2 on bad settings,
-3 when supervisord cannot be reached.
+Every program's state and uptime, the inference API's /healthz, FATAL revivals, the last
+boot's phases and the idle watchdog's summary. Exit 0 when every enabled program runs, 1 when one
+does not, 2 on bad settings, 3 when supervisord cannot be reached.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from appliance import settings
 from appliance.health import gather, local_url, read_json, render_table
 from appliance.render import Layout, PodConfig
+from appliance.watchdog.decision import STATE_FILE, summary_line
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_SETTINGS, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -45,10 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 cfg.inference.INFERENCE_PORT, "/healthz"),
         timeout=args.timeout,
     )
+    # The running watchdog's own view (its state file): reading signals here would need its
+    # secrets and could disagree with what it decides.
+    watchdog = read_json(layout.state_dir / STATE_FILE) if cfg.services.START_IDLE_WATCHDOG \
+        else None
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps({**report.to_json(), "watchdog": watchdog}, indent=2))
     else:
-        print(render_table(report))
+        lines = render_table(report).splitlines()
+        if watchdog is not None:
+            lines.insert(len(lines) - 1, summary_line(watchdog))
+        print("\n".join(lines))
     if not report.reachable:
         return EXIT_UNREACHABLE
     return EXIT_OK if report.ok else EXIT_UNHEALTHY
