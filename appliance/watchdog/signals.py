@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -272,8 +273,14 @@ def clear_keepalive(path: Path) -> bool:
 def keepalive_until(path: Path) -> float | None:
     """The expiry written by `keepalive DURATION`; None for a plainly touched file."""
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(KEEPALIVE_MAX_BYTES)
+        # Users write this file and root reads it: a FIFO or device must not block or flood us.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            raw = os.read(fd, KEEPALIVE_MAX_BYTES)
+        finally:
+            os.close(fd)
         data = json.loads(raw.decode("utf-8"))
         until = data.get("until_epoch") if isinstance(data, dict) else None
         return float(until) if isinstance(until, int | float) else None

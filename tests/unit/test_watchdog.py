@@ -241,6 +241,11 @@ def test_keepalive_with_expiry_and_touched_by_hand(tmp_path: Path) -> None:
     path.write_text("")  # `touch` by hand
     os.utime(path, (T0 - 1, T0 - 1))
     assert (sig.read(T0).state, sig.read(T0).last_activity) == ("active", T0 - 1)
+    # A FIFO put there by a user neither blocks the (root) watchdog nor counts as an expiry.
+    path.unlink()
+    os.mkfifo(path)
+    os.utime(path, (T0 - 1, T0 - 1))
+    assert (sig.read(T0).state, sig.read(T0).last_activity) == ("active", T0 - 1)
 
 
 def test_processes_match_patterns_but_not_the_watchdog_itself() -> None:
