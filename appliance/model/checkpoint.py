@@ -7,14 +7,13 @@ A checkpoint loads for inference with no training arguments: `load_model(path)`.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from appliance.atomic import atomic_write
 from appliance.model.network import ModelConfig, MovePredictor
 from appliance.model.vocab import VOCAB_VERSION
 
@@ -43,15 +42,7 @@ def save_checkpoint(path: Path, model: MovePredictor, **extra: Any) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def read_checkpoint(path: Path | str, data: bytes | None = None) -> dict[str, Any]:

@@ -9,12 +9,13 @@ import fnmatch
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from appliance.atomic import atomic_write_json
 
 INDEX_FILE = "upload_index.json"
 LOCK_FILE = "sync.lock"
@@ -101,14 +102,7 @@ class UploadIndex:
         except (OSError, ValueError):
             data = {"version": INDEX_VERSION, "targets": {}}
         data["targets"][self.target] = {rel: vars(e) for rel, e in sorted(self.files.items())}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=1)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_json(self.path, data, indent=1)
 
     def unchanged_by_stat(self, rel: str, st: os.stat_result) -> bool:
         e = self.files.get(rel)

@@ -5,10 +5,10 @@ so the idle watchdog can refuse to stop the pod with unsynced work (`pending_cou
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from appliance.atomic import atomic_write_json
 
 STATUS_FILE = "status.json"
 FILES_LISTED = 20
@@ -29,15 +29,7 @@ class SyncStatus:
 
 
 def write_status(state_dir: Path, status: SyncStatus) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".status.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(asdict(status), fh, indent=1)
-        os.replace(tmp, state_dir / STATUS_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(state_dir / STATUS_FILE, asdict(status), indent=1)
 
 
 def read_status(state_dir: Path) -> SyncStatus | None:

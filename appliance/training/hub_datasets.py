@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.atomic import atomic_write_json
 from appliance.hf import HubClient
 from appliance.training.data import (
     GAME_FORMAT,
@@ -641,17 +642,7 @@ def fetch_to_manifest(client: HubClient, repo: str, prefix: str, dest: Path,
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is not secret
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(path, data)
 
 
 def read_fetch_manifest(path: Path) -> dict[str, Any]:

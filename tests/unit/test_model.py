@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import appliance.atomic
 from appliance.model import features, vocab
 from appliance.model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from appliance.model.network import ModelConfig, MovePredictor, count_parameters
@@ -185,3 +186,10 @@ def test_game_encoding_matches_per_position_reference():
             assert game.phase[t] == features.game_phase(board)
             assert game.side[t] == features.side_to_move(board)
             board.push_uci(uci)
+
+
+def test_checkpoint_is_readable_by_other_accounts(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(appliance.atomic, "_UMASK", 0o022)
+    save_checkpoint(tmp_path / "m.pt", MovePredictor(ModelConfig(embed_dim=8, hidden_dim=8)))
+    # mkstemp alone leaves 0600, and inference (user runner) could not load a root's model
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o644
