@@ -99,24 +99,32 @@ def bench_start(engine, image: str) -> None:  # type: ignore[no-untyped-def]
         subprocess.run([sys.executable, "-m", "appliance.training.preset"], env=env,
                        check=True, capture_output=True)
     name = f"chessbot-bench-{uuid.uuid4().hex[:8]}"
+    volume = f"{name}-ws"
     key = Path(tempfile.mkdtemp()) / "k"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    ssh_port, api_port = free_port(), free_port()
+    ssh_port = free_port()
+    api_port = free_port()
+    while api_port == ssh_port:
+        api_port = free_port()
     env = {**os.environ, "PUBLIC_KEY": key.with_suffix(".pub").read_text().strip(),
            "INFERENCE_MODEL_PATH": "/workspace/model_best.pt"}
     try:
-        subprocess.run(engine.cmd("create", "--name", name, *engine.run_flags, "-e",
-                                  "PUBLIC_KEY", "-e", "INFERENCE_MODEL_PATH",
-                                  "-p", f"127.0.0.1:{ssh_port}:22",
-                                  "-p", f"127.0.0.1:{api_port}:8000", image),
-                       check=True, capture_output=True, env=env)
-        subprocess.run(engine.cmd("cp", str(model), f"{name}:/workspace/model_best.pt"),
-                       check=True, capture_output=True)
+        # The model goes into the pod's volume before the start, as on a pod that trained
+        # before: the figure is start -> ready, not training or copying.
+        subprocess.run(engine.cmd("volume", "create", volume), check=True, capture_output=True)
+        mountpoint = subprocess.run(
+            engine.cmd("volume", "inspect", volume, "--format", "{{.Mountpoint}}"),
+            check=True, capture_output=True, text=True).stdout.strip()
+        shutil.copy(model, Path(mountpoint) / "model_best.pt")
         ssh = ["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "BatchMode=yes", "-o",
                "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
                "ConnectTimeout=2", "-o", "LogLevel=ERROR", "runner@127.0.0.1", "true"]
         start = time.monotonic()
-        subprocess.run(engine.cmd("start", name), check=True, capture_output=True)
+        subprocess.run(engine.cmd("run", "-d", "--name", name, "-v", f"{volume}:/workspace",
+                                  *engine.run_flags, "-e", "PUBLIC_KEY", "-e",
+                                  "INFERENCE_MODEL_PATH", "-p", f"127.0.0.1:{ssh_port}:22",
+                                  "-p", f"127.0.0.1:{api_port}:8000", image),
+                       check=True, capture_output=True, env=env)
         poll(lambda: subprocess.run(ssh, capture_output=True).returncode == 0)
         ssh_total = time.monotonic() - start
         poll(lambda: healthz(api_port) == 200)
@@ -126,6 +134,7 @@ def bench_start(engine, image: str) -> None:  # type: ignore[no-untyped-def]
              ratio=round(ssh_total / api_total, 3))
     finally:
         subprocess.run(engine.cmd("rm", "-f", "-v", "-t", "0", name), capture_output=True)
+        subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True)
         shutil.rmtree(key.parent, ignore_errors=True)
 
 
