@@ -176,7 +176,8 @@ class Bootstrap:
         lay = self.layout
         made = []
         for d in (lay.privsep_dir, lay.socket_dir, lay.appliance_run, lay.secrets_dir,
-                  lay.fatal_dir, lay.state_dir, lay.log_dir, lay.conf_d, lay.ssh_dir,
+                  lay.fatal_dir, lay.heartbeat_dir, lay.state_dir, lay.log_dir, lay.conf_d,
+                  lay.ssh_dir,
                   lay.env_file.parent, lay.bin_dir, lay.workspace):
             if not d.is_dir():
                 d.mkdir(parents=True)
@@ -200,6 +201,9 @@ class Bootstrap:
         for d in (lay.socket_dir, lay.secrets_dir):
             os.chown(d, 0, pw.pw_gid)
             d.chmod(0o750)
+        # inference runs as the user and touches its heartbeat file here.
+        os.chown(lay.heartbeat_dir, pw.pw_uid, pw.pw_gid)
+        lay.heartbeat_dir.chmod(0o755)
         if lay.workspace.stat().st_uid == 0:
             os.chown(lay.workspace, pw.pw_uid, pw.pw_gid)
             notes.append(f"{lay.workspace} given to {lay.user}")

@@ -157,6 +157,11 @@ class Layout:
         return self.run_dir / "appliance" / "fatal"
 
     @property
+    def heartbeat_dir(self) -> Path:
+        """Written by inference (as the user), read by the idle watchdog."""
+        return self.run_dir / "appliance" / "heartbeat"
+
+    @property
     def boot_record(self) -> Path:
         return self.run_dir / "appliance" / "bootstrap.json"
 
@@ -265,6 +270,12 @@ def _hf_token_path(layout: Layout, secret_names: frozenset[str]) -> dict[str, st
     return {"HF_TOKEN_PATH": str(layout.secret_file("HF_TOKEN"))}
 
 
+def _heartbeat(cfg: PodConfig, layout: Layout) -> dict[str, str]:
+    """Inference touches this file and the watchdog reads it: both must get the same path."""
+    path = cfg.inference.INFERENCE_HEARTBEAT_FILE or layout.heartbeat_dir / "inference"
+    return {"INFERENCE_HEARTBEAT_FILE": str(path)}
+
+
 def _listen_host(cfg: PodConfig) -> str:
     return cfg.runtime.APPLIANCE_BIND_HOST
 
@@ -311,7 +322,8 @@ def program_conf(name: str, cfg: PodConfig, layout: Layout, secret_names: frozen
         args += ["--device", inf.INFERENCE_DEVICE]
         return _template("inference.conf", command=_command(args, name), directory=home,
                          user=user, log_dir=log_dir,
-                         environment=_environment(_user_env(layout), name))
+                         environment=_environment(_user_env(layout, **_heartbeat(cfg, layout)),
+                                                  name))
     if name == "jupyter":
         ws = str(layout.workspace)
         args = [py, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={host}",
@@ -330,7 +342,8 @@ def program_conf(name: str, cfg: PodConfig, layout: Layout, secret_names: frozen
     if name == "idle-watchdog":
         args = [py, "-m", "appliance.watchdog"]
         return _template("idle-watchdog.conf", command=_command(args, name),
-                         directory=_ini(str(layout.state_dir), "state dir"), log_dir=log_dir)
+                         directory=_ini(str(layout.state_dir), "state dir"), log_dir=log_dir,
+                         environment=_environment(_heartbeat(cfg, layout), name))
     raise RenderError(f"unknown program {name!r}; known: {', '.join(PROGRAM_FILES)}")
 
 

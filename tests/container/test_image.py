@@ -107,6 +107,9 @@ def test_healthz_and_infer_through_published_port(pod: Pod, trained: dict) -> No
                        {"Authorization": f"Bearer {API_TOKEN}"})
     assert status == 200, out
     assert len(out["topk"]) == 3 and out["side_to_move"] == "white"
+    # API traffic reaches the idle watchdog through the heartbeat file runner can write
+    stat = pod.exec("stat", "-c", "%U", "/run/appliance/heartbeat/inference")
+    assert stat.stdout.strip() == "runner"
     status, out = http(pod.url(8000, "/infer"), body)
     assert status == 401 and out == {"error": "missing bearer token"}
     status, out = http(pod.url(8000, "/infer"), body, {"Authorization": "Bearer wrong"})
