@@ -121,10 +121,13 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path, capsys):
     ds = make_dataset(tmp_path / "ds", train_games=4, val_games=2)
     out = str(tmp_path / "out")
     assert _main(capsys, _args(ds, tmp_path / "o", "--epochs", "0")) == (
-        2, "python -m appliance.training.train: error: argument --epochs: must be at least 1, "
-        "got 0")
+        2, "python -m appliance.training.train: error: argument --epochs: must be >= 1, got 0")
     assert _main(capsys, _args(ds, tmp_path / "o", "--lr", "abc"))[1].endswith(
-        "argument --lr: invalid _positive_float value: 'abc'")
+        "argument --lr: expected a number, got 'abc'")
+    assert _main(capsys, _args(ds, tmp_path / "o", "--lr", "0"))[1].endswith(
+        "argument --lr: must be > 0, got 0")
+    assert _main(capsys, _args(ds, tmp_path / "o", "--batch-size", "2.5"))[1].endswith(
+        "argument --batch-size: expected an integer, got '2.5'")
     code, err = _main(capsys, ["--train", str(tmp_path / "none.jsonl"), "--val",
                                str(ds / "val.jsonl"), "--output-dir", out])
     assert (code, err) == (2, f"error: {tmp_path / 'none.jsonl'}: file not found")
