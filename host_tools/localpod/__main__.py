@@ -25,6 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--engine", choices=["podman", "docker"],
                    help="run pods as containers with this engine (default: records only)")
+    p.add_argument("--host-network", action="store_true",
+                   help="with --engine: pods use the host's network, their services on free "
+                   "127.0.0.1 ports, so they reach localpod and other loopback servers")
+    p.add_argument("--stop-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="with --engine: a stop answers at once and removes the container this "
+                   "much later, as RunPod does (default %(default)s: before answering)")
     p.add_argument("--image", default=DEFAULT_IMAGE, help="image of the templates "
                    "(default %(default)s)")
     p.add_argument("--api-key-file", type=Path, metavar="FILE",
@@ -44,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             public_key = args.public_key_file.read_text(encoding="utf-8").strip()
     except OSError as exc:
         p.error(f"{exc.filename}: {exc.strerror}")
-    backend: PodBackend = ContainerBackend(args.engine) if args.engine else RecordsBackend()
+    if args.host_network and not args.engine:
+        p.error("--host-network needs --engine")
+    backend: PodBackend = (ContainerBackend(args.engine, host_network=args.host_network,
+                                            stop_delay_s=args.stop_delay)
+                           if args.engine else RecordsBackend())
     server = LocalPodServer(Account(backend, keys, boot_polls=args.boot_polls, image=args.image,
                                     public_key=public_key), args.port)
     print(f"localpod listening: RUNPOD_REST_URL={server.rest_url} "

@@ -1,14 +1,28 @@
 """localpod's container backend: each pod is a podman (or Docker) container of our image on a named
 /workspace volume, ports published on 127.0.0.1; stop keeps the volume, terminate removes it.
+
+With `host_network=True` a pod shares the host's network (`--network host`, nothing published):
+its sshd, Jupyter and inference API listen on the host loopback ports localpod chose (SSH_PORT,
+JUPYTER_PORT, INFERENCE_PORT, APPLIANCE_BIND_HOST=127.0.0.1), so the pod reaches servers that
+listen on the host's 127.0.0.1 only (localpod itself, the Hub emulator).
+
+With `stop_delay_s > 0` a stop answers at once and removes the container that many seconds later,
+as RunPod answers a stop before the container goes: a pod that stops itself through the API (the
+idle watchdog) can then record the answer before it is killed. A later start or terminate of the
+pod waits for, or replaces, a pending delayed stop.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 
 from host_tools.localpod.state import PodRecord
+
+# The appliance's port variables, by the private port RunPod would publish.
+PORT_VARIABLES = {22: "SSH_PORT", 8888: "JUPYTER_PORT", 8000: "INFERENCE_PORT"}
 
 Runner = Callable[[Sequence[str], "dict[str, str] | None"], subprocess.CompletedProcess[str]]
 
@@ -19,11 +33,26 @@ def _run(argv: Sequence[str], env: dict[str, str] | None) -> subprocess.Complete
 
 
 class ContainerBackend:
-    """Pods as containers. `engine` is "podman" or "docker"; `run` is the seam tests replace."""
+    """Pods as containers. `engine` is "podman" or "docker"; `run` is the seam tests replace;
+    `host_network` runs pods in the host's network namespace on loopback ports (module doc)."""
 
     def __init__(self, engine: str = "podman", *, run: Runner = _run,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), host_network: bool = False,
+                 stop_delay_s: float = 0.0) -> None:
         self.engine, self._run, self.extra_args = engine, run, list(extra_args)
+        self.host_network, self.stop_delay_s = host_network, stop_delay_s
+        self._pending_stops: dict[str, threading.Timer] = {}
+
+    def network_env(self, pod: PodRecord) -> dict[str, str]:
+        """Host network only: where the pod's services listen (the ports in pod.mappings, which
+        runtime.ports reports, on 127.0.0.1). Private ports without a variable are not moved."""
+        if not self.host_network:
+            return {}
+        env = {"APPLIANCE_BIND_HOST": "127.0.0.1"}
+        for private, public in pod.mappings.items():
+            if private in PORT_VARIABLES:
+                env[PORT_VARIABLES[private]] = str(public)
+        return env
 
     @staticmethod
     def names(pod: PodRecord) -> tuple[str, str]:
@@ -41,23 +70,28 @@ class ContainerBackend:
         container, volume = self.names(pod)
         argv = [self.engine, "run", "-d", "--name", container, "--hostname", container,
                 "-v", f"{volume}:{pod.volume_path}"]
+        if self.host_network:
+            argv += ["--network", "host"]
         for name in env_names:
             argv += ["-e", name]
         if self.engine == "podman":
             # DESIGN.md section 4: crun is not usable here and limits cannot be raised.
             argv += ["--runtime", "runc", "--ulimit", "nofile=1024:1024",
                      "--ulimit", "nproc=1024:1024"]
-        for private, public in sorted(pod.mappings.items()):
-            argv += ["-p", f"127.0.0.1:{public}:{private}"]
+        if not self.host_network:
+            for private, public in sorted(pod.mappings.items()):
+                argv += ["-p", f"127.0.0.1:{public}:{private}"]
         return argv + self.extra_args + [pod.image]
 
     def start(self, pod: PodRecord, env: dict[str, str]) -> None:
         container, volume = self.names(pod)
+        self._settle(pod)
         self._run([self.engine, "rm", "-f", container], None)  # a leftover of a crashed run
         if self._run([self.engine, "volume", "inspect", volume], None).returncode != 0:
             self._check([self.engine, "volume", "create", volume])
         # `-e NAME` takes the value from the engine's own environment: the pod-scoped key never
         # appears on a command line (ps shows those), and multi-line PUBLIC_KEY survives.
+        env = {**env, **self.network_env(pod)}
         self._check(self.run_argv(pod, sorted(env)), {**os.environ, **env})
 
     def ready(self, pod: PodRecord) -> bool:
@@ -66,9 +100,26 @@ class ContainerBackend:
         return result.returncode == 0 and result.stdout.strip() == "true"
 
     def stop(self, pod: PodRecord) -> None:
-        self._check([self.engine, "rm", "-f", "-t", "10", self.names(pod)[0]])
+        argv = [self.engine, "rm", "-f", "-t", "10", self.names(pod)[0]]
+        if self.stop_delay_s <= 0:
+            self._check(argv)
+            return
+        self._settle(pod)
+        timer = threading.Timer(self.stop_delay_s, self._run, args=(argv, None))
+        timer.daemon = True
+        self._pending_stops[pod.id] = timer
+        timer.start()
+
+    def _settle(self, pod: PodRecord) -> None:
+        """Cancel a delayed stop that has not begun (the caller removes the container itself),
+        or wait for one under way."""
+        timer = self._pending_stops.pop(pod.id, None)
+        if timer is not None:
+            timer.cancel()
+            timer.join()
 
     def remove(self, pod: PodRecord) -> None:
         container, volume = self.names(pod)
+        self._settle(pod)
         self._run([self.engine, "rm", "-f", "-t", "10", container], None)
         self._run([self.engine, "volume", "rm", "-f", volume], None)

@@ -5,6 +5,7 @@ its own rules: auth, pod-scoped keys, schema errors, and the container backend's
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from host_tools.localpod import Account, Fault, LocalPodServer, RecordsBackend
 from host_tools.localpod.containers import ContainerBackend
 from tests import localpod_fixture
+from tests.helpers import wait_until
 from tests.localpod_fixture import CANARY
 
 localpod = localpod_fixture.localpod
@@ -185,3 +187,52 @@ def test_container_backend_command_lines_keep_the_key_out_of_argv() -> None:
     acc.action(pod.id, "terminate", "account")
     assert [argv for argv, _ in engine.calls] == [
         ["podman", "rm", "-f", "-t", "10", name], ["podman", "volume", "rm", "-f", volume]]
+
+
+def test_container_backend_host_network_moves_the_services_to_the_chosen_loopback_ports(
+        ) -> None:
+    engine = FakeEngine()
+    acc = Account(ContainerBackend("podman", run=engine, host_network=True), {CANARY})
+    pod = acc.create_pod({"name": "h", "image": "img:1", "gpu_id": "NVIDIA A40", "gpu_count": 1,
+                          "cloud": "SECURE", "ports": ["22/tcp", "8888/http", "8000/http"]},
+                         "account")
+    run_argv, run_env = engine.calls[3]
+    assert run_argv[run_argv.index("--network"):][:2] == ["--network", "host"]
+    assert "-p" not in run_argv and run_argv[-1] == "img:1"
+    assert run_env is not None and run_env["APPLIANCE_BIND_HOST"] == "127.0.0.1"
+    assert {run_env["SSH_PORT"], run_env["JUPYTER_PORT"], run_env["INFERENCE_PORT"]} == {
+        str(pod.mappings[22]), str(pod.mappings[8888]), str(pod.mappings[8000])}
+    assert run_env["SSH_PORT"] == str(pod.mappings[22])
+    for name in ("SSH_PORT", "JUPYTER_PORT", "INFERENCE_PORT", "APPLIANCE_BIND_HOST"):
+        assert ["-e", name] == run_argv[run_argv.index(name) - 1:run_argv.index(name) + 1]
+    assert all(pod.mappings[p] != p for p in (22, 8888, 8000))  # free ports, not the private ones
+    # The default (published ports) is unchanged: no host network, no port variables.
+    plain = FakeEngine()
+    Account(ContainerBackend("podman", run=plain), {CANARY}).create_pod(
+        {"name": "p", "image": "img:1", "gpu_id": "NVIDIA A40", "gpu_count": 1,
+         "cloud": "SECURE", "ports": ["22/tcp"]}, "account")
+    argv, env = plain.calls[3]
+    assert "--network" not in argv and "-p" in argv
+    assert env is not None and "SSH_PORT" not in env and "APPLIANCE_BIND_HOST" not in env
+
+
+def test_container_backend_delayed_stop_answers_first_and_a_start_waits_for_it() -> None:
+    engine = FakeEngine()
+    backend = ContainerBackend("podman", run=engine, stop_delay_s=0.3)
+    acc = Account(backend, {CANARY})
+    pod = acc.create_pod({"name": "d", "image": "img:1", "gpu_id": "NVIDIA A40", "gpu_count": 1,
+                          "cloud": "SECURE", "ports": ["22/tcp"]}, "account")
+    name = f"localpod-{pod.id}"
+    engine.calls.clear()
+    assert acc.action(pod.id, "stop", "account").status == "EXITED"
+    assert engine.calls == []  # answered before the container goes
+    wait_until(lambda: [a for a, _ in engine.calls] == [["podman", "rm", "-f", "-t", "10", name]],
+               5)
+    # A stop still pending when the pod is started again is cancelled, never run after the start.
+    acc.action(pod.id, "start", "account")
+    acc.action(pod.id, "stop", "account")
+    engine.calls.clear()
+    acc.action(pod.id, "start", "account")
+    time.sleep(0.5)
+    assert [a[:2] for a, _ in engine.calls].count(["podman", "rm"]) == 1  # start's own cleanup
+    assert engine.calls[-1][0][:2] == ["podman", "run"]
