@@ -107,6 +107,11 @@ class Watchdog:
             # supervisord's shutdown takes this process down too: the record goes first.
             self.timing.record("autostop", "ok", _ms(started),
                                reason=f"{reason}; sync: {gate.detail}; action exit")
+        elif self.action.name == "runpod_api":
+            # The platform may end this container as soon as it takes the stop call: the
+            # reason is on record before the call, the outcome after it (when there is time).
+            self.timing.record("autostop_requested", "ok", _ms(started),
+                               reason=f"{reason}; sync: {gate.detail}; action runpod_api")
         outcome = self.action.stop()
         status = "ok" if outcome.ok else "error"
         if self.action.name == "none":

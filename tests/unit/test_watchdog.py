@@ -351,7 +351,10 @@ def test_loop_warns_then_stops_and_records_the_reason(tmp_path: Path) -> None:
     assert clock.t - T0 == 65  # acted at the step at T0+60
     assert len(notes) == 1 and "It will be stopped (runpod_api) in 10s" in notes[0]
     assert steps[-1].outcome == Outcome(True, "stopped")
-    rec = records(tmp_path)[-1]
+    requested, rec = records(tmp_path)[-2:]
+    assert (requested["phase"], requested["reason"]) == ("autostop_requested", (
+        "idle 1m00s (AUTOSTOP_IDLE_MINUTES=1): ssh quiet; gpu quiet; "
+        "sync: no artifact upload pending; action runpod_api"))
     assert (rec["source"], rec["phase"], rec["status"]) == ("idle_watchdog", "autostop", "ok")
     assert rec["reason"] == ("idle 1m00s (AUTOSTOP_IDLE_MINUTES=1): ssh quiet; gpu quiet; "
                              "sync: no artifact upload pending; action runpod_api: stopped")
@@ -422,7 +425,9 @@ def test_a_failed_stop_is_retried_with_backoff_never_terminated(tmp_path: Path) 
             attempts.append(clock.t - T0)
         clock.sleep(1)
     assert attempts == [60, 65, 75]  # backoff 5 s, then 10 s
-    assert [r["status"] for r in records(tmp_path)] == ["error", "error", "ok"]
+    assert [(r["phase"], r["status"]) for r in records(tmp_path)] == [
+        ("autostop_requested", "ok"), ("autostop", "error"), ("autostop_requested", "ok"),
+        ("autostop", "error"), ("autostop_requested", "ok"), ("autostop", "ok")]
 
 
 def test_dry_run_records_and_stops_nothing(tmp_path: Path) -> None:
