@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from appliance import settings
+from appliance.redact import Redactor
 from appliance.render import (
     HOST_KEY_TYPES,
     Layout,
@@ -77,18 +78,9 @@ def secret_values() -> dict[str, str]:
     return out
 
 
-class Redactor:
-    def __init__(self, values: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is hidden whole.
-        self.values = sorted({v for v in values if v}, key=len, reverse=True)
-
-    def add(self, value: str) -> None:
-        self.values = sorted({*self.values, value}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for v in self.values:
-            text = text.replace(v, "***")
-        return text
+def boot_redactor(values: list[str | None]) -> Redactor:
+    """The bootstrap hides every configured secret, however short, as ***."""
+    return Redactor(values, mask="***", min_length=1)
 
 
 class BootLog:
@@ -401,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PREFIX}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     layout = Layout.of(cfg.runtime)
-    redact = Redactor([*secret_vals.values(), _url_password(cfg.repo.REPO_URL)])
+    redact = boot_redactor([*secret_vals.values(), _url_password(cfg.repo.REPO_URL)])
     if args.render_only is not None:
         try:
             written = render_only(cfg, layout, env, args.render_only,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+
+from appliance.redact import Redactor
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 KEYRING_SERVICE = "huggingface"
@@ -19,7 +20,6 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
-REDACTED = "<redacted>"
 TOKEN_HELP = (
     "set HF_TOKEN (or HF_TOKEN_PATH), pass --token where the command has it, or store it with "
     f"`keyring set {KEYRING_SERVICE} {KEYRING_USERNAME}`"
@@ -45,45 +45,6 @@ class HubAuthError(HubError):
 
 class HubNotFoundError(HubError):
     """A repo, revision or file that does not exist (or is private to this token)."""
-
-
-class Redactor:
-    """Replaces secret values (and their URL-quoted forms) in text with <redacted>."""
-
-    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        self.secrets: list[str] = []
-        for s in secrets:
-            self.add(s)
-
-    def add(self, secret: str | None) -> None:
-        # Very short values would redact ordinary words; real tokens are long.
-        if secret and len(secret) >= 6:
-            for form in {secret, quote(secret, safe="")}:
-                if form not in self.secrets:
-                    self.secrets.append(form)
-            self.secrets.sort(key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-
-
-class RedactingFilter(logging.Filter):
-    """A logging filter that redacts secrets from every record passing a handler."""
-
-    def __init__(self, redact: Redactor) -> None:
-        super().__init__()
-        self.redact = redact
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.redact.secrets:
-            record.msg = self.redact(record.getMessage())
-            record.args = None
-            if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
-                record.exc_info = None
-        return True
 
 
 def keyring_token() -> str | None:

@@ -17,7 +17,8 @@ from types import FrameType
 from typing import NoReturn
 
 from appliance import settings
-from appliance.hf import HubClient, HubError, RedactingFilter, Redactor, resolve_token
+from appliance.hf import HubClient, HubError, resolve_token
+from appliance.redact import Redactor, setup_service_logging
 from appliance.sync.once import SyncJob, sync_once
 from appliance.sync.status import read_status
 from appliance.sync.watcher import WatchConfig, Watcher
@@ -93,17 +94,6 @@ def _job(args: argparse.Namespace, cfg: settings.HfSettings, repo_dir: Path) -> 
     )
 
 
-def _setup_logging(redact: Redactor) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s hf-sync %(levelname)s %(message)s"))
-    handler.addFilter(RedactingFilter(redact))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 def _run_once(job: SyncJob, client: HubClient, as_json: bool) -> int:
     if not job.source.is_dir():
         raise ValueError(f"source directory {job.source} does not exist (--source or "
@@ -171,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{where}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     redact = Redactor([token])
-    _setup_logging(redact)
+    setup_service_logging("hf-sync", redact, sys.stderr)
     try:
         job = _job(args, cfg, paths.REPO_DIR)
         # The watcher retries on its own schedule, so each of its uploads is a single attempt.

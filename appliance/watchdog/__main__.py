@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from appliance import settings
-from appliance.hf import RedactingFilter, Redactor
+from appliance.redact import Redactor, setup_service_logging
 from appliance.timing import TimingLog
 from appliance.watchdog.actions import (
     Action,
@@ -168,18 +168,8 @@ def build(cfg: Config, now: float) -> Watchdog:
                     state_path=cfg.state_path, poll_s=wd.AUTOSTOP_POLL_SECONDS, notify=wall)
 
 
-def _setup_logging(redact: Redactor) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s idle-watchdog %(levelname)s %(message)s"))
-    handler.addFilter(RedactingFilter(redact))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 def _run(cfg: Config) -> int:
-    _setup_logging(Redactor(cfg.secrets))
+    setup_service_logging("idle-watchdog", Redactor(cfg.secrets), sys.stdout)
     dog = build(cfg, time.time())
     stop = threading.Event()
 

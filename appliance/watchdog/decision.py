@@ -5,13 +5,12 @@ any activity in its window cancels the stop. Pure (time is passed in), so tests 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.atomic import atomic_write_json
 from appliance.watchdog.signals import Reading, _clock, _span
 
 STATE_FILE = "watchdog.json"
@@ -81,16 +80,8 @@ class Tracker:
 
 
 def write_state(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".watchdog.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-        os.chmod(tmp, 0o644)  # runner's `appliance.status` reads it
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # 0644 whatever the umask: runner's `appliance.status` reads it
+    atomic_write_json(path, data, indent=1, mode=0o644)
 
 
 def read_state(path: Path) -> dict[str, Any] | None:

@@ -64,7 +64,7 @@ def test_render_only_reports_an_unwritable_value(monkeypatch, tmp_path, capsys):
 
 def test_log_lines_never_show_a_secret(tmp_path):
     stream = io.StringIO()
-    log = bootstrap.BootLog(bootstrap.Redactor(["s3cret", "s3cret-longer"]), stream)
+    log = bootstrap.BootLog(bootstrap.boot_redactor(["s3cret", "s3cret-longer"]), stream)
     log("git said: https://u:s3cret-longer@host failed; token s3cret")
     log.attach(tmp_path / "boot.log")
     log.redact.add("generated-token")

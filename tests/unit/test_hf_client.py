@@ -11,6 +11,7 @@ import pytest
 from huggingface_hub import errors
 
 from appliance import hf
+from appliance.redact import RedactingFilter, Redactor
 
 TOKEN = "hf_UNIT_canary_token_4242"
 
@@ -52,11 +53,11 @@ def test_keyring_lookup(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_redaction_in_text_and_logs(caplog: pytest.LogCaptureFixture):
-    redact = hf.Redactor([TOKEN, None, "abc"])  # too short to redact safely: ignored
+    redact = Redactor([TOKEN, None, "abc"])  # too short to redact safely: ignored
     assert redact(f"Bearer {TOKEN} and url?t=hf_UNIT_canary_token_4242 abc") == (
         "Bearer <redacted> and url?t=<redacted> abc")
     logger = logging.getLogger("test.hf.redact")
-    logger.addFilter(hf.RedactingFilter(redact))
+    logger.addFilter(RedactingFilter(redact))
     with caplog.at_level(logging.INFO, logger="test.hf.redact"):
         logger.info("token is %s", TOKEN)
     assert caplog.records[-1].getMessage() == "token is <redacted>"

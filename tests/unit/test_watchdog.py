@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -680,9 +681,9 @@ def test_secrets_stay_out_of_the_watchdog_log(pod_env: Path, monkeypatch: pytest
     monkeypatch.setenv("RUNPOD_API_KEY", CANARY)
     monkeypatch.setenv("JUPYTER_TOKEN", "canary-jupyter-7f3a99")
     cfg = cli.Config.load()
-    from appliance.hf import Redactor
+    from appliance.redact import Redactor, setup_service_logging
 
-    cli._setup_logging(Redactor(cfg.secrets))
+    setup_service_logging("idle-watchdog", Redactor(cfg.secrets), sys.stdout)
     handler = logging.getLogger().handlers[0]
     record = logging.LogRecord("appliance.watchdog", logging.ERROR, __file__, 1,
                                "failed with %s and %s", (CANARY, "canary-jupyter-7f3a99"), None)
