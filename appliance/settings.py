@@ -361,6 +361,10 @@ class HostSshSettings(BaseSettings):
             raise ValueError("a real file is needed; /dev/null would disable host-key pinning")
         return value
 
+    RUNPOD_SSH_IDENTITY_FILE: Path | None = Field(
+        None, description="Private key for pods (ssh -i); default: ssh's own choice."
+    )
+
     def known_hosts_path(self, repo_dir: Path = DEFAULT_REPO_DIR) -> Path:
         path = self.RUNPOD_SSH_KNOWN_HOSTS_FILE.expanduser()
         return path if path.is_absolute() else repo_dir / path

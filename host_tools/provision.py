@@ -1,5 +1,6 @@
 """Workstation CLI for RunPod pods: gpu-search, template-list, provision (--wait), pods, status,
-stop, start, terminate, ssh, doctor; a thin layer over appliance.runpod.
+stop, start, terminate, ssh, doctor, and (host_tools/podjobs.py) cycle and smoke; a thin layer
+over appliance.runpod.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import httpx
 
 from appliance.runpod import (
     AccessDeniedError,
@@ -59,6 +63,17 @@ class Env:
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
     which: Callable[[str], str | None] = shutil.which
+    remote: Callable[[list[str], Path | None, Path | None], int] = \
+        lambda argv, stdin, stdout: run_remote(argv, stdin, stdout)
+    http_get: Callable[[str], httpx.Response] = lambda url: httpx.get(url, timeout=15)
+
+
+def run_remote(argv: list[str], stdin: Path | None, stdout: Path | None) -> int:
+    """A tool's ssh command: stdin from a file, stdout into a file or onto stderr (progress)."""
+    with ExitStack() as stack:
+        src = stack.enter_context(stdin.open("rb")) if stdin else subprocess.DEVNULL
+        dst = stack.enter_context(stdout.open("wb")) if stdout else sys.stderr
+        return subprocess.call(argv, stdin=src, stdout=dst)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -126,7 +141,14 @@ def parse_ports(spec: str) -> list[str]:
     return ports
 
 
-def ssh_argv(pod: Pod, settings: HostSshSettings, user: str, command: Sequence[str]) -> list[str]:
+def host_key_alias(pod_id: str) -> str:
+    """Host keys are pinned per pod, not per IP:port, which change at every start."""
+    return f"runpod-{pod_id}"
+
+
+def ssh_argv(pod: Pod, settings: HostSshSettings, user: str, command: Sequence[str],
+             batch: bool = False) -> list[str]:
+    """`batch`: for commands run by a tool (no prompts, bounded connect, keep-alives)."""
     endpoint = pod.ssh_endpoint()
     if endpoint is None:
         raise CliError(f"pod {pod.id} has no SSH endpoint (status {pod.status}); it needs "
@@ -134,9 +156,17 @@ def ssh_argv(pod: Pod, settings: HostSshSettings, user: str, command: Sequence[s
                        f"{pod.id}`")
     known_hosts = settings.known_hosts_path()
     host, port = endpoint
-    return ["ssh", "-p", str(port), "-o",
+    argv = ["ssh", "-p", str(port), "-o",
             f"StrictHostKeyChecking={settings.RUNPOD_SSH_HOST_KEY_CHECKING}",
-            "-o", f"UserKnownHostsFile={known_hosts}", f"{user}@{host}", *command]
+            "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", f"HostKeyAlias={host_key_alias(pod.id)}"]
+    if settings.RUNPOD_SSH_IDENTITY_FILE is not None:
+        argv += ["-i", str(settings.RUNPOD_SSH_IDENTITY_FILE.expanduser()),
+                 "-o", "IdentitiesOnly=yes"]
+    if batch:
+        argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+                 "-o", "ServerAliveInterval=30", "-o", "LogLevel=ERROR"]
+    return [*argv, f"{user}@{host}", *command]
 
 
 def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -292,33 +322,37 @@ def wait_ready(env: Env, client: RunpodClient, pod: Pod, timeout: float, interva
         env.sleep(interval)
 
 
-def cmd_provision(env: Env, args: argparse.Namespace) -> int:
+def provision_pod(env: Env, client: RunpodClient, args: argparse.Namespace) -> Pod:
+    """Create a pod from the provision options (next candidate on no capacity); no waiting."""
     extra_env = parse_env_pairs(args.env or [], args.env_file)
     ports = parse_ports(args.ports)
     if not args.image and not args.template_id and not args.template_name:
         raise CliError("give --template-id, --template-name or --image", 2)
     name = args.name or f"chessbot-{time.strftime('%Y%m%d-%H%M%S')}"
+    template_id = _template(client, args)
+    tried: list[str] = []
+    for gpu in _candidates(env, client, args):
+        spec = PodSpec(name=name, gpu_type_id=gpu, image=args.image or "",
+                       template_id=template_id, gpu_count=args.gpu_count,
+                       cloud="COMMUNITY" if args.cloud == "community" else "SECURE",
+                       ports=ports, env=extra_env, disk_gb=args.disk_gb,
+                       volume_gb=args.volume_gb)
+        try:
+            pod = _create(env, client, spec, args)
+        except NoCapacityError as exc:
+            tried.append(gpu)
+            print(f"no capacity for {gpu} ({exc.message}); trying the next candidate",
+                  file=env.err)
+            continue
+        print(f"created pod {pod.id} ({name}) on {pod.gpu_id or gpu}", file=env.err)
+        return pod
+    raise CliError(f"no capacity for any candidate ({', '.join(tried)}); try other GPU types, "
+                   "the other cloud, or later")
+
+
+def cmd_provision(env: Env, args: argparse.Namespace) -> int:
     with env.client_factory() as client:
-        template_id = _template(client, args)
-        pod: Pod | None = None
-        tried: list[str] = []
-        for gpu in _candidates(env, client, args):
-            spec = PodSpec(name=name, gpu_type_id=gpu, image=args.image or "",
-                           template_id=template_id, gpu_count=args.gpu_count,
-                           cloud="COMMUNITY" if args.cloud == "community" else "SECURE",
-                           ports=ports, env=extra_env, disk_gb=args.disk_gb,
-                           volume_gb=args.volume_gb)
-            try:
-                pod = _create(env, client, spec, args)
-                break
-            except NoCapacityError as exc:
-                tried.append(gpu)
-                print(f"no capacity for {gpu} ({exc.message}); trying the next candidate",
-                      file=env.err)
-        if pod is None:
-            raise CliError(f"no capacity for any candidate ({', '.join(tried)}); try other "
-                           "GPU types, the other cloud, or later")
-        print(f"created pod {pod.id} ({name}) on {pod.gpu_id or spec.gpu_type_id}", file=env.err)
+        pod = provision_pod(env, client, args)
         if args.wait:
             pod = wait_ready(env, client, pod, args.wait_timeout, args.poll_interval)
         else:
@@ -465,15 +499,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    def filters(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--cloud", choices=["secure", "community", "all"], default="all",
-                        help="which cloud's prices count (default %(default)s)")
-        sp.add_argument("--min-memory", type=int, default=0, metavar="GB",
-                        help="minimum GPU memory")
-        sp.add_argument("--max-price", type=float, metavar="USD",
-                        help="maximum price per GPU-hour")
-        sp.add_argument("--gpu-count", type=int, default=1, metavar="N", help="GPUs per pod")
-
     sp = add("gpu-search", "GPU types with price and availability, cheapest first", cmd_gpu_search)
     filters(sp)
     sp.add_argument("--include-unavailable", action="store_true",
@@ -484,6 +509,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("provision", "create a pod (cheapest matching GPU unless --gpu-type-id)",
              cmd_provision)
+    provision_options(sp)
+    sp.add_argument("--wait", action="store_true",
+                    help="wait until the pod runs and SSH answers")
+
+    add("pods", "list pods", cmd_pods)
+    sp = add("status", "one pod's state, SSH endpoint and proxy URLs", cmd_status)
+    sp.add_argument("pod")
+    sp = add("stop", "STOP a pod: GPU released, /workspace volume KEPT (and billed as storage)",
+             cmd_stop)
+    sp.add_argument("pod")
+    sp.add_argument("--yes", action="store_true", help="do not ask")
+    sp = add("start", "start (resume) a stopped pod on its volume", cmd_start)
+    sp.add_argument("pod")
+    sp.add_argument("--gpu-count", type=int, default=1)
+    sp.add_argument("--wait", action="store_true", help="wait until the pod runs and SSH answers")
+    waiting(sp)
+    sp = add("terminate", "TERMINATE a pod: the pod AND its /workspace volume are deleted",
+             cmd_terminate)
+    sp.add_argument("pod")
+    sp.add_argument("--yes", action="store_true", help="do not ask")
+    sp = add("ssh", "OpenSSH into a pod (host keys pinned in a persistent known-hosts file)",
+             cmd_ssh)
+    sp.add_argument("pod")
+    sp.add_argument("--user", default=SSH_USER, help="default %(default)s")
+    sp.add_argument("--print", action="store_true", help="print the ssh command, do not run it")
+    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD to run in the pod")
+    add("doctor", "check the local setup: ssh, container engine, API key, API, known hosts",
+        cmd_doctor)
+    from host_tools import podjobs  # it builds on this module
+
+    podjobs.add_commands(add, provision_options)
+    return p
+
+
+def waiting(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--wait-timeout", type=float, default=900.0, metavar="S",
+                    help="how long to wait for SSH (default %(default)s)")
+    sp.add_argument("--poll-interval", type=float, default=3.0, metavar="S")
+
+
+def provision_options(sp: argparse.ArgumentParser) -> None:
+    """What a new pod is: GPU filters and candidates, template or image, ports, env, disks."""
     filters(sp)
     sp.set_defaults(cloud="secure")
     sp.add_argument("--gpu-type-id", action="append", metavar="ID",
@@ -507,36 +574,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="when create fails but the pod exists: keep using it or terminate it")
     waiting(sp)
 
-    add("pods", "list pods", cmd_pods)
-    sp = add("status", "one pod's state, SSH endpoint and proxy URLs", cmd_status)
-    sp.add_argument("pod")
-    sp = add("stop", "STOP a pod: GPU released, /workspace volume KEPT (and billed as storage)",
-             cmd_stop)
-    sp.add_argument("pod")
-    sp.add_argument("--yes", action="store_true", help="do not ask")
-    sp = add("start", "start (resume) a stopped pod on its volume", cmd_start)
-    sp.add_argument("pod")
-    sp.add_argument("--gpu-count", type=int, default=1)
-    waiting(sp)
-    sp = add("terminate", "TERMINATE a pod: the pod AND its /workspace volume are deleted",
-             cmd_terminate)
-    sp.add_argument("pod")
-    sp.add_argument("--yes", action="store_true", help="do not ask")
-    sp = add("ssh", "OpenSSH into a pod (host keys pinned in a persistent known-hosts file)",
-             cmd_ssh)
-    sp.add_argument("pod")
-    sp.add_argument("--user", default=SSH_USER, help="default %(default)s")
-    sp.add_argument("--print", action="store_true", help="print the ssh command, do not run it")
-    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD to run in the pod")
-    add("doctor", "check the local setup: ssh, container engine, API key, API, known hosts",
-        cmd_doctor)
-    return p
 
-
-def waiting(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--wait", action="store_true", help="wait until the pod runs and SSH answers")
-    sp.add_argument("--wait-timeout", type=float, default=900.0, metavar="S")
-    sp.add_argument("--poll-interval", type=float, default=3.0, metavar="S")
+def filters(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--cloud", choices=["secure", "community", "all"], default="all",
+                    help="which cloud's prices count (default %(default)s)")
+    sp.add_argument("--min-memory", type=int, default=0, metavar="GB",
+                    help="minimum GPU memory")
+    sp.add_argument("--max-price", type=float, metavar="USD",
+                    help="maximum price per GPU-hour")
+    sp.add_argument("--gpu-count", type=int, default=1, metavar="N", help="GPUs per pod")
 
 
 def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
@@ -556,4 +602,7 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The imported module, not this __main__ copy: podjobs's errors are its classes.
+    from host_tools import provision
+
+    sys.exit(provision.main())

@@ -297,11 +297,18 @@ def test_ssh_uses_pinned_known_hosts(localpod: LocalPodServer, tmp_path: Path,
     code, cli = run(["ssh", pod_id, "--", "supervisorctl", "status"])
     port = localpod.account.pods[pod_id].mappings[22]
     assert code == 0
+    # Pinned per pod (HostKeyAlias): a start gives a pod a new IP:port, not a new host key.
     assert cli.ran == [["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=accept-new", "-o",
-                        f"UserKnownHostsFile={known}", "runner@127.0.0.1", "supervisorctl",
-                        "status"]]
+                        f"UserKnownHostsFile={known}", "-o", f"HostKeyAlias=runpod-{pod_id}",
+                        "runner@127.0.0.1", "supervisorctl", "status"]]
     assert known.parent.is_dir()
     assert_no_canary(cli, localpod)
+    monkeypatch.setenv("RUNPOD_SSH_IDENTITY_FILE", str(tmp_path / "id_pod"))
+    code, cli = run(["ssh", "--print", pod_id])
+    assert (code, cli.out) == (0, f"ssh -p {port} -o StrictHostKeyChecking=accept-new -o "
+                                  f"UserKnownHostsFile={known} -o HostKeyAlias=runpod-{pod_id} "
+                                  f"-i {tmp_path / 'id_pod'} -o IdentitiesOnly=yes "
+                                  "runner@127.0.0.1\n")
 
 
 def test_ssh_refuses_dev_null_and_unready_pods(localpod: LocalPodServer,

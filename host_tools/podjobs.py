@@ -1,0 +1,404 @@
+"""`provision.py cycle` and `provision.py smoke`: jobs that run in a pod over SSH.
+
+cycle: provision -> wait for SSH -> (upload a dataset) -> the training preset in the pod -> copy
+the artifacts back -> stop, terminate or keep the pod. Each phase is timed into the phase-timing
+log (source=host_cycle) with the pod's own preset phases. On a failure the pod is cleaned up unless
+--keep-on-failure: terminated, or only stopped when it may hold artifacts not copied back.
+
+smoke: SSH, the inference API's /healthz from this machine, then `python -m appliance.podcheck`
+in the pod (supervisorctl status, /healthz, /infer, Jupyter API, one training epoch); a table of
+PASS/FAIL/SKIP. Without a POD it provisions a throwaway pod and always terminates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from appliance import settings
+from appliance.runpod import Pod, RunpodClient
+from appliance.timing import TimingLog
+from host_tools.provision import (
+    CliError,
+    Env,
+    _emit,
+    _pod_text,
+    _ssh_settings,
+    _table,
+    host_key_alias,
+    parse_env_pairs,
+    provision_pod,
+    ssh_argv,
+    wait_ready,
+)
+
+CYCLE_SOURCE = "host_cycle"
+SMOKE_SOURCE = "host_smoke"
+PRESET = "python -m appliance.training.preset"
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+@dataclass
+class Phases:
+    """Times phases into the timing log and keeps them for the summary."""
+
+    log: TimingLog
+    env: Env
+    done: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    @contextmanager
+    def phase(self, name: str, note: str = "") -> Iterator[None]:
+        print(f"[{time.monotonic() - self.started:6.1f} s] {name}{': ' + note if note else ''}",
+              file=self.env.err, flush=True)
+        start = time.monotonic()
+        status = "error"
+        try:
+            yield
+            status = "ok"
+        finally:
+            self.done.append(self.log.record(name, status,
+                                             int((time.monotonic() - start) * 1000)))
+
+    def table(self) -> str:
+        return _table([[r["phase"], r["status"], f"{r['elapsed_ms'] / 1000:.1f} s"]
+                       for r in self.done], ["PHASE", "STATUS", "TIME"])
+
+
+def _timing_log(source: str, run_id: str) -> TimingLog:
+    try:
+        path = settings.load(settings.PathSettings).timing_log
+    except settings.SettingsError as exc:
+        raise CliError(str(exc), 2) from None
+    return TimingLog(path, source, run_id)
+
+
+def _remote(env: Env, pod: Pod, args: argparse.Namespace, command: str,
+            stdin: Path | None = None, stdout: Path | None = None) -> int:
+    argv = ssh_argv(pod, _ssh_settings(), args.user, [command], batch=True)
+    return env.remote(argv, stdin, stdout)
+
+
+def _tar_dir(src: Path, dest: Path) -> None:
+    with tarfile.open(dest, "w") as tar:
+        for item in sorted(src.iterdir()):
+            tar.add(item, arcname=item.name)
+
+
+def _extract(archive: Path, dest: Path) -> list[str]:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")  # no absolute paths, links out or devices
+        return sorted(m.name for m in tar.getmembers() if m.isfile())
+
+
+def _check_train_env(pairs: dict[str, str]) -> None:
+    for name in pairs:
+        if settings.is_secret_name(name):
+            raise CliError(f"--train-env {name}: secrets would show on the pod's command line; "
+                           "give them to the pod with --env or --env-file instead", 2)
+
+
+# -- cycle ----------------------------------------------------------------------------------------
+
+
+def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
+    train_env = parse_env_pairs(args.train_env or [], None)
+    _check_train_env(train_env)
+    if args.dataset is not None and not (
+            (args.dataset / "train.jsonl").is_file() and (args.dataset / "val.jsonl").is_file()):
+        raise CliError(f"--dataset {args.dataset}: needs train.jsonl and val.jsonl", 2)
+    run_id = args.run_id or f"cycle-{_stamp()}"
+    if not run_id.replace("-", "").replace("_", "").isalnum():
+        raise CliError(f"--run-id {run_id!r}: letters, digits, '-' and '_' only", 2)
+    paths = settings.load(settings.PathSettings)
+    out = args.out or paths.REPO_DIR / "artifacts" / "cycle" / run_id
+    if out.exists() and any(out.iterdir()):
+        raise CliError(f"--out {out} is not empty; choose another --out or --run-id", 2)
+    _ssh_settings()  # a bad known-hosts setting fails before anything bills
+    args.name = args.name or f"chessbot-{run_id}"
+    remote = f"{args.remote_root.rstrip('/')}/{run_id}"
+    phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env)
+    pod: Pod | None = None
+    state = {"train_started": False, "fetched": False}
+    with env.client_factory() as client:
+        try:
+            with phases.phase("provision"):
+                pod = provision_pod(env, client, args)
+            with phases.phase("wait_ssh"):
+                pod = wait_ready(env, client, pod, args.wait_timeout, args.poll_interval)
+            dataset = f"{args.pod_repo_dir}/data/sample"
+            if args.dataset is not None:
+                dataset = f"{remote}/dataset"
+                with phases.phase("upload_dataset", str(args.dataset)), \
+                        tempfile.TemporaryDirectory() as tmp:
+                    archive = Path(tmp) / "dataset.tar"
+                    _tar_dir(args.dataset, archive)
+                    q = shlex.quote(dataset)
+                    if _remote(env, pod, args, f"mkdir -p {q} && tar -xf - -C {q}",
+                               stdin=archive) != 0:
+                        raise CliError(f"uploading {args.dataset} to the pod failed")
+            variables = {"RUN_ID": run_id, "TRAIN_DATASET_DIR": dataset,
+                         "TRAIN_OUTPUT_DIR": f"{remote}/artifacts",
+                         "RUNPOD_PHASE_TIMING_LOG": f"{remote}/timings.jsonl", **train_env}
+            command = (f"mkdir -p {shlex.quote(remote)} && cd {shlex.quote(remote)} && env "
+                       + " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
+                       + f" {PRESET}")
+            state["train_started"] = True
+            with phases.phase("train", f"{PRESET} in pod {pod.id}"):
+                code = _remote(env, pod, args, command)
+                if code != 0:
+                    raise CliError(f"the training preset in pod {pod.id} failed (exit {code}); "
+                                   f"its output is above, its files under {remote}")
+            with phases.phase("fetch_artifacts", str(out)):
+                files = _fetch(env, pod, args, remote, out)
+                state["fetched"] = True
+            _merge_pod_timings(out / "timings.jsonl", phases.log)
+            with phases.phase(f"then_{args.then}"):
+                _finish(env, client, pod, args.then)
+        except (Exception, KeyboardInterrupt) as exc:
+            if pod is not None:
+                _cleanup_on_failure(env, client, pod, args, phases, state)
+            if isinstance(exc, KeyboardInterrupt):
+                raise CliError("interrupted", 130) from None
+            raise
+    summary = {"run_id": run_id, "pod": pod.id, "then": args.then, "out": str(out),
+               "files": files, "phases": phases.done, "timing_log": str(phases.log.path)}
+    _emit(env, args, summary, f"{phases.table()}\n\ncycle {run_id}: pod {pod.id} "
+          f"{_then_text(args.then, pod)}; artifacts in {out} ({len(files)} files); timings in "
+          f"{phases.log.path}")
+    return 0
+
+
+def _fetch(env: Env, pod: Pod, args: argparse.Namespace, remote: str, out: Path) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "artifacts.tar"
+        q = shlex.quote(remote)
+        listing = "artifacts $(test -f timings.jsonl && echo timings.jsonl)"
+        if _remote(env, pod, args, f"cd {q} && tar -cf - {listing}", stdout=archive) != 0:
+            raise CliError(f"copying {remote}/artifacts from pod {pod.id} failed")
+        try:
+            return _extract(archive, out)
+        except (tarfile.TarError, OSError) as exc:
+            raise CliError(f"the artifacts from pod {pod.id} could not be unpacked into "
+                           f"{out}: {exc}") from None
+
+
+def _merge_pod_timings(src: Path, log: TimingLog) -> None:
+    """The pod's preset phases go into the same timing log as the host's."""
+    if not src.is_file():
+        return
+    lines = [line for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    log.path.parent.mkdir(parents=True, exist_ok=True)
+    with log.path.open("a", encoding="utf-8") as fh:
+        fh.writelines(line + "\n" for line in lines)
+
+
+def _finish(env: Env, client: RunpodClient, pod: Pod, then: str) -> None:
+    if then == "stop":
+        client.stop_pod(pod.id)
+    elif then == "terminate":
+        client.terminate_pod(pod.id)
+
+
+def _then_text(then: str, pod: Pod) -> str:
+    return {"stop": f"stopped, /workspace kept (`provision.py start {pod.id}` resumes, "
+                    f"`provision.py terminate {pod.id}` deletes it)",
+            "terminate": "terminated, nothing left billing",
+            "keep": f"still RUNNING and billing: `provision.py ssh {pod.id}`, then stop or "
+                    "terminate it"}[then]
+
+
+def _cleanup_on_failure(env: Env, client: RunpodClient, pod: Pod, args: argparse.Namespace,
+                        phases: Phases, state: dict[str, bool]) -> None:
+    if args.keep_on_failure:
+        phases.log.record("keep_on_failure", "ok", 0)
+        print(f"--keep-on-failure: pod {pod.id} is still there and billing:\n"
+              f"{_pod_text(pod)}", file=env.err)
+        return
+    unsaved = state["train_started"] and not state["fetched"]
+    action = "stop" if unsaved or args.then == "stop" else "terminate"
+    why = (f"only stopped: {args.remote_root}/... on its volume may hold artifacts not copied "
+           "back" if unsaved else "")
+    try:
+        with phases.phase(f"cleanup_{action}", why):
+            _finish(env, client, pod, action)
+        print(f"cleanup: pod {pod.id} {_then_text(action, pod)}", file=env.err)
+    except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
+        print(f"cleanup failed: {exc}; pod {pod.id} may still bill: `provision.py {action} "
+              f"{pod.id}`", file=env.err)
+
+
+# -- smoke ----------------------------------------------------------------------------------------
+
+
+def public_url(pod: Pod, port: int) -> str | None:
+    """Where this machine reaches the pod's HTTP port: a published loopback/TCP mapping (local
+    pods) or RunPod's proxy."""
+    for m in pod.mappings:
+        if m.private == port and (m.type == "tcp" or m.ip in ("127.0.0.1", "localhost")):
+            return f"http://{m.ip}:{m.public}"
+    return pod.proxy_urls().get(port)
+
+
+@dataclass
+class Row:
+    check: str
+    status: str
+    detail: str
+    elapsed_ms: int
+
+
+def cmd_smoke(env: Env, args: argparse.Namespace) -> int:
+    _ssh_settings()
+    run_id = f"smoke-{_stamp()}"
+    log = _timing_log(SMOKE_SOURCE, run_id)
+    rows: list[Row] = []
+    created: Pod | None = None
+    with env.client_factory() as client:
+        try:
+            if args.pod:
+                pod = client.get_pod(args.pod)
+            else:
+                if not (args.image or args.template_id or args.template_name):
+                    raise CliError("give a POD, or --image/--template-id/--template-name for a "
+                                   "throwaway pod", 2)
+                args.name = args.name or f"chessbot-{run_id}"
+                start = time.monotonic()
+                created = provision_pod(env, client, args)
+                pod = wait_ready(env, client, created, args.wait_timeout, args.poll_interval)
+                rows.append(Row("provision", "PASS", f"pod {pod.id} ready",
+                                int((time.monotonic() - start) * 1000)))
+            rows += _smoke_rows(env, pod, args)
+        finally:
+            if created is not None:
+                start = time.monotonic()
+                client.terminate_pod(created.id)
+                rows.append(Row("terminate", "PASS", f"throwaway pod {created.id} terminated",
+                                int((time.monotonic() - start) * 1000)))
+    for row in rows:
+        log.record(row.check, {"PASS": "ok", "SKIP": "skipped"}.get(row.status, "error"),
+                   row.elapsed_ms)
+    failed = [r.check for r in rows if r.status == "FAIL"]
+    text = _table([[r.check, r.status, f"{r.elapsed_ms / 1000:.1f} s", r.detail] for r in rows],
+                  ["CHECK", "STATUS", "TIME", "DETAIL"])
+    verdict = f"smoke: FAIL ({', '.join(failed)})" if failed else "smoke: PASS"
+    _emit(env, args, {"pod": pod.id, "ok": not failed, "checks": [r.__dict__ for r in rows]},
+          f"{text}\n{verdict}")
+    return 1 if failed else 0
+
+
+def _smoke_rows(env: Env, pod: Pod, args: argparse.Namespace) -> list[Row]:
+    rows = []
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        got = Path(tmp) / "out"
+        code = _remote(env, pod, args, "id -un", stdout=got)
+        who = got.read_text(encoding="utf-8", errors="replace").strip() if got.exists() else ""
+    ok = code == 0 and who == args.user
+    host, port = pod.ssh_endpoint() or ("?", 0)
+    rows.append(Row("ssh", "PASS" if ok else "FAIL",
+                    f"{who}@{host}:{port}, host key pinned as {host_key_alias(pod.id)}" if ok
+                    else f"ssh exit {code}, user {who or '-'}: `provision.py ssh {pod.id}` "
+                    "shows why", int((time.monotonic() - start) * 1000)))
+    if not ok:
+        return [*rows, Row("podcheck", "SKIP", "needs SSH", 0), _public_healthz(env, pod)]
+    print(f"smoke: checks in pod {pod.id} (the training epoch takes a while)", file=env.err,
+          flush=True)
+    command = "python -m appliance.podcheck" + (
+        f" --dataset {shlex.quote(args.dataset)}" if args.dataset else "")
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        got = Path(tmp) / "out"
+        code = _remote(env, pod, args, command, stdout=got)
+        text = got.read_text(encoding="utf-8", errors="replace") if got.exists() else ""
+    pod_rows = []
+    for line in text.splitlines():
+        try:
+            item = json.loads(line)
+            pod_rows.append(Row(str(item["check"]), str(item["status"]), str(item["detail"]),
+                                int(item["elapsed_ms"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    if not pod_rows:
+        pod_rows.append(Row("podcheck", "FAIL", f"python -m appliance.podcheck exit {code} "
+                            "gave no results; is the pod running this project's image?",
+                            int((time.monotonic() - start) * 1000)))
+    # Last: by now the programs have settled (podcheck waits for STARTING ones).
+    return [*rows, *pod_rows, _public_healthz(env, pod)]
+
+
+def _public_healthz(env: Env, pod: Pod, attempts: int = 10, pause: float = 2.0) -> Row:
+    """GET /healthz from this machine: 200 or 503 with a JSON status means it answers (a proxy
+    that is still coming up gets a few more tries)."""
+    base = public_url(pod, 8000)
+    if base is None:
+        return Row("healthz_public", "SKIP", "the pod publishes no port 8000", 0)
+    start = time.monotonic()
+    last = ""
+    for attempt in range(attempts):
+        if attempt:
+            env.sleep(pause)
+        try:
+            resp = env.http_get(f"{base}/healthz")
+            status = resp.json().get("status") if resp.status_code in (200, 503) else None
+        except (httpx.HTTPError, ValueError) as exc:
+            last = type(exc).__name__
+            continue
+        if status is not None:
+            return Row("healthz_public", "PASS",
+                       f"{base}/healthz answered {resp.status_code} ({status})",
+                       int((time.monotonic() - start) * 1000))
+        last = f"answered {resp.status_code}"
+    return Row("healthz_public", "FAIL", f"{base}/healthz {last} ({attempts} tries)",
+               int((time.monotonic() - start) * 1000))
+
+
+# -- parser ---------------------------------------------------------------------------------------
+
+
+def add_commands(add: Callable[..., argparse.ArgumentParser],
+                 provision_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    sp = add("cycle", "provision, wait for SSH, train in the pod, copy the artifacts back, then "
+             "stop/terminate/keep; cleans up on failure", cmd_cycle)
+    provision_options(sp)
+    sp.add_argument("--dataset", type=Path, metavar="DIR", help="local dir with train.jsonl and "
+                    "val.jsonl to upload (default: the sample data in the image)")
+    sp.add_argument("--train-env", action="append", metavar="K=V",
+                    help="TRAIN_* settings for the preset, e.g. TRAIN_EPOCHS=5 (repeatable)")
+    sp.add_argument("--then", choices=["stop", "terminate", "keep"], default="stop",
+                    help="after copying the artifacts: stop (volume kept, default), terminate "
+                    "(everything deleted) or keep running")
+    sp.add_argument("--keep-on-failure", action="store_true",
+                    help="leave the pod running when a phase fails (it keeps billing)")
+    sp.add_argument("--out", type=Path, metavar="DIR",
+                    help="where the artifacts go (default artifacts/cycle/RUN_ID)")
+    sp.add_argument("--run-id", help="default cycle-<UTC time>")
+    sp.add_argument("--remote-root", default="/workspace/cycle",
+                    help="runs live under REMOTE_ROOT/RUN_ID in the pod (default %(default)s)")
+    sp.add_argument("--pod-repo-dir", default="/opt/chessbot",
+                    help="the project in the pod, for its sample data (default %(default)s)")
+    sp.add_argument("--user", default="runner", help=argparse.SUPPRESS)
+
+    sp = add("smoke", "check a pod end to end: SSH, supervisorctl status, /healthz, /infer, "
+             "Jupyter API, one training epoch; without POD on a throwaway pod", cmd_smoke)
+    sp.add_argument("pod", nargs="?", help="pod id (default: provision one, terminate after)")
+    provision_options(sp)
+    sp.add_argument("--dataset", metavar="POD_DIR",
+                    help="dataset dir in the pod (default $REPO_DIR/data/sample)")
+    sp.add_argument("--user", default="runner", help=argparse.SUPPRESS)
+
