@@ -1,0 +1,158 @@
+"""The workstation CLI against localpod running real containers of our image (host network):
+provision --wait -> ssh -> smoke -> stop -> start (volume kept, host key unchanged) -> terminate,
+and cycle end to end. Only the OpenSSH client's key and known-hosts file are the test's own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from host_tools.image import Engine
+from host_tools.localpod import Account, LocalPodServer
+from host_tools.localpod.containers import ContainerBackend
+from host_tools.provision import Env, main
+
+ACCOUNT_KEY = "rpk_CLI_LIFECYCLE_CANARY_4f2a9c"
+POD_ARGS = ["--template-name", "chessbot-appliance", "--gpu-type-id", "NVIDIA RTX A4000",
+            "--poll-interval", "0.5", "--wait-timeout", "180"]
+TINY_TRAIN = ["--train-env", "TRAIN_EPOCHS=1", "--train-env", "TRAIN_BATCH_SIZE=16",
+              "--train-env", "TRAIN_EXTRA_ARGS=--embed-dim 32 --hidden-dim 64 --num-layers 1"]
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalPodServer]:
+    account = Account(ContainerBackend(engine.name, host_network=True), {ACCOUNT_KEY},
+                      boot_polls=0, image=image,
+                      public_key=client_key.with_suffix(".pub").read_text().strip())
+    server = LocalPodServer(account)
+    server.start_background()
+    for name, value in {"RUNPOD_API_KEY": ACCOUNT_KEY, "RUNPOD_REST_URL": server.rest_url,
+                        "RUNPOD_GRAPHQL_URL": server.graphql_url,
+                        "RUNPOD_SSH_KNOWN_HOSTS_FILE": str(tmp_path / "known_hosts"),
+                        "RUNPOD_SSH_IDENTITY_FILE": str(client_key),
+                        "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "timings.jsonl")}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield server
+    finally:
+        names = [ContainerBackend.names(p) for p in account.pods.values()]
+        server.close()
+        for container, volume in names:
+            subprocess.run(engine.cmd("rm", "-f", "-t", "0", container), capture_output=True,
+                           check=False)
+            subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True,
+                           check=False)
+
+
+def cli(*argv: str) -> tuple[int, str, str, list[str]]:
+    """Runs provision.py in-process; an interactive `ssh` runs for real with its output kept."""
+    ssh_out: list[str] = []
+    env = Env(out=io.StringIO(), err=io.StringIO(), is_tty=lambda: False)
+
+    def run(args: Sequence[str]) -> int:
+        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=120,
+                              check=False)
+        ssh_out.append(proc.stdout)
+        env.err.write(proc.stderr)
+        return proc.returncode
+
+    env.run = run
+    code = main(list(argv), env)
+    out, err = env.out.getvalue(), env.err.getvalue()  # type: ignore[attr-defined]
+    assert ACCOUNT_KEY not in out + err + "".join(ssh_out)
+    return code, out, err, ssh_out
+
+
+def exists(engine: Engine, kind: str, name: str) -> bool:
+    return subprocess.run(engine.cmd(kind, "inspect", name), capture_output=True,
+                          check=False).returncode == 0
+
+
+def test_provision_ssh_smoke_stop_start_terminate(engine: Engine, localpod: LocalPodServer,
+                                                  tmp_path: Path) -> None:
+    code, out, err, _ = cli("provision", "--wait", "--json", "--name", "lc-cli", *POD_ARGS)
+    assert code == 0, err
+    pod = json.loads(out)
+    pod_id, port = pod["id"], pod["ssh"]["port"]
+    assert pod["status"] == "RUNNING" and f"{pod_id}: SSH answers" in err
+    container, volume = ContainerBackend.names(localpod.account.pods[pod_id])
+
+    code, _, err, ssh_out = cli("ssh", pod_id, "--", "echo kept > /workspace/marker && id -un")
+    assert (code, ssh_out[0]) == (0, "runner\n"), err
+    assert f"Permanently added 'runpod-{pod_id}' (ED25519)" in err
+    known_hosts = (tmp_path / "known_hosts").read_text().splitlines()
+    assert len(known_hosts) == 1  # the host key, pinned under the pod's alias
+
+    code, out, err, _ = cli("smoke", pod_id)
+    assert code == 0, out + err
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:-1]}
+    assert rows == {"ssh": "PASS", "supervisorctl": "PASS", "healthz": "PASS",
+                    "jupyter_api": "PASS", "train_epoch": "PASS", "infer": "PASS",
+                    "cleanup": "PASS", "healthz_public": "PASS"}, out
+    assert out.endswith("smoke: PASS\n")
+    # The smoke left nothing behind: its model is gone and the API is back to "no model".
+    code, _, _, ssh_out = cli("ssh", pod_id, "--", "ls -A /opt/chessbot/artifacts; "
+                              "python -m appliance.status --json")
+    assert code == 0 and ".smoke-" not in ssh_out[0], ssh_out
+
+    code, out, err, _ = cli("stop", pod_id, "--yes")
+    assert code == 0 and "EXITED" in out, err
+    assert not exists(engine, "container", container) and exists(engine, "volume", volume)
+
+    code, out, err, _ = cli("start", pod_id, "--wait", "--json", "--poll-interval", "0.5",
+                            "--wait-timeout", "180")
+    assert code == 0, err
+    restarted = json.loads(out)
+    assert restarted["status"] == "RUNNING" and restarted["ssh"]["port"] != port
+    # New port, same pod: accept-new would refuse a changed key under the pod's alias.
+    code, _, err, ssh_out = cli("ssh", pod_id, "--", "cat /workspace/marker")
+    assert (code, ssh_out[0], err) == (0, "kept\n", ""), err
+    assert (tmp_path / "known_hosts").read_text().splitlines() == known_hosts
+
+    code, out, err, _ = cli("terminate", pod_id, "--yes")
+    assert code == 0, err
+    assert localpod.account.pods[pod_id].status == "TERMINATED"
+    assert not exists(engine, "container", container) and not exists(engine, "volume", volume)
+
+
+def test_cycle_trains_in_the_pod_and_brings_the_artifacts_back(
+        engine: Engine, localpod: LocalPodServer, tmp_path: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample"
+    for name, rows in (("train", 64), ("val", 16)):
+        lines = (sample / f"{name}.jsonl").read_text().splitlines()[:rows]
+        (dataset / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    out_dir = tmp_path / "out"
+    code, out, err, _ = cli("cycle", "--json", *POD_ARGS, *TINY_TRAIN, "--dataset", str(dataset),
+                            "--out", str(out_dir), "--run-id", "lc-cycle", "--then", "terminate")
+    assert code == 0, err
+    summary = json.loads(out)
+    pod_id = summary["pod"]
+    assert summary["files"] == ["artifacts/checkpoint_last.pt", "artifacts/metrics.json",
+                                "artifacts/model_best.pt", "timings.jsonl"]
+    metrics = json.loads((out_dir / "artifacts" / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1
+    # The pod's training output streams onto this process's stderr as it comes.
+    assert "epoch 1/1: train loss" in capfd.readouterr().err
+    assert localpod.account.pods[pod_id].status == "TERMINATED"
+    container, volume = ContainerBackend.names(localpod.account.pods[pod_id])
+    assert not exists(engine, "container", container) and not exists(engine, "volume", volume)
+
+    records = [json.loads(line) for line in (tmp_path / "timings.jsonl").read_text().splitlines()]
+    host = [(r["phase"], r["status"]) for r in records if r["source"] == "host_cycle"]
+    assert host == [("provision", "ok"), ("wait_ssh", "ok"), ("upload_dataset", "ok"),
+                    ("train", "ok"), ("fetch_artifacts", "ok"), ("then_terminate", "ok")]
+    pod_phases = [r["phase"] for r in records if r["source"] == "runpod_train_preset"]
+    assert pod_phases[:2] == ["resolve_dataset_paths", "train_baseline"]
+    assert {r["run_id"] for r in records} == {"lc-cycle"}
