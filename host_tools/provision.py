@@ -458,11 +458,16 @@ def cmd_doctor(env: Env, args: argparse.Namespace) -> int:
             except RunpodError as exc:
                 checks.append(("API", False, f"{exc.call}: {exc.message}", exc.action))
     try:
-        known = _ssh_settings().known_hosts_path()
+        ssh_settings = _ssh_settings()
+        known = ssh_settings.known_hosts_path()
         parent = next((p for p in [known.parent, *known.parent.parents] if p.exists()), None)
         writable = parent is not None and parent.is_dir() and _writable(parent)
         checks.append(("known hosts", writable, str(known),
                        f"make {known.parent} writable or set RUNPOD_SSH_KNOWN_HOSTS_FILE"))
+        identity = ssh_settings.RUNPOD_SSH_IDENTITY_FILE
+        if identity is not None:
+            checks.append(("ssh identity", identity.expanduser().is_file(), str(identity),
+                           "point RUNPOD_SSH_IDENTITY_FILE at your private key, or unset it"))
     except CliError as exc:
         checks.append(("known hosts", False, str(exc), "fix RUNPOD_SSH_KNOWN_HOSTS_FILE"))
     if args.json:

@@ -345,6 +345,13 @@ def test_doctor_reports_each_check(localpod: LocalPodServer, tmp_path: Path,
         f"ok   API: {localpod.rest_url} answers and accepts the key",
         f"ok   known hosts: {tmp_path / 'known_hosts'}"]
     assert_no_canary(cli, localpod)
+    monkeypatch.setenv("RUNPOD_SSH_IDENTITY_FILE", str(tmp_path / "missing_key"))
+    cli = make_cli_env()
+    cli.env.which = lambda name: f"/usr/bin/{name}"
+    assert main(["doctor"], cli.env) == 1
+    assert cli.out.splitlines()[-2:] == [
+        f"FAIL ssh identity: {tmp_path / 'missing_key'}",
+        "     fix: point RUNPOD_SSH_IDENTITY_FILE at your private key, or unset it"]
 
 
 def test_doctor_with_wrong_key_and_missing_tools(localpod: LocalPodServer,
