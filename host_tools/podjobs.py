@@ -140,7 +140,8 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
             with phases.phase("provision"):
                 pod = provision_pod(env, client, args)
             with phases.phase("wait_ssh"):
-                pod = wait_ready(env, client, pod, args.wait_timeout, args.poll_interval)
+                pod = wait_ready(env, client, pod, args.wait_timeout, args.poll_interval,
+                                  left_running=False)
             dataset = f"{args.pod_repo_dir}/data/sample"
             if args.dataset is not None:
                 dataset = f"{remote}/dataset"
@@ -280,7 +281,8 @@ def cmd_smoke(env: Env, args: argparse.Namespace) -> int:
                 args.name = args.name or f"chessbot-{run_id}"
                 start = time.monotonic()
                 created = provision_pod(env, client, args)
-                pod = wait_ready(env, client, created, args.wait_timeout, args.poll_interval)
+                pod = wait_ready(env, client, created, args.wait_timeout, args.poll_interval,
+                                 left_running=False)
                 rows.append(Row("provision", "PASS", f"pod {pod.id} ready",
                                 int((time.monotonic() - start) * 1000)))
             rows += _smoke_rows(env, pod, args)

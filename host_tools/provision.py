@@ -300,8 +300,10 @@ def _create(env: Env, client: RunpodClient, spec: PodSpec, args: argparse.Namesp
 
 
 def wait_ready(env: Env, client: RunpodClient, pod: Pod, timeout: float, interval: float,
-               probe: Callable[[str, int], bool] = ssh_answers) -> Pod:
-    """Poll until the pod is RUNNING and SSH answers; progress lines go to stderr."""
+               probe: Callable[[str, int], bool] = ssh_answers, left_running: bool = True) -> Pod:
+    """Poll until the pod is RUNNING and SSH answers; progress lines go to stderr.
+    `left_running=False`: the caller cleans up after a timeout, so the error does not say what
+    to do about a billing pod."""
     start = env.monotonic()
     last = ""
     while True:
@@ -317,8 +319,9 @@ def wait_ready(env: Env, client: RunpodClient, pod: Pod, timeout: float, interva
         if pod.status in ("EXITED", "ERROR", "TERMINATED"):
             raise CliError(f"pod {pod.id} became {pod.status} while waiting for it")
         if env.monotonic() - start > timeout:
-            raise CliError(f"pod {pod.id} was not ready after {timeout:.0f} s ({phase}); it is "
-                           f"still billing: `provision.py stop {pod.id}` or terminate it")
+            raise CliError(f"pod {pod.id} was not ready after {timeout:.0f} s ({phase})" + (
+                f"; it is still billing: `provision.py stop {pod.id}` or terminate it"
+                if left_running else ""))
         env.sleep(interval)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from host_tools.localpod.containers import ContainerBackend
 from host_tools.provision import Env, main
 
 ACCOUNT_KEY = "rpk_CLI_LIFECYCLE_CANARY_4f2a9c"
+API_TOKEN = "api-CANARY-" + uuid.uuid4().hex
+JUPYTER_TOKEN = "jt-CANARY-" + uuid.uuid4().hex
 POD_ARGS = ["--template-name", "chessbot-appliance", "--gpu-type-id", "NVIDIA RTX A4000",
             "--poll-interval", "0.5", "--wait-timeout", "180"]
 TINY_TRAIN = ["--train-env", "TRAIN_EPOCHS=1", "--train-env", "TRAIN_BATCH_SIZE=16",
@@ -68,7 +71,8 @@ def cli(*argv: str) -> tuple[int, str, str, list[str]]:
     env.run = run
     code = main(list(argv), env)
     out, err = env.out.getvalue(), env.err.getvalue()  # type: ignore[attr-defined]
-    assert ACCOUNT_KEY not in out + err + "".join(ssh_out)
+    for secret in (ACCOUNT_KEY, API_TOKEN, JUPYTER_TOKEN):
+        assert secret not in out + err + "".join(ssh_out)
     return code, out, err, ssh_out
 
 
@@ -79,7 +83,10 @@ def exists(engine: Engine, kind: str, name: str) -> bool:
 
 def test_provision_ssh_smoke_stop_start_terminate(engine: Engine, localpod: LocalPodServer,
                                                   tmp_path: Path) -> None:
-    code, out, err, _ = cli("provision", "--wait", "--json", "--name", "lc-cli", *POD_ARGS)
+    # The smoke reads the pod's tokens from its secrets dir: /infer and Jupyter need them.
+    code, out, err, _ = cli("provision", "--wait", "--json", "--name", "lc-cli", *POD_ARGS,
+                            "--env", f"INFERENCE_API_TOKEN={API_TOKEN}",
+                            "--env", f"JUPYTER_TOKEN={JUPYTER_TOKEN}")
     assert code == 0, err
     pod = json.loads(out)
     pod_id, port = pod["id"], pod["ssh"]["port"]
