@@ -36,6 +36,7 @@ SMOKE_TRAIN_ENV = {
     "TRAIN_EXTRA_ARGS": "--embed-dim 32 --hidden-dim 64 --num-layers 1 --max-steps-per-epoch 10",
 }
 PROBE_MOVES = ["e2e4", "e7e5", "g1f3"]
+STATES = {"STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"}
 
 
 @dataclass
@@ -80,9 +81,9 @@ def supervisor_states(run: Callable[..., subprocess.CompletedProcess[str]] = sub
     states = {}
     for line in proc.stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2:
+        if len(parts) >= 2 and parts[1] in STATES:
             states[parts[0]] = parts[1]
-    if not states:
+    if not states:  # e.g. "unix:///... no such file" (exit 4): supervisord is not reachable
         raise CheckFailed(f"supervisorctl status answered nothing (exit {proc.returncode}): "
                           f"{(proc.stderr or proc.stdout).strip()[-300:]}")
     return states
@@ -158,6 +159,7 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
 
     api = local_url(bind, inference.INFERENCE_PORT, "")
     served: dict[str, Any] | None = None
+    no_model = False
     with checks.run("healthz") as out:
         if "inference" not in states:
             out.update(status=SKIP, detail="no inference program in this pod")
@@ -168,6 +170,7 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
                 served = body
                 out["detail"] = f"200 ok, serving {body.get('model_path')}"
             elif resp.status_code == 503 and body.get("status") == "no_model":
+                no_model = True
                 out["detail"] = "503 no_model (the smoke trains one for /infer)"
             else:
                 raise CheckFailed(f"GET /healthz answered {resp.status_code}: {body}")
@@ -199,6 +202,8 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
             if "inference" not in states:
                 out.update(status=SKIP, detail="no inference program in this pod")
             elif served is None:
+                if not no_model:
+                    raise CheckFailed("not tried: /healthz failed")
                 if not (smoke_dir / "model_best.pt").is_file():
                     raise CheckFailed("no model is served and the training epoch made none")
                 # The service looks for the newest *.pt under $REPO_DIR/artifacts on start.

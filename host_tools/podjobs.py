@@ -100,14 +100,27 @@ def _tar_dir(src: Path, dest: Path) -> None:
 
 
 def _extract(archive: Path, dest: Path) -> list[str]:
+    """Every member is checked before any is written: no absolute or escaping paths, no links
+    out, no devices (tarfile's data filter)."""
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")  # no absolute paths, links out or devices
-        return sorted(m.name for m in tar.getmembers() if m.isfile())
+        members = tar.getmembers()
+        for member in members:
+            if member.name.startswith("/"):
+                raise tarfile.TarError(f"{member.name!r} is an absolute path")
+            tarfile.data_filter(member, str(dest))
+        tar.extractall(dest, filter="data")
+        return sorted(m.name for m in members if m.isfile())
+
+
+# Set by cycle itself from --run-id and --dataset; the fetch relies on them.
+CYCLE_VARIABLES = ("RUN_ID", "TRAIN_DATASET_DIR", "TRAIN_OUTPUT_DIR", "RUNPOD_PHASE_TIMING_LOG")
 
 
 def _check_train_env(pairs: dict[str, str]) -> None:
     for name in pairs:
+        if name in CYCLE_VARIABLES:
+            raise CliError(f"--train-env {name}: cycle sets it (use --run-id or --dataset)", 2)
         if settings.is_secret_name(name):
             raise CliError(f"--train-env {name}: secrets would show on the pod's command line; "
                            "give them to the pod with --env or --env-file instead", 2)
@@ -117,7 +130,7 @@ def _check_train_env(pairs: dict[str, str]) -> None:
 
 
 def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
-    train_env = parse_env_pairs(args.train_env or [], None)
+    train_env = parse_env_pairs(args.train_env or [], None, flag="--train-env")
     _check_train_env(train_env)
     if args.dataset is not None and not (
             (args.dataset / "train.jsonl").is_file() and (args.dataset / "val.jsonl").is_file()):
@@ -232,7 +245,7 @@ def _cleanup_on_failure(env: Env, client: RunpodClient, pod: Pod, args: argparse
               f"{_pod_text(pod)}", file=env.err)
         return
     unsaved = state["train_started"] and not state["fetched"]
-    action = "stop" if unsaved or args.then == "stop" else "terminate"
+    action = "stop" if unsaved else "terminate"
     why = (f"only stopped: {args.remote_root}/... on its volume may hold artifacts not copied "
            "back" if unsaved else "")
     try:

@@ -110,7 +110,8 @@ def filter_gpus(gpus: list[GpuType], cloud: Cloud, min_memory: int, max_price: f
     return sorted(ranked, key=lambda gp: (gp[1], -gp[0].memory_gb, gp[0].id))
 
 
-def parse_env_pairs(pairs: Sequence[str], env_file: Path | None) -> dict[str, str]:
+def parse_env_pairs(pairs: Sequence[str], env_file: Path | None, flag: str = "--env"
+                    ) -> dict[str, str]:
     result: dict[str, str] = {}
     lines: list[tuple[str, str]] = []
     if env_file is not None:
@@ -121,7 +122,7 @@ def parse_env_pairs(pairs: Sequence[str], env_file: Path | None) -> dict[str, st
         lines += [(f"{env_file}:{n}", line.strip()) for n, line in
                   enumerate(text.splitlines(), 1)
                   if line.strip() and not line.lstrip().startswith("#")]
-    lines += [("--env", p) for p in pairs]
+    lines += [(flag, p) for p in pairs]
     for where, item in lines:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not key.strip().replace("_", "").isalnum():

@@ -416,9 +416,6 @@ def test_cycle_upload_failure_terminates_the_pod(h: Harness, then: str) -> None:
     h.assert_no_canary()
 
 
-@pytest.mark.xfail(strict=True, reason="podjobs docstring: a failure terminates the pod unless "
-                   "artifacts may be unsaved; with the default --then stop a failure before "
-                   "training only stops it (cleanup_stop, volume still billed)")
 def test_cycle_upload_failure_with_default_then_terminates_the_pod(h: Harness) -> None:
     dataset = make_dataset(h.tmp / "ds", "train.jsonl", "val.jsonl")
     h.pod.upload_code = 2
@@ -525,6 +522,10 @@ def test_cycle_refuses_a_non_empty_out_before_anything_bills(h: Harness) -> None
     (["--train-env", "WANDB_PASSWORD=x"],
      "error: --train-env WANDB_PASSWORD: secrets would show on the pod's command line; give "
      "them to the pod with --env or --env-file instead\n"),
+    (["--train-env", "TRAIN_OUTPUT_DIR=/tmp/x"],
+     "error: --train-env TRAIN_OUTPUT_DIR: cycle sets it (use --run-id or --dataset)\n"),
+    (["--train-env", "RUN_ID=x"],
+     "error: --train-env RUN_ID: cycle sets it (use --run-id or --dataset)\n"),
 ])
 def test_cycle_bad_input_is_a_usage_error(h: Harness, extra: list[str], message: str) -> None:
     code, cli = h.run("cycle", *GPU, "--out", str(h.tmp / "out"), *extra)
@@ -567,8 +568,6 @@ def test_cycle_without_image_or_template(h: Harness) -> None:
     assert h.phases() == [("provision", "error")]
 
 
-@pytest.mark.xfail(strict=True, reason="parse_env_pairs names the flag --env in its message, "
-                   "also for a bad --train-env")
 def test_cycle_bad_train_env_names_its_flag(h: Harness) -> None:
     code, cli = cycle(h, "--train-env", "NOEQ")
     assert code == 2
@@ -613,15 +612,18 @@ def test_cycle_tar_link_out_of_out_is_refused(h: Harness, absolute: bool) -> Non
     assert pod.status == "EXITED"
 
 
-def test_cycle_tar_absolute_member_stays_inside_out(h: Harness) -> None:
+def test_cycle_tar_absolute_member_is_refused_before_anything_is_written(h: Harness) -> None:
     out = h.tmp / "out"
     absolute = h.tmp / "abs_evil"
     h.pod.files = [*pod_files(), (str(absolute), b"x")]
     code, cli = cycle(h)
-    assert code == 0, cli.err
-    assert not absolute.exists()
-    # tarfile's "data" filter strips the leading "/": it lands under --out.
-    assert (out / str(absolute).lstrip("/")).read_bytes() == b"x"
+    pod = h.only_pod()
+    assert code == 1
+    assert cli.err.splitlines()[-1] == (
+        f"error: the artifacts from pod {pod.id} could not be unpacked into {out}: "
+        f"{str(absolute)!r} is an absolute path")
+    assert not absolute.exists() and list(out.iterdir()) == []  # nothing half-unpacked
+    assert pod.status == "EXITED"
 
 
 # -- smoke ----------------------------------------------------------------------------------------
