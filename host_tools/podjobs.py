@@ -20,13 +20,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from appliance import settings
+from appliance.podcheck import Check
 from appliance.runpod import Pod, RunpodClient
 from appliance.timing import TimingLog
 from host_tools.provision import (
@@ -183,7 +184,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                 state["fetched"] = True
             _merge_pod_timings(out / "timings.jsonl", phases.log)
             with phases.phase(f"then_{args.then}"):
-                _finish(env, client, pod, args.then)
+                _finish(client, pod, args.then)
         except (Exception, KeyboardInterrupt) as exc:
             if pod is not None:
                 _cleanup_on_failure(env, client, pod, args, phases, state)
@@ -222,7 +223,7 @@ def _merge_pod_timings(src: Path, log: TimingLog) -> None:
         fh.writelines(line + "\n" for line in lines)
 
 
-def _finish(env: Env, client: RunpodClient, pod: Pod, then: str) -> None:
+def _finish(client: RunpodClient, pod: Pod, then: str) -> None:
     if then == "stop":
         client.stop_pod(pod.id)
     elif then == "terminate":
@@ -250,7 +251,7 @@ def _cleanup_on_failure(env: Env, client: RunpodClient, pod: Pod, args: argparse
            "back" if unsaved else "")
     try:
         with phases.phase(f"cleanup_{action}", why):
-            _finish(env, client, pod, action)
+            _finish(client, pod, action)
         print(f"cleanup: pod {pod.id} {_then_text(action, pod)}", file=env.err)
     except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
         print(f"cleanup failed: {exc}; pod {pod.id} may still bill: `provision.py {action} "
@@ -269,19 +270,11 @@ def public_url(pod: Pod, port: int) -> str | None:
     return pod.proxy_urls().get(port)
 
 
-@dataclass
-class Row:
-    check: str
-    status: str
-    detail: str
-    elapsed_ms: int
-
-
 def cmd_smoke(env: Env, args: argparse.Namespace) -> int:
     _ssh_settings()
     run_id = f"smoke-{_stamp()}"
     log = _timing_log(SMOKE_SOURCE, run_id)
-    rows: list[Row] = []
+    rows: list[Check] = []
     created: Pod | None = None
     with env.client_factory() as client:
         try:
@@ -296,15 +289,15 @@ def cmd_smoke(env: Env, args: argparse.Namespace) -> int:
                 created = provision_pod(env, client, args)
                 pod = wait_ready(env, client, created, args.wait_timeout, args.poll_interval,
                                  left_running=False)
-                rows.append(Row("provision", "PASS", f"pod {pod.id} ready",
-                                int((time.monotonic() - start) * 1000)))
+                rows.append(Check("provision", "PASS", f"pod {pod.id} ready",
+                                  int((time.monotonic() - start) * 1000)))
             rows += _smoke_rows(env, pod, args)
         finally:
             if created is not None:
                 start = time.monotonic()
                 client.terminate_pod(created.id)
-                rows.append(Row("terminate", "PASS", f"throwaway pod {created.id} terminated",
-                                int((time.monotonic() - start) * 1000)))
+                rows.append(Check("terminate", "PASS", f"throwaway pod {created.id} terminated",
+                                  int((time.monotonic() - start) * 1000)))
     for row in rows:
         log.record(row.check, {"PASS": "ok", "SKIP": "skipped"}.get(row.status, "error"),
                    row.elapsed_ms)
@@ -312,57 +305,57 @@ def cmd_smoke(env: Env, args: argparse.Namespace) -> int:
     text = _table([[r.check, r.status, f"{r.elapsed_ms / 1000:.1f} s", r.detail] for r in rows],
                   ["CHECK", "STATUS", "TIME", "DETAIL"])
     verdict = f"smoke: FAIL ({', '.join(failed)})" if failed else "smoke: PASS"
-    _emit(env, args, {"pod": pod.id, "ok": not failed, "checks": [r.__dict__ for r in rows]},
+    _emit(env, args, {"pod": pod.id, "ok": not failed, "checks": [asdict(r) for r in rows]},
           f"{text}\n{verdict}")
     return 1 if failed else 0
 
 
-def _smoke_rows(env: Env, pod: Pod, args: argparse.Namespace) -> list[Row]:
-    rows = []
-    start = time.monotonic()
+def _remote_text(env: Env, pod: Pod, args: argparse.Namespace, command: str) -> tuple[int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         got = Path(tmp) / "out"
-        code = _remote(env, pod, args, "id -un", stdout=got)
-        who = got.read_text(encoding="utf-8", errors="replace").strip() if got.exists() else ""
+        code = _remote(env, pod, args, command, stdout=got)
+        return code, got.read_text(encoding="utf-8", errors="replace") if got.exists() else ""
+
+
+def _smoke_rows(env: Env, pod: Pod, args: argparse.Namespace) -> list[Check]:
+    start = time.monotonic()
+    code, who = _remote_text(env, pod, args, "id -un")
+    who = who.strip()
     ok = code == 0 and who == args.user
     host, port = pod.ssh_endpoint() or ("?", 0)
-    rows.append(Row("ssh", "PASS" if ok else "FAIL",
-                    f"{who}@{host}:{port}, host key pinned as {host_key_alias(pod.id)}" if ok
-                    else f"ssh exit {code}, user {who or '-'}: `provision.py ssh {pod.id}` "
-                    "shows why", int((time.monotonic() - start) * 1000)))
+    detail = (f"{who}@{host}:{port}, host key pinned as {host_key_alias(pod.id)}" if ok else
+              f"ssh exit {code}, user {who or '-'}: `provision.py ssh {pod.id}` shows why")
+    rows = [Check("ssh", "PASS" if ok else "FAIL", detail,
+                  int((time.monotonic() - start) * 1000))]
     if not ok:
-        return [*rows, Row("podcheck", "SKIP", "needs SSH", 0), _public_healthz(env, pod)]
+        return [*rows, Check("podcheck", "SKIP", "needs SSH", 0), _public_healthz(env, pod)]
     print(f"smoke: checks in pod {pod.id} (the training epoch takes a while)", file=env.err,
           flush=True)
     command = "python -m appliance.podcheck" + (
         f" --dataset {shlex.quote(args.dataset)}" if args.dataset else "")
     start = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        got = Path(tmp) / "out"
-        code = _remote(env, pod, args, command, stdout=got)
-        text = got.read_text(encoding="utf-8", errors="replace") if got.exists() else ""
-    pod_rows = []
+    code, text = _remote_text(env, pod, args, command)
     for line in text.splitlines():
         try:
             item = json.loads(line)
-            pod_rows.append(Row(str(item["check"]), str(item["status"]), str(item["detail"]),
-                                int(item["elapsed_ms"])))
+            rows.append(Check(str(item["check"]), str(item["status"]), str(item["detail"]),
+                              int(item["elapsed_ms"])))
         except (ValueError, KeyError, TypeError):
             continue
-    if not pod_rows:
-        pod_rows.append(Row("podcheck", "FAIL", f"python -m appliance.podcheck exit {code} "
-                            "gave no results; is the pod running this project's image?",
-                            int((time.monotonic() - start) * 1000)))
+    if len(rows) == 1:
+        rows.append(Check("podcheck", "FAIL", f"python -m appliance.podcheck exit {code} gave "
+                          "no results; is the pod running this project's image?",
+                          int((time.monotonic() - start) * 1000)))
     # Last: by now the programs have settled (podcheck waits for STARTING ones).
-    return [*rows, *pod_rows, _public_healthz(env, pod)]
+    return [*rows, _public_healthz(env, pod)]
 
 
-def _public_healthz(env: Env, pod: Pod, attempts: int = 10, pause: float = 2.0) -> Row:
+def _public_healthz(env: Env, pod: Pod, attempts: int = 10, pause: float = 2.0) -> Check:
     """GET /healthz from this machine: 200 or 503 with a JSON status means it answers (a proxy
     that is still coming up gets a few more tries)."""
     base = public_url(pod, 8000)
     if base is None:
-        return Row("healthz_public", "SKIP", "the pod publishes no port 8000", 0)
+        return Check("healthz_public", "SKIP", "the pod publishes no port 8000", 0)
     start = time.monotonic()
     last = ""
     for attempt in range(attempts):
@@ -375,12 +368,12 @@ def _public_healthz(env: Env, pod: Pod, attempts: int = 10, pause: float = 2.0) 
             last = type(exc).__name__
             continue
         if status is not None:
-            return Row("healthz_public", "PASS",
-                       f"{base}/healthz answered {resp.status_code} ({status})",
-                       int((time.monotonic() - start) * 1000))
+            return Check("healthz_public", "PASS",
+                         f"{base}/healthz answered {resp.status_code} ({status})",
+                         int((time.monotonic() - start) * 1000))
         last = f"answered {resp.status_code}"
-    return Row("healthz_public", "FAIL", f"{base}/healthz {last} ({attempts} tries)",
-               int((time.monotonic() - start) * 1000))
+    return Check("healthz_public", "FAIL", f"{base}/healthz {last} ({attempts} tries)",
+                 int((time.monotonic() - start) * 1000))
 
 
 # -- parser ---------------------------------------------------------------------------------------
