@@ -133,7 +133,7 @@ def train_epoch(repo_dir: Path, out_dir: Path, dataset: Path, timeout: float) ->
                           f"{(proc.stderr or proc.stdout).strip()[-400:]}")
     if not (out_dir / "model_best.pt").is_file():
         raise CheckFailed(f"training ended but wrote no {out_dir / 'model_best.pt'}")
-    return f"1 epoch on {dataset} in {time.monotonic() - start:.1f} s"
+    return f"1 epoch (at most 10 steps) on {dataset} in {time.monotonic() - start:.1f} s"
 
 
 def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,

@@ -305,7 +305,8 @@ def test_train_epoch_runs_the_preset_with_the_smoke_settings(tmp_path: Path) -> 
         "'env': dict(os.environ)}))\n"))
     out, dataset = tmp_path / "artifacts" / ".smoke-ab12", tmp_path / "data"
     detail = train_epoch(repo, out, dataset, timeout=60)
-    assert detail.startswith(f"1 epoch on {dataset} in ") and detail.endswith(" s")
+    assert detail.startswith(f"1 epoch (at most 10 steps) on {dataset} in ")
+    assert detail.endswith(" s")
     seen = json.loads((out / "seen.json").read_text())
     assert seen["argv"] == ["--no-evaluate"]
     assert seen["cwd"] == str(repo)
