@@ -167,7 +167,7 @@ def test_batch_endpoint(client: TestClient):
 
 def test_best_legal_is_legal_on_every_position_of_a_real_game(client: TestClient):
     from appliance.training.pgn_import import ImportCounts, iter_pgn_rows
-    real = Path(__file__).resolve().parents[3] / "shared" / "data" / "real_games_chesscom.pgn"
+    real = Path(__file__).resolve().parents[1] / "fixtures" / "pgn" / "real_games_chesscom.pgn"
     rows = iter_pgn_rows(real, ImportCounts())
     game = next(rows)["moves_uci"]
     cfg = client.service.cfg  # type: ignore[attr-defined]

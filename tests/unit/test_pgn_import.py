@@ -16,7 +16,7 @@ from appliance.training.pgn_import import import_pgn, iter_chunks
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgn"
 TRAPS = FIXTURES / "traps.pgn"
-REAL_GAMES = Path("/work/shared/data/real_games_chesscom.pgn")
+REAL_GAMES = FIXTURES / "real_games_chesscom.pgn"  # 334 real online blitz/rapid games
 
 TRAPS_ROWS = [
     {
@@ -135,7 +135,6 @@ def test_header_line_of_a_game_that_follows_movetext_directly():
     assert chunks[1].text == '[Event "b"]\n[Result "*"]\n1. d4 {x\n[%clk 1]} d5 *\n'
 
 
-@pytest.mark.skipif(not REAL_GAMES.is_file(), reason=f"{REAL_GAMES} is not on this machine")
 def test_real_chesscom_games(tmp_path: Path):
     stats = _import([REAL_GAMES], tmp_path / "out")
     counts = ("games_read", "games_kept", "games_skipped", "duplicates_removed")
