@@ -49,6 +49,10 @@ SMOKE_SOURCE = "host_smoke"
 PRESET = "python -m appliance.training.preset"
 
 
+def _mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
 def _stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
@@ -163,6 +167,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                         tempfile.TemporaryDirectory() as tmp:
                     archive = Path(tmp) / "dataset.tar"
                     _tar_dir(args.dataset, archive)
+                    print(f"  {_mb(archive)} to {pod.id}:{dataset}", file=env.err, flush=True)
                     q = shlex.quote(dataset)
                     if _remote(env, pod, args, f"mkdir -p {q} && tar -xf - -C {q}",
                                stdin=archive) != 0:
@@ -207,7 +212,9 @@ def _fetch(env: Env, pod: Pod, args: argparse.Namespace, remote: str, out: Path)
         if _remote(env, pod, args, f"cd {q} && tar -cf - {listing}", stdout=archive) != 0:
             raise CliError(f"copying {remote}/artifacts from pod {pod.id} failed")
         try:
-            return _extract(archive, out)
+            files = _extract(archive, out)
+            print(f"  {_mb(archive)} from {pod.id}:{remote}", file=env.err, flush=True)
+            return files
         except (tarfile.TarError, OSError) as exc:
             raise CliError(f"the artifacts from pod {pod.id} could not be unpacked into "
                            f"{out}: {exc}") from None

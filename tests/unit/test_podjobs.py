@@ -313,6 +313,8 @@ def test_cycle_trains_fetches_and_then(h: Harness, then: str) -> None:
     assert f"train: {PRESET} in pod {pod.id}" in cli.err
     assert f"upload_dataset: {dataset}" in cli.err
     assert f"fetch_artifacts: {out}" in cli.err
+    assert re.search(rf"\n  \d+\.\d MB to {pod.id}:/workspace/cycle/r1/dataset\n", cli.err)
+    assert re.search(rf"\n  \d+\.\d MB from {pod.id}:/workspace/cycle/r1\n", cli.err)
     expected_events = {"stop": [("start", pod.id), ("stop", pod.id)],
                        "terminate": [("start", pod.id), ("remove", pod.id)],
                        "keep": [("start", pod.id)]}[then]
