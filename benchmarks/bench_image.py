@@ -133,7 +133,8 @@ def bench_start(engine, image: str) -> None:  # type: ignore[no-untyped-def]
              baseline="container_start_to_healthz_200", baseline_seconds=round(api_total, 2),
              ratio=round(ssh_total / api_total, 3))
     finally:
-        subprocess.run(engine.cmd("rm", "-f", "-v", "-t", "0", name), capture_output=True)
+        for argv in engine.remove(name, 0, volumes=True):
+            subprocess.run(argv, capture_output=True)
         subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True)
         shutil.rmtree(key.parent, ignore_errors=True)
 

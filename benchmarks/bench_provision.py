@@ -72,7 +72,8 @@ def baseline_container(engine, image: str, public_key: str) -> float:  # type: i
             time.sleep(POLL_S)
         return time.monotonic() - start
     finally:
-        subprocess.run(engine.cmd("rm", "-f", "-t", "0", name), capture_output=True)
+        for argv in engine.remove(name, 0):
+            subprocess.run(argv, capture_output=True)
         subprocess.run(engine.cmd("volume", "rm", "-f", f"{name}-ws"), capture_output=True)
 
 

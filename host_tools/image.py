@@ -45,6 +45,12 @@ def log(message: str) -> None:
     print(f"image: {message}", file=sys.stderr, flush=True)
 
 
+def shown(path: Path, root: Path | None = None) -> str:
+    """A path as people read it: relative to the checkout when inside it."""
+    root = root or ROOT
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def _ok(argv: Sequence[str], timeout: float = 30) -> bool:
     try:
         return subprocess.run(list(argv), capture_output=True, timeout=timeout,
@@ -74,6 +80,19 @@ class Engine:
     def cmd(self, *args: str) -> list[str]:
         return [self.name, *args]
 
+    def remove(self, name: str, grace_s: int = 10, volumes: bool = False) -> list[list[str]]:
+        return remove_commands(self.name, name, grace_s, volumes)
+
+
+def remove_commands(engine: str, name: str, grace_s: int = 10,
+                    volumes: bool = False) -> list[list[str]]:
+    """Stop a container (SIGTERM, SIGKILL after grace_s) and remove it: podman's `rm -t` does
+    both; `docker rm` has no -t, so Docker stops first."""
+    vol = ["-v"] if volumes else []
+    if engine == "podman":
+        return [[engine, "rm", "-f", "-t", str(grace_s), *vol, name]]
+    return [[engine, "stop", "-t", str(grace_s), name], [engine, "rm", "-f", *vol, name]]
+
 
 def detect_engine(preferred: str | None = None, install: bool = True) -> Engine:
     """Docker when its daemon answers, else podman; installs podman+runc when neither exists."""
@@ -93,10 +112,12 @@ def detect_engine(preferred: str | None = None, install: bool = True) -> Engine:
 
 def image_repo(raw: str | None = None) -> str:
     """IMAGE_REPO lower-cased (registries refuse upper case), checked for a sane shape."""
-    repo = (raw if raw is not None else os.environ.get("IMAGE_REPO", "")) or DEFAULT_IMAGE_REPO
-    repo = repo.strip().lower()
-    if not re.fullmatch(r"[a-z0-9]+([._:/-][a-z0-9]+)*", repo) or repo.count(":") > 1:
-        raise ImageError(f"IMAGE_REPO={raw!r} is not an image name like "
+    given = (raw if raw is not None else os.environ.get("IMAGE_REPO", "")) or DEFAULT_IMAGE_REPO
+    repo = given.strip().lower()
+    # A ":" only as a registry port (before the first "/"); a tag is added by tags().
+    if (not re.fullmatch(r"[a-z0-9]+([._:/-][a-z0-9]+)*", repo) or repo.count(":") > 1
+            or ":" in repo.rpartition("/")[2]):
+        raise ImageError(f"IMAGE_REPO={given!r} is not an image name like "
                          "ghcr.io/owner/chess-bot")
     return repo
 
@@ -132,12 +153,13 @@ def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
         if not f.is_file():
             continue
         text = f.read_text(encoding="utf-8", errors="replace")
-        for m in re.finditer(r"^\s*URIs:\s*(\S+)(?:[^\n]*\n)+?\s*Suites:\s*([^\n]+)", text,
-                             re.M):
-            suites = m.group(2).split()
-            if ({"bookworm", "stable"} & set(suites)
-                    and m.group(1).rstrip("/").endswith("/debian")):
-                return m.group(1)
+        for stanza in re.split(r"\n\s*\n", text):  # deb822: fields in any order
+            fields = {k.lower(): v.split() for k, v in
+                      re.findall(r"^([A-Za-z][\w-]*):[ \t]*(.*)$", stanza, re.M)}
+            if {"bookworm", "stable"} & set(fields.get("suites", [])):
+                for uri in fields.get("uris", []):
+                    if uri.rstrip("/").endswith("/debian"):
+                        return uri
         for m in re.finditer(r"^\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", text, re.M):
             if m.group(2) == "bookworm" and m.group(1).rstrip("/").endswith("/debian"):
                 return m.group(1)
@@ -203,9 +225,9 @@ def build_wheelhouse(variant: str = "cpu", dest: Path = WHEELHOUSE,
     out = dest / variant
     stamp = out / ".inputs"
     if stamp.is_file() and stamp.read_text().strip() == key:
-        log(f"wheelhouse {out.relative_to(ROOT)} up to date")
+        log(f"wheelhouse {shown(out)} up to date")
         return out
-    log(f"wheelhouse: resolving for CPython {TARGET_PYTHON} into {out.relative_to(ROOT)}")
+    log(f"wheelhouse: resolving for CPython {TARGET_PYTHON} into {shown(out)}")
     # `pip wheel` first, because some dependencies ship only sdists (chess): it builds them
     # here, so the host must be a CPython 3.11 on x86_64 like the image.
     if sys.version_info[:2] != (3, 11) or os.uname().machine != "x86_64":
@@ -292,8 +314,17 @@ def push(engine: Engine, *, repo: str | None = None, tag: str | None = None,
         log(" ".join(argv))
         if subprocess.run(argv, check=False).returncode != 0:
             raise ImageError(f"{' '.join(argv)} failed: is `{engine.name} login` done for "
-                             f"{argv[-1].split('/')[0]}?")
+                             f"{registry(argv[-1])}?")
     return commands
+
+
+def registry(ref: str) -> str:
+    """The registry of an image reference: its first part when that names a host (a dot, a
+    port or localhost), else Docker Hub."""
+    first, sep, _ = ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.timing import TimingLog
-from host_tools.image import ROOT, Engine, ImageError, build, detect_engine, image_exists, tags
+from host_tools.image import (
+    ROOT,
+    Engine,
+    ImageError,
+    build,
+    detect_engine,
+    image_exists,
+    shown,
+    tags,
+)
 
 CONFIG_DIR = ROOT / "config" / "local-pod"
 CONTAINER = "chessbot-local"
@@ -114,7 +123,7 @@ def ssh_key(config: Path = CONFIG_DIR, home: Path | None = None) -> SshKey:
                           "openssh-client")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
                         "chessbot-local-pod", "-f", str(key)], check=True)
-        note(f"no SSH key in {home / '.ssh'}: created {key.relative_to(ROOT)}")
+        note(f"no SSH key in {home / '.ssh'}: created {shown(key, ROOT)}")
     return SshKey(key, key.with_suffix(".pub").read_text(encoding="utf-8").strip())
 
 
@@ -283,7 +292,8 @@ def up(engine: Engine, config: Path = CONFIG_DIR, name: str = CONTAINER) -> dict
 
 
 def down(engine: Engine, name: str = CONTAINER) -> bool:
-    proc = _run(engine.cmd("rm", "-f", "-t", "10", name), check=False)
+    procs = [_run(argv, check=False) for argv in engine.remove(name)]
+    proc = procs[-1]  # rm: names the container it removed
     if proc.returncode != 0 or not proc.stdout.strip():
         note(f"{name} is not running")
         return False

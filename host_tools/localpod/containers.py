@@ -19,6 +19,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 
+from host_tools.image import remove_commands
 from host_tools.localpod.state import PodRecord
 
 # The appliance's port variables, by the private port RunPod would publish.
@@ -99,13 +100,21 @@ class ContainerBackend:
         result = self._run([self.engine, "inspect", "-f", "{{.State.Running}}", container], None)
         return result.returncode == 0 and result.stdout.strip() == "true"
 
+    def _remove_container(self, name: str, check: bool) -> None:
+        for argv in remove_commands(self.engine, name):
+            if check and argv[1] == "rm":
+                self._check(argv)
+            else:
+                self._run(argv, None)
+
     def stop(self, pod: PodRecord) -> None:
-        argv = [self.engine, "rm", "-f", "-t", "10", self.names(pod)[0]]
+        container = self.names(pod)[0]
         if self.stop_delay_s <= 0:
-            self._check(argv)
+            self._remove_container(container, check=True)
             return
         self._settle(pod)
-        timer = threading.Timer(self.stop_delay_s, self._run, args=(argv, None))
+        timer = threading.Timer(self.stop_delay_s, self._remove_container,
+                                args=(container, False))
         timer.daemon = True
         self._pending_stops[pod.id] = timer
         timer.start()
@@ -121,5 +130,5 @@ class ContainerBackend:
     def remove(self, pod: PodRecord) -> None:
         container, volume = self.names(pod)
         self._settle(pod)
-        self._run([self.engine, "rm", "-f", "-t", "10", container], None)
+        self._remove_container(container, check=False)
         self._run([self.engine, "volume", "rm", "-f", volume], None)

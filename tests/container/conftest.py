@@ -133,8 +133,8 @@ class TrackedContainers:
 
     def cleanup(self) -> None:
         for name, volume in self.made:
-            subprocess.run(self.engine.cmd("rm", "-f", "-v", "-t", "0", name), capture_output=True,
-                           check=False)
+            for argv in self.engine.remove(name, 0, volumes=True):
+                subprocess.run(argv, capture_output=True, check=False)
             subprocess.run(self.engine.cmd("volume", "rm", "-f", volume), capture_output=True,
                            check=False)
 

@@ -48,8 +48,8 @@ def localpod(engine: Engine, image: str, client_key: Path) -> Iterator[LocalPodS
         names = [ContainerBackend.names(p) for p in account.pods.values()]
         server.close()  # terminates every pod: container and volume removed
         for container, volume in names:  # in case a terminate failed half way
-            subprocess.run(engine.cmd("rm", "-f", "-t", "0", container), capture_output=True,
-                           check=False)
+            for argv in engine.remove(container, 0):
+                subprocess.run(argv, capture_output=True, check=False)
             subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True,
                            check=False)
 

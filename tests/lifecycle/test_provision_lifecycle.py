@@ -50,8 +50,8 @@ def localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
         names = [ContainerBackend.names(p) for p in account.pods.values()]
         server.close()
         for container, volume in names:
-            subprocess.run(engine.cmd("rm", "-f", "-t", "0", container), capture_output=True,
-                           check=False)
+            for argv in engine.remove(container, 0):
+                subprocess.run(argv, capture_output=True, check=False)
             subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True,
                            check=False)
 

@@ -146,9 +146,6 @@ def test_image_repo_rejects_bad_shapes(raw: str) -> None:
     assert str(exc.value) == f"IMAGE_REPO={raw!r} {REPO_HINT}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: image_repo() formats its argument (None) into the "
-                   "error when the bad value came from the IMAGE_REPO variable, so "
-                   "`IMAGE_REPO='Bad Repo' make image` reports IMAGE_REPO=None")
 def test_image_repo_error_names_the_env_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGE_REPO", "Bad Repo")
     with pytest.raises(ImageError) as exc:
@@ -156,9 +153,6 @@ def test_image_repo_error_names_the_env_value(monkeypatch: pytest.MonkeyPatch) -
     assert str(exc.value) == f"IMAGE_REPO='Bad Repo' {REPO_HINT}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the shape check lets a ':' through after the last "
-                   "'/', so a repo that already carries a tag passes and tags() then yields "
-                   "the invalid reference ghcr.io/owner/chess-bot:v1:<sha>")
 def test_image_repo_rejects_a_repo_with_a_tag() -> None:
     with pytest.raises(ImageError):
         image.image_repo("ghcr.io/owner/chess-bot:v1")
@@ -301,9 +295,6 @@ def test_apt_mirror_missing_dir_and_subdirs(tmp_path: Path) -> None:
     assert image.apt_mirror(apt) == "http://z.example/debian"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the deb822 regex assumes URIs comes before Suites "
-                   "in a stanza (deb822 fields may come in any order); with Suites first it "
-                   "pairs the URIs with the *next* stanza's Suites and misses the mirror")
 def test_apt_mirror_deb822_field_order(tmp_path: Path) -> None:
     text = ("Types: deb\nSuites: bookworm bookworm-updates\nComponents: main\n"
             "URIs: http://mirror.example/debian\n\n"
@@ -769,10 +760,6 @@ def test_push_errors(monkeypatch: pytest.MonkeyPatch, fake_run: FakeRun) -> None
     assert fake_run.calls == [["docker", "push", "ghcr.io/o/r:t2"]]  # stops at the first
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: push()'s login hint takes the text before the "
-                   "first '/' as the registry; for Docker Hub names (owner/repo, or the default "
-                   "chessbot-appliance) it names 'owner' or 'chessbot-appliance:<tag>' instead "
-                   "of docker.io")
 @pytest.mark.parametrize("repo", ["owner/chess-bot", DEFAULT_IMAGE_REPO])
 def test_push_failure_names_docker_hub(repo: str, monkeypatch: pytest.MonkeyPatch,
                                        fake_run: FakeRun) -> None:
@@ -994,10 +981,6 @@ def test_ssh_key_without_ssh_keygen(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                               "openssh-client")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG: ssh_key() logs "
-                   "key.relative_to(ROOT), so for any config dir outside the repo (the config "
-                   "parameter of ssh_key/up/LocalPod) it raises ValueError right after "
-                   "ssh-keygen has created the key")
 def test_ssh_key_in_a_config_outside_the_repo(tmp_path: Path, real_processes: None) -> None:
     (tmp_path / "home").mkdir()
     key = localup.ssh_key(tmp_path / "cfg", tmp_path / "home")
@@ -1256,10 +1239,6 @@ def test_down(fake_run: FakeRun, capsys: pytest.CaptureFixture[str]) -> None:
                                        "rm p2-workspace deletes it)\n")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: down() runs `<engine> rm -f -t 10 NAME`, but "
-                   "`docker rm` has no -t/--time flag (podman's only; Docker 28 answers exit 125 "
-                   "\"unknown shorthand flag: 't' in -t\"), so with Docker `make down` never "
-                   "removes the container and reports it 'is not running'")
 def test_down_with_docker(fake_run: FakeRun) -> None:
     known = {"rm": {"-f", "--force", "-v", "--volumes", "-l", "--link"},
              "stop": {"-t", "--time", "--timeout", "-s", "--signal"}}

@@ -189,6 +189,25 @@ def test_container_backend_command_lines_keep_the_key_out_of_argv() -> None:
         ["podman", "rm", "-f", "-t", "10", name], ["podman", "volume", "rm", "-f", volume]]
 
 
+def test_container_backend_with_docker_stops_before_removing() -> None:
+    engine = FakeEngine()
+    acc = Account(ContainerBackend("docker", run=engine), {CANARY})
+    pod = acc.create_pod({"name": "d", "image": "img:1", "gpu_id": "NVIDIA A40", "gpu_count": 1,
+                          "cloud": "SECURE", "ports": ["22/tcp"]}, "account")
+    name, volume = f"localpod-{pod.id}", f"localpod-{pod.id}-workspace"
+    assert "--runtime" not in engine.calls[3][0]  # podman-only flags stay podman's
+    engine.calls.clear()
+    acc.action(pod.id, "stop", "account")
+    # `docker rm` has no -t: a graceful stop, then the removal.
+    assert [argv for argv, _ in engine.calls] == [["docker", "stop", "-t", "10", name],
+                                                  ["docker", "rm", "-f", name]]
+    engine.calls.clear()
+    acc.action(pod.id, "terminate", "account")
+    assert [argv for argv, _ in engine.calls] == [
+        ["docker", "stop", "-t", "10", name], ["docker", "rm", "-f", name],
+        ["docker", "volume", "rm", "-f", volume]]
+
+
 def test_container_backend_host_network_moves_the_services_to_the_chosen_loopback_ports(
         ) -> None:
     engine = FakeEngine()
