@@ -5,6 +5,8 @@ and a CLI environment that never sleeps and never reads the real keyring.
 from __future__ import annotations
 
 import io
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -67,3 +69,29 @@ def make_cli_env(tty: bool = False, answers: list[str] | None = None) -> CliEnv:
     holder.env.is_tty = lambda: tty
     holder.env.ask = lambda prompt: holder.answers.pop(0)
     return holder
+
+
+@pytest.fixture
+def banner_port() -> Iterator[int]:
+    """A loopback server that greets like sshd, so waiting for SSH succeeds."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"SSH-2.0-fake\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(timeout=2)
+    listener.close()

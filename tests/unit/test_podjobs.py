@@ -10,10 +10,8 @@ import io
 import json
 import os
 import re
-import socket
 import tarfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -28,6 +26,7 @@ from tests import localpod_fixture
 from tests.localpod_fixture import CANARY, CliEnv, make_cli_env
 
 localpod = localpod_fixture.localpod
+banner_port = localpod_fixture.banner_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,32 +55,6 @@ CHECKS_OK = [
     {"check": "cleanup", "status": "PASS", "detail": "removed /opt/chessbot/artifacts/.smoke-1",
      "elapsed_ms": 10},
 ]
-
-
-@pytest.fixture
-def banner_port() -> Iterator[int]:
-    """A loopback server that greets like sshd, so waiting for SSH succeeds."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.sendall(b"SSH-2.0-fake\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(timeout=2)
-    listener.close()
 
 
 def _tar(path: Path, files: list[tuple[str, bytes]], links: list[tuple[str, str]]) -> None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,34 +16,9 @@ from tests import localpod_fixture
 from tests.localpod_fixture import CANARY, CliEnv, make_cli_env
 
 localpod = localpod_fixture.localpod
+banner_port = localpod_fixture.banner_port
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def banner_port() -> Iterator[int]:
-    """A loopback server that greets like sshd, so `--wait` sees SSH answer."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.sendall(b"SSH-2.0-fake\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(timeout=2)
-    listener.close()
 
 
 def run(args: list[str], **kw: object) -> tuple[int, CliEnv]:
