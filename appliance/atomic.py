@@ -1,4 +1,5 @@
 """Atomic file writes: write a temp file beside the target, fsync, then rename it over the target.
+And the matching read: a JSON object file, or None when it is missing or unreadable.
 
 A crash never leaves half a file, and the result gets ordinary permissions (0666 less the umask)
 rather than mkstemp's private 0600, so other accounts (inference runs as runner) can read it.
@@ -37,3 +38,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object], mode: int | N
 def atomic_write_json(path: Path, data: Any, indent: int = 2, mode: int | None = None) -> None:
     text = json.dumps(data, indent=indent) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), mode)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from appliance.atomic import read_json
+
 BOOT_SOURCE = "runpod_entrypoint"
 # Programs that may end by themselves: EXITED with exit status 0 is healthy.
 MAY_EXIT = frozenset({"idle-watchdog"})
@@ -107,14 +109,6 @@ def program_health(info: dict[str, Any]) -> ProgramHealth:
     uptime = int(info["now"] - info["start"]) if running and info.get("start") else None
     detail = "" if running else str(info.get("spawnerr") or info.get("description") or "")
     return ProgramHealth(name, state, ok, uptime, int(info.get("pid") or 0) or None, detail)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def read_revivals(records: Path) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from appliance import settings
-from appliance.health import gather, local_url, read_json, render_table
+from appliance.atomic import read_json
+from appliance.health import gather, local_url, render_table
 from appliance.render import Layout, PodConfig
 from appliance.watchdog.decision import STATE_FILE, summary_line
 

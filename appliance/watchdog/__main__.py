@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from appliance import settings
+from appliance.atomic import read_json
 from appliance.redact import Redactor, setup_service_logging
 from appliance.timing import TimingLog
 from appliance.watchdog.actions import (
@@ -31,7 +32,7 @@ from appliance.watchdog.actions import (
     wall,
 )
 from appliance.watchdog.daemon import TIMING_SOURCE, Watchdog
-from appliance.watchdog.decision import STATE_FILE, Tracker, read_state, render_table, snapshot
+from appliance.watchdog.decision import STATE_FILE, Tracker, render_table, snapshot
 from appliance.watchdog.signals import (
     GpuSignal,
     HeartbeatSignal,
@@ -201,7 +202,7 @@ def _pid_alive(pid: object) -> bool:
 
 def explain(cfg: Config, now: float) -> dict[str, Any]:
     """Every signal read now, merged with the running watchdog's memory of past activity."""
-    running = read_state(cfg.state_path)
+    running = read_json(cfg.state_path)
     if running is not None and not _pid_alive(running.get("pid")):
         running = None
     wd = cfg.wd

@@ -4,7 +4,6 @@ any activity in its window cancels the stop. Pure (time is passed in), so tests 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,14 +81,6 @@ class Tracker:
 def write_state(path: Path, data: dict[str, Any]) -> None:
     # 0644 whatever the umask: runner's `appliance.status` reads it
     atomic_write_json(path, data, indent=1, mode=0o644)
-
-
-def read_state(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def snapshot(decision: Decision, readings: Sequence[Reading], tracker: Tracker, *, action: str,

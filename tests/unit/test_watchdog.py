@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from appliance import settings
+from appliance.atomic import read_json
 from appliance.runpod import RunpodClient
 from appliance.sync.status import SyncStatus, write_status
 from appliance.timing import TimingLog
@@ -31,7 +32,7 @@ from appliance.watchdog.actions import (
     SyncGate,
 )
 from appliance.watchdog.daemon import Watchdog
-from appliance.watchdog.decision import Tracker, read_state, render_table, summary_line
+from appliance.watchdog.decision import Tracker, render_table, summary_line
 from appliance.watchdog.signals import (
     Conn,
     GpuSample,
@@ -359,7 +360,7 @@ def test_loop_warns_then_stops_and_records_the_reason(tmp_path: Path) -> None:
     assert (rec["source"], rec["phase"], rec["status"]) == ("idle_watchdog", "autostop", "ok")
     assert rec["reason"] == ("idle 1m00s (AUTOSTOP_IDLE_MINUTES=1): ssh quiet; gpu quiet; "
                              "sync: no artifact upload pending; action runpod_api: stopped")
-    state = read_state(tmp_path / "state" / "watchdog.json")
+    state = read_json(tmp_path / "state" / "watchdog.json")
     assert state is not None and state["note"] == "last stop: stopped"
     # After a stop idleness counts afresh: no second stop right away.
     dog.step()
@@ -400,7 +401,7 @@ def test_unfinished_sync_blocks_the_stop_and_says_why(tmp_path: Path) -> None:
     rec = records(tmp_path)[-1]
     assert (rec["phase"], rec["status"]) == ("autostop", "refused")
     assert rec["reason"].endswith(f"sync flush unfinished: {why}")
-    state = read_state(tmp_path / "state" / "watchdog.json")
+    state = read_json(tmp_path / "state" / "watchdog.json")
     assert state is not None and state["note"] == f"not stopping: {why}"
     # Held for the flush limit, then tried again: the uploads finished meanwhile.
     write_status(tmp_path / "sync", SyncStatus(pid=1, mode="inotify", pending=0))
@@ -461,7 +462,7 @@ def test_explain_table_and_status_line(tmp_path: Path) -> None:
     dog, _ = make_dog(tmp_path, [FakeSignal("ssh"), FakeSignal("processes", True)],
                       FakeAction(), clock)
     dog.step()
-    state = read_state(tmp_path / "state" / "watchdog.json")
+    state = read_json(tmp_path / "state" / "watchdog.json")
     assert state is not None
     table = render_table(state).splitlines()
     assert table[0].split() == ["signal", "state", "last", "activity", "detail"]
@@ -470,7 +471,7 @@ def test_explain_table_and_status_line(tmp_path: Path) -> None:
     clock.t += 20
     dog.signals[1].is_active = False  # type: ignore[attr-defined]
     dog.step()
-    state = read_state(tmp_path / "state" / "watchdog.json")
+    state = read_json(tmp_path / "state" / "watchdog.json")
     assert state is not None
     assert summary_line(state) == "idle watchdog: idle 20s, watching, stop (runpod_api) in 40s"
 
