@@ -59,25 +59,22 @@ def _stamp() -> str:
 
 @dataclass
 class Phases:
-    """Times phases into the timing log and keeps them for the summary."""
+    """Times phases into the timing log, with a progress line for each."""
 
     log: TimingLog
     env: Env
-    done: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
     @contextmanager
     def phase(self, name: str, note: str = "") -> Iterator[None]:
         print(f"[{time.monotonic() - self.started:6.1f} s] {name}{': ' + note if note else ''}",
               file=self.env.err, flush=True)
-        start = time.monotonic()
-        status = "error"
-        try:
+        with self.log.phase(name):
             yield
-            status = "ok"
-        finally:
-            self.done.append(self.log.record(name, status,
-                                             int((time.monotonic() - start) * 1000)))
+
+    @property
+    def done(self) -> list[dict[str, Any]]:
+        return self.log.written
 
     def table(self) -> str:
         return _table([[r["phase"], r["status"], f"{r['elapsed_ms'] / 1000:.1f} s"]
