@@ -19,7 +19,6 @@ class TimingLog:
         self.path = path
         self.source = source
         self.run_id = run_id
-        self.written: list[dict[str, object]] = []  # this object's records, in order
 
     def record(
         self, phase: str, status: str, elapsed_ms: int, exit_code: int | None = None,
@@ -40,7 +39,6 @@ class TimingLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self.written.append(rec)
         return rec
 
     @contextmanager

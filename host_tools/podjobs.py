@@ -20,9 +20,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -57,24 +57,27 @@ def _stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-@dataclass
-class Phases:
-    """Times phases into the timing log, with a progress line for each."""
+class Phases(TimingLog):
+    """The timing log of one run that prints a progress line per phase and keeps its records
+    for the summary."""
 
-    log: TimingLog
-    env: Env
-    started: float = field(default_factory=time.monotonic)
+    def __init__(self, log: TimingLog, err: TextIO) -> None:
+        super().__init__(log.path, log.source, log.run_id)
+        self.err = err
+        self.done: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+
+    def record(self, *args: Any, **kwargs: Any) -> dict[str, object]:
+        rec = super().record(*args, **kwargs)
+        self.done.append(rec)
+        return rec
 
     @contextmanager
-    def phase(self, name: str, note: str = "") -> Iterator[None]:
+    def phase(self, name: str, note: str = "") -> Iterator[dict[str, int | None]]:
         print(f"[{time.monotonic() - self.started:6.1f} s] {name}{': ' + note if note else ''}",
-              file=self.env.err, flush=True)
-        with self.log.phase(name):
-            yield
-
-    @property
-    def done(self) -> list[dict[str, Any]]:
-        return self.log.written
+              file=self.err, flush=True)
+        with super().phase(name) as result:
+            yield result
 
     def table(self) -> str:
         return _table([[r["phase"], r["status"], f"{r['elapsed_ms'] / 1000:.1f} s"]
@@ -147,7 +150,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     _ssh_settings()  # a bad known-hosts setting fails before anything bills
     args.name = args.name or f"chessbot-{run_id}"
     remote = f"{args.remote_root.rstrip('/')}/{run_id}"
-    phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env)
+    phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env.err)
     pod: Pod | None = None
     state = {"train_started": False, "fetched": False}
     with env.client_factory() as client:
@@ -184,7 +187,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
             with phases.phase("fetch_artifacts", str(out)):
                 files = _fetch(env, pod, args, remote, out)
                 state["fetched"] = True
-            _merge_pod_timings(out / "timings.jsonl", phases.log)
+            _merge_pod_timings(out / "timings.jsonl", phases)
             with phases.phase(f"then_{args.then}"):
                 _finish(client, pod, args.then)
         except (Exception, KeyboardInterrupt) as exc:
@@ -194,10 +197,10 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                 raise CliError("interrupted", 130) from None
             raise
     summary = {"run_id": run_id, "pod": pod.id, "then": args.then, "out": str(out),
-               "files": files, "phases": phases.done, "timing_log": str(phases.log.path)}
+               "files": files, "phases": phases.done, "timing_log": str(phases.path)}
     _emit(env, args, summary, f"{phases.table()}\n\ncycle {run_id}: pod {pod.id} "
           f"{_then_text(args.then, pod)}; artifacts in {out} ({len(files)} files); timings in "
-          f"{phases.log.path}")
+          f"{phases.path}")
     return 0
 
 
@@ -245,7 +248,7 @@ def _then_text(then: str, pod: Pod) -> str:
 def _cleanup_on_failure(env: Env, client: RunpodClient, pod: Pod, args: argparse.Namespace,
                         phases: Phases, state: dict[str, bool]) -> None:
     if args.keep_on_failure:
-        phases.log.record("keep_on_failure", "ok", 0)
+        phases.record("keep_on_failure", "ok", 0)
         print(f"--keep-on-failure: pod {pod.id} is still there and billing:\n"
               f"{_pod_text(pod)}", file=env.err)
         return
