@@ -41,6 +41,15 @@ class TimingLog:
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
         return rec
 
+    def merge(self, src: Path) -> None:
+        """Append another log's records (e.g. a container's, copied out) to this one."""
+        if not src.is_file():
+            return
+        lines = [line for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in lines)
+
     @contextmanager
     def phase(self, name: str) -> Iterator[dict[str, int | None]]:
         """Time a block; the block may set result["exit_code"]."""

@@ -382,8 +382,7 @@ def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "d
                             check=False).returncode != 0:
                         continue
                     if dst is None:
-                        with log_path.open("a", encoding="utf-8") as fh:
-                            fh.write(got.read_text(encoding="utf-8"))
+                        timing.merge(got)
                     elif dst:
                         Path(dst).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(got, dst)

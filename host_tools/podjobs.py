@@ -187,7 +187,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
             with phases.phase("fetch_artifacts", str(out)):
                 files = _fetch(env, pod, args, remote, out)
                 state["fetched"] = True
-            _merge_pod_timings(out / "timings.jsonl", phases)
+            phases.merge(out / "timings.jsonl")  # the pod's preset phases, in the same log
             with phases.phase(f"then_{args.then}"):
                 _finish(client, pod, args.then)
         except (Exception, KeyboardInterrupt) as exc:
@@ -218,16 +218,6 @@ def _fetch(env: Env, pod: Pod, args: argparse.Namespace, remote: str, out: Path)
         except (tarfile.TarError, OSError) as exc:
             raise CliError(f"the artifacts from pod {pod.id} could not be unpacked into "
                            f"{out}: {exc}") from None
-
-
-def _merge_pod_timings(src: Path, log: TimingLog) -> None:
-    """The pod's preset phases go into the same timing log as the host's."""
-    if not src.is_file():
-        return
-    lines = [line for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
-    log.path.parent.mkdir(parents=True, exist_ok=True)
-    with log.path.open("a", encoding="utf-8") as fh:
-        fh.writelines(line + "\n" for line in lines)
 
 
 def _finish(client: RunpodClient, pod: Pod, then: str) -> None:
