@@ -122,7 +122,7 @@ class HfSettings(_Env):
     )
     HF_ENDPOINT: str = Field(
         "https://huggingface.co", pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
-        description="Hub URL; point it at host_tools.hubemu for tests and rehearsal.",
+        description="Hub URL; point it at host_tools.emulators.hubemu for tests and rehearsal.",
     )
     HF_REPO_ID: str | None = Field(
         None, pattern=REPO_ID_PATTERN,

@@ -32,10 +32,10 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from appliance.datasets import hub as hub_datasets  # noqa: E402
 from appliance.hf import HubClient  # noqa: E402
 from appliance.sync.once import SyncJob, sync_once  # noqa: E402
-from appliance.training import hub_datasets  # noqa: E402
-from host_tools.hubemu import HubEmulator  # noqa: E402
+from host_tools.emulators.hubemu import HubEmulator  # noqa: E402
 
 TOKEN = "hf_bench_token_0000000000"
 DATASET_MB = float(os.environ.get("BENCH_HF_MB", "200"))

@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from host_tools.emulators.localpod import Account, LocalPodServer  # noqa: E402
+from host_tools.emulators.localpod.containers import ContainerBackend  # noqa: E402
 from host_tools.image import build, detect_engine  # noqa: E402
-from host_tools.localpod import Account, LocalPodServer  # noqa: E402
-from host_tools.localpod.containers import ContainerBackend  # noqa: E402
 from host_tools.localup import free_port  # noqa: E402
 from host_tools.provision import Env, main, ssh_answers  # noqa: E402
 

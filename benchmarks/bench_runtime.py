@@ -1,6 +1,6 @@
 """Pod runtime benchmarks, one JSON line each, each against a baseline measured in the same run.
 
-1. boot_to_ready: `python -m appliance.bootstrap` start -> every program RUNNING and sshd
+1. boot_to_ready: `python -m appliance.runtime.bootstrap` start -> every program RUNNING and sshd
    accepting a login as runner; the second start of the same pod (requirements stamp hit) against
    the first (requirements installed by pip), with each boot's phase times.
 2. kill_recovery: kill -9 of jupyter and inference (BENCH_KILL_ROUNDS, default 5) -> a new process,

@@ -22,11 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from appliance.datasets.rows import EncodedGame, SpliceConfig, load_games  # noqa: E402
 from appliance.model.checkpoint import load_model  # noqa: E402
 from appliance.model.network import ModelConfig, MovePredictor  # noqa: E402
 from appliance.training import evaluate, train  # noqa: E402
 from appliance.training.batching import Batch, Collator, GameDataset, bucketed_batches  # noqa: E402
-from appliance.training.data import EncodedGame, SpliceConfig, load_games  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
 REAL_PGN = ROOT.parent / "shared" / "data" / "real_games_chesscom.pgn"

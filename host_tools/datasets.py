@@ -17,16 +17,16 @@ from typing import Any, NoReturn
 if __package__ in (None, ""):  # run as a script: make `appliance` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from appliance.hf import HubError  # noqa: E402
-from appliance.settings import SettingsError  # noqa: E402
-from appliance.training.data import DatasetError  # noqa: E402
-from appliance.training.dataset_dir import DEFAULT_SEED, DEFAULT_VAL_FRACTION  # noqa: E402
-from appliance.training.generate import (  # noqa: E402
+from appliance.datasets.dataset_dir import DEFAULT_SEED, DEFAULT_VAL_FRACTION  # noqa: E402
+from appliance.datasets.generate import (  # noqa: E402
     GenerateConfig,
     GenerateError,
     generate_dataset,
 )
-from appliance.training.pgn_import import import_pgn  # noqa: E402
+from appliance.datasets.pgn_import import import_pgn  # noqa: E402
+from appliance.datasets.rows import DatasetError  # noqa: E402
+from appliance.hf import HubError  # noqa: E402
+from appliance.settings import SettingsError  # noqa: E402
 from host_tools.datasets_hub import SUBCOMMANDS as HUB_SUBCOMMANDS  # noqa: E402
 
 EXIT_OK = 0

@@ -1,5 +1,5 @@
 """The `publish` and `fetch` subcommands of the datasets CLI (host_tools/datasets.py): versioned
-datasets on the Hugging Face Hub, over appliance.training.hub_datasets.
+datasets on the Hugging Face Hub, over appliance.datasets.hub.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance import settings
+from appliance.datasets import hub as hd
+from appliance.datasets.rows import DatasetError
 from appliance.hf import HubClient, resolve_token
-from appliance.training import hub_datasets as hd
-from appliance.training.data import DatasetError
 
 SubParsers = Any  # argparse._SubParsersAction, private in typeshed
 

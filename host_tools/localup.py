@@ -239,8 +239,8 @@ class LocalPod:
                 for what, (inner, _) in PORTS.items()}
 
     def supervisor_up(self) -> bool:
-        # appliance.status exits 3 while supervisord cannot be reached, 0/1 once it can.
-        proc = self.exec("python", "-m", "appliance.status", "--json", check=False, timeout=30)
+        # appliance.runtime.status exits 3 while supervisord cannot be reached, 0/1 once it can.
+        proc = self.exec("python", "-m", "appliance.runtime.status", "--json", check=False, timeout=30)
         return proc.returncode in (0, 1)
 
     def has_model(self) -> bool:
@@ -363,7 +363,7 @@ def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "d
         # The entrypoint's bootstrap (its phases: runpod_entrypoint), then the preset instead
         # of supervisord (its phases: runpod_train_preset), all into one in-container log.
         argv += ["--entrypoint", "/usr/bin/tini", image, "--", "/bin/sh", "-c",
-                 "python -m appliance.bootstrap --no-exec && "
+                 "python -m appliance.runtime.bootstrap --no-exec && "
                  "exec python -m appliance.training.preset"]
         _run(engine.cmd("rm", "-f", "-v", name), check=False)
         subprocess.run(argv, check=True, capture_output=True, env={**os.environ, **env})

@@ -5,7 +5,7 @@ the artifacts back -> stop, terminate or keep the pod. Each phase is timed into 
 log (source=host_cycle) with the pod's own preset phases. On a failure the pod is cleaned up unless
 --keep-on-failure: terminated, or only stopped when it may hold artifacts not copied back.
 
-smoke: SSH, the inference API's /healthz from this machine, then `python -m appliance.podcheck`
+smoke: SSH, the inference API's /healthz from this machine, then `python -m appliance.runtime.podcheck`
 in the pod (supervisorctl status, /healthz, /infer, Jupyter API, one training epoch); a table of
 PASS/FAIL/SKIP. Without a POD it provisions a throwaway pod and always terminates it.
 """
@@ -27,8 +27,8 @@ from typing import Any, TextIO
 import httpx
 
 from appliance import settings
-from appliance.podcheck import Check
 from appliance.runpod import Pod, RunpodClient
+from appliance.runtime.podcheck import Check
 from appliance.timing import TimingLog
 from host_tools.provision import (
     CliError,
@@ -328,7 +328,7 @@ def _smoke_rows(env: Env, pod: Pod, args: argparse.Namespace) -> list[Check]:
         return [*rows, Check("podcheck", "SKIP", "needs SSH", 0), _public_healthz(env, pod)]
     print(f"smoke: checks in pod {pod.id} (the training epoch takes a while)", file=env.err,
           flush=True)
-    command = "python -m appliance.podcheck" + (
+    command = "python -m appliance.runtime.podcheck" + (
         f" --dataset {shlex.quote(args.dataset)}" if args.dataset else "")
     start = time.monotonic()
     code, text = _remote_text(env, pod, args, command)
@@ -340,7 +340,7 @@ def _smoke_rows(env: Env, pod: Pod, args: argparse.Namespace) -> list[Check]:
         except (ValueError, KeyError, TypeError):
             continue
     if len(rows) == 1:
-        rows.append(Check("podcheck", "FAIL", f"python -m appliance.podcheck exit {code} gave "
+        rows.append(Check("podcheck", "FAIL", f"python -m appliance.runtime.podcheck exit {code} gave "
                           "no results; is the pod running this project's image?",
                           int((time.monotonic() - start) * 1000)))
     # Last: by now the programs have settled (podcheck waits for STARTING ones).

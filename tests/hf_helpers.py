@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from host_tools.hubemu import HubEmulator  # noqa: E402
+from host_tools.emulators.hubemu import HubEmulator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CANARY = "hf_CANARY_9f8e7d6c5b4a3f2e1d0c"

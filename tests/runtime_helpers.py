@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.health import supervisor_proxy
+from appliance.runtime.health import supervisor_proxy
 
 ROOT_BASE = Path(os.environ.get("APPLIANCE_TEST_ROOT_BASE", "/var/lib/appliance-tests"))
 USER = "runner"
@@ -132,7 +132,7 @@ def base_env(root: Path, **extra: str) -> dict[str, str]:
 
 def run_bootstrap(env: Mapping[str, str], *args: str, timeout: float = 300
                   ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(PYTHON), "-m", "appliance.bootstrap", *args], env=dict(env),
+    return subprocess.run([str(PYTHON), "-m", "appliance.runtime.bootstrap", *args], env=dict(env),
                           capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
@@ -163,7 +163,7 @@ class Appliance:
 
     def start(self) -> None:
         with self.boot_output.open("ab") as out:
-            self.proc = subprocess.Popen([str(PYTHON), "-m", "appliance.bootstrap"],
+            self.proc = subprocess.Popen([str(PYTHON), "-m", "appliance.runtime.bootstrap"],
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          cwd="/", start_new_session=True)
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from appliance.datasets.rows import DatasetError, encode_moves
 from appliance.model import features, vocab
 from appliance.model.checkpoint import LoadedModel, load_model
 from appliance.model.network import count_parameters
-from appliance.training.data import DatasetError, encode_moves
 
 TOPK_MAX = 50
 

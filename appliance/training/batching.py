@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from appliance.datasets.rows import EncodedGame, SpliceConfig
 from appliance.model import features, vocab
-from appliance.training.data import EncodedGame, SpliceConfig
 
 IGNORE = -100
 

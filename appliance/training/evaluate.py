@@ -23,10 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from appliance.model import features, vocab
-from appliance.model.checkpoint import CheckpointError, LoadedModel, load_model
-from appliance.training.batching import collate
-from appliance.training.data import (
+from appliance.datasets.rows import (
     DatasetError,
     EncodedGame,
     encode_row,
@@ -35,6 +32,9 @@ from appliance.training.data import (
     row_format,
     start_board,
 )
+from appliance.model import features, vocab
+from appliance.model.checkpoint import CheckpointError, LoadedModel, load_model
+from appliance.training.batching import collate
 
 METRIC_KEYS = ("top1", "top5", "legal_top1", "best_legal_top1", "best_legal_legal")
 
@@ -64,7 +64,7 @@ def read_rows(path: Path, min_context: int) -> list[tuple[Row, EncodedGame]]:
     out = []
     name = path.name.lower()
     if name.endswith((".pgn", ".pgn.gz", ".pgn.zst")):
-        from appliance.training import pgn_import
+        from appliance.datasets import pgn_import
 
         counts = pgn_import.ImportCounts()
         source: Iterable[tuple[str, Any]] = (

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from appliance.datasets.rows import DatasetError, EncodedGame, load_games
 from appliance.model.network import ModelConfig, MovePredictor, count_parameters
 from appliance.training.batching import collate
-from appliance.training.data import DatasetError, EncodedGame, load_games
 from appliance.training.train import masked_loss
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "sample" / "train.jsonl"

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from appliance import settings
+from appliance.datasets import hub as hub_datasets
+from appliance.datasets.rows import GAME_FORMAT, LEGACY_FORMAT, DatasetError
 from appliance.hf import HubClient, HubError, resolve_token
 from appliance.timing import TimingLog
-from appliance.training import hub_datasets
-from appliance.training.data import GAME_FORMAT, LEGACY_FORMAT, DatasetError
 from appliance.training.train import BEST
 
 SOURCE = "runpod_train_preset"

@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from appliance import settings
+from appliance.datasets.rows import DatasetError, SpliceConfig, load_games
 from appliance.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from appliance.model.network import ModelConfig, MovePredictor, count_parameters
 from appliance.training.batching import IGNORE, Batch, Collator, GameDataset, bucketed_batches
-from appliance.training.data import DatasetError, SpliceConfig, load_games
 
 LAST = "checkpoint_last.pt"
 BEST = "model_best.pt"

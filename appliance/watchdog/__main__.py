@@ -114,7 +114,7 @@ class Config:
 
 
 def build_signals(cfg: Config) -> list[Signal]:
-    from appliance.health import local_url
+    from appliance.runtime.health import local_url
 
     wd = cfg.wd
     jupyter_url = local_url(cfg.runtime.APPLIANCE_BIND_HOST, cfg.jupyter.JUPYTER_PORT, "")
@@ -132,7 +132,7 @@ def build_signals(cfg: Config) -> list[Signal]:
 
 def build_action(cfg: Config) -> Action:
     """The configured action; runpod_api without a pod id or key is a configuration error."""
-    from appliance.render import Layout
+    from appliance.runtime.render import Layout
 
     action = cfg.wd.AUTOSTOP_ACTION
     if action == "none":

@@ -67,7 +67,7 @@ class RunpodStop:
 
 
 def supervisor_rpc(socket_path: Path) -> xmlrpc.client.ServerProxy:
-    from appliance.health import supervisor_proxy
+    from appliance.runtime.health import supervisor_proxy
 
     return supervisor_proxy(socket_path, timeout=10.0)
 

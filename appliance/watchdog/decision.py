@@ -75,11 +75,11 @@ class Tracker:
         return Decision(now, idle_since, deadline, active)
 
 
-# -- the state file: the running watchdog's view, for --explain and appliance.status ------------
+# -- the state file: the running watchdog's view, for --explain and appliance.runtime.status ------------
 
 
 def write_state(path: Path, data: dict[str, Any]) -> None:
-    # 0644 whatever the umask: runner's `appliance.status` reads it
+    # 0644 whatever the umask: runner's `appliance.runtime.status` reads it
     atomic_write_json(path, data, indent=1, mode=0o644)
 
 
@@ -107,7 +107,7 @@ def snapshot(decision: Decision, readings: Sequence[Reading], tracker: Tracker, 
 
 
 def summary_line(state: dict[str, Any]) -> str:
-    """One line for `appliance.status`."""
+    """One line for `appliance.runtime.status`."""
     action = state.get("action", "?")
     active = state.get("active") or []
     note = f"; {state['note']}" if state.get("note") else ""

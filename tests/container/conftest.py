@@ -95,8 +95,8 @@ class Pod:
         wait_until(lambda: self.ssh("true", timeout=15).returncode == 0, timeout, 0.5)
 
     def wait_all_running(self, timeout: float = 120) -> None:
-        """appliance.status exits 0 once every enabled program is RUNNING."""
-        wait_until(lambda: self.exec("python", "-m", "appliance.status", check=False,
+        """appliance.runtime.status exits 0 once every enabled program is RUNNING."""
+        wait_until(lambda: self.exec("python", "-m", "appliance.runtime.status", check=False,
                                      timeout=30).returncode == 0, timeout, 0.5)
 
 

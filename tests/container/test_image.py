@@ -83,7 +83,7 @@ def test_ssh_as_runner_and_every_program_running(pod: Pod) -> None:
     states = {line.split()[0]: line.split()[1] for line in lines[1:]}
     for program in ("sshd", "jupyter", "inference", "fatal-reviver"):
         assert states.get(program) == "RUNNING", proc.stdout
-    status = pod.ssh("python -m appliance.status --json")
+    status = pod.ssh("python -m appliance.runtime.status --json")
     assert status.returncode == 0, status.stdout + status.stderr
     report = json.loads(status.stdout)
     assert "sshd" in json.dumps(report) and "RUNNING" in json.dumps(report)

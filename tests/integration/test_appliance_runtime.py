@@ -79,7 +79,7 @@ def pod() -> Iterator[Appliance]:
 
 
 def _status(pod: Appliance, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(PYTHON), "-m", "appliance.status", *args], env=pod.env,
+    return subprocess.run([str(PYTHON), "-m", "appliance.runtime.status", *args], env=pod.env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -101,7 +101,7 @@ def test_status_and_supervisorctl_over_ssh_as_runner(pod: Appliance):
     assert proc.returncode == 0, proc.stderr
     states = dict(line.split()[:2] for line in proc.stdout.splitlines())
     assert states == dict.fromkeys(PROGRAMS, "RUNNING")
-    proc = pod.ssh("python -m appliance.status")
+    proc = pod.ssh("python -m appliance.runtime.status")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "overall: OK"
     # Logs are files, so tail works (it cannot on /dev/stdout).
@@ -364,7 +364,7 @@ def test_a_crashing_program_ends_fatal_is_recorded_and_revived(fresh_root: Path)
         sshd_pid = app.wait_running(["sshd", "fatal-reviver"])["sshd"]["pid"]
         wait_for(lambda: record("flaky").get("fatal_count", 0) >= 1, 30, what="flaky FATAL")
         flag.write_text("go\n")
-        status = subprocess.run([str(PYTHON), "-m", "appliance.status"], env=env,
+        status = subprocess.run([str(PYTHON), "-m", "appliance.runtime.status"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 1 and "broken is " in status.stdout
         app.wait_running(["flaky"], timeout=30)
@@ -398,7 +398,7 @@ def test_a_crashing_program_ends_fatal_is_recorded_and_revived(fresh_root: Path)
 ])
 def test_sshd_config_that_fails_sshd_t_stops_the_bootstrap(fresh_root: Path, extra, failure):
     env = base_env(fresh_root, START_JUPYTER="0", START_INFERENCE_API="0", RUN_ID="bad", **extra)
-    proc = subprocess.run([str(PYTHON), "-m", "appliance.bootstrap", "--no-exec"], env=env,
+    proc = subprocess.run([str(PYTHON), "-m", "appliance.runtime.bootstrap", "--no-exec"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     line = next(line for line in proc.stdout.splitlines() if "sshd_setup: FAILED" in line)

@@ -12,14 +12,14 @@ from pathlib import Path
 import chess
 import pytest
 
-from appliance.training.data import GAME_FORMAT, encode_row
-from appliance.training.generate import (
+from appliance.datasets.generate import (
     DEFAULT_ENGINE,
     GenerateConfig,
     GenerateError,
     generate_dataset,
     resolve_engine,
 )
+from appliance.datasets.rows import GAME_FORMAT, encode_row
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(REPO / "host_tools" / "datasets.py")]

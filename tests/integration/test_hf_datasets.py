@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from host_tools import datasets as cli
-from host_tools.hubemu import HubEmulator
+from host_tools.emulators.hubemu import HubEmulator
 from tests.helpers import make_dataset, random_game, write_rows
 from tests.hf_helpers import CANARY, assert_canary_never_in_urls, assert_no_canary, hf_env, run_hub
 

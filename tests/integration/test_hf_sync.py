@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.hubemu import HubEmulator
+from host_tools.emulators.hubemu import HubEmulator
 from tests.helpers import wait_until
 from tests.hf_helpers import CANARY, assert_canary_never_in_urls, assert_no_canary, hf_env, run_hub
 

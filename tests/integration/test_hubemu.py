@@ -14,7 +14,7 @@ import huggingface_hub as hh  # noqa: I001 (imported after tests.hf_helpers on p
 import pytest
 from huggingface_hub import constants, errors
 
-from host_tools.hubemu import HubEmulator
+from host_tools.emulators.hubemu import HubEmulator
 from tests.hf_helpers import CANARY, OTHER_TOKEN, run_hub  # sets the HF environment first
 
 REPO_ID = "acme/artifacts"

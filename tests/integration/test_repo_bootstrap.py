@@ -1,5 +1,5 @@
 """Repo bootstrap against real git repositories (file URLs): clone, pull, the non-git REPO_DIR
-cases, and the requirements stamp through `python -m appliance.bootstrap --no-exec`."""
+cases, and the requirements stamp through `python -m appliance.runtime.bootstrap --no-exec`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.repo import Outcome, RepoError, prepare_checkout
+from appliance.runtime.repo import Outcome, RepoError, prepare_checkout
 from tests.runtime_helpers import (
     USER,
     base_env,

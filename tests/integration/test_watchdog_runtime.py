@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from host_tools.hubemu import HubEmulator
-from host_tools.localpod import Account, LocalPodServer, RecordsBackend
+from host_tools.emulators.hubemu import HubEmulator
+from host_tools.emulators.localpod import Account, LocalPodServer, RecordsBackend
 from tests import hf_helpers
 from tests.runtime_helpers import (
     PYTHON,
@@ -125,7 +125,7 @@ def test_ssh_and_training_keep_the_pod_alive_then_exit_stops_supervisord(
         off = app.ssh("python -m appliance.watchdog keepalive off")  # as runner
         assert (off.returncode, off.stdout) == (0, "keep-alive removed\n"), off.stderr
         _held_active(state_path, ["ssh"], alive)
-        status = subprocess.run([str(PYTHON), "-m", "appliance.status"], env=app.env,
+        status = subprocess.run([str(PYTHON), "-m", "appliance.runtime.status"], env=app.env,
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.splitlines()[-2].startswith("idle watchdog: active (ssh); stop "

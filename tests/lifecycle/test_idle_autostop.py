@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from appliance.runpod import PodSpec, RunpodClient
-from host_tools.hubemu import HubEmulator
+from host_tools.emulators.hubemu import HubEmulator
+from host_tools.emulators.localpod import Account, LocalPodServer
+from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.image import Engine
-from host_tools.localpod import Account, LocalPodServer
-from host_tools.localpod.containers import ContainerBackend
 from tests import hf_helpers
 from tests.helpers import wait_until
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.emulators.localpod import Account, LocalPodServer
+from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.image import Engine
-from host_tools.localpod import Account, LocalPodServer
-from host_tools.localpod.containers import ContainerBackend
 from host_tools.provision import Env, main
 
 ACCOUNT_KEY = "rpk_CLI_LIFECYCLE_CANARY_4f2a9c"
@@ -108,7 +108,7 @@ def test_provision_ssh_smoke_stop_start_terminate(engine: Engine, localpod: Loca
     assert out.endswith("smoke: PASS\n")
     # The smoke left nothing behind: its model is gone and the API is back to "no model".
     code, _, _, ssh_out = cli("ssh", pod_id, "--", "ls -A /opt/chessbot/artifacts; "
-                              "python -m appliance.status --json")
+                              "python -m appliance.runtime.status --json")
     assert code == 0 and ".smoke-" not in ssh_out[0], ssh_out
 
     code, out, err, _ = cli("stop", pod_id, "--yes")

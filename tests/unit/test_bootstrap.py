@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from appliance import bootstrap, settings
+from appliance import settings
+from appliance.runtime import bootstrap
 
 ALL_VARS = [name for klass in settings.pod_settings_classes() for name in klass.model_fields]
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.model import vocab
-from appliance.training.batching import IGNORE, GameDataset, bucketed_batches, collate
-from appliance.training.data import (
+from appliance.datasets.rows import (
     DatasetError,
     SpliceConfig,
     detect_format,
     encode_row,
     load_games,
 )
+from appliance.model import vocab
+from appliance.training.batching import IGNORE, GameDataset, bucketed_batches, collate
 from tests.helpers import write_rows
 
 GAME = ["e2e4", "e7e5", "g1f3", "b8c6", "f1b5", "a7a6", "b5a4", "g8f6", "e1g1", "f8e7"]
@@ -134,7 +134,7 @@ def test_bucketed_batches_cover_each_game_once_and_split_evenly():
     ],
 )
 def test_illegal_move_reasons(fen, uci, reason):
-    from appliance.training.data import encode_moves
+    from appliance.datasets.rows import encode_moves
     with pytest.raises(DatasetError) as err:
         encode_moves([uci], fen, field="moves")
     assert str(err.value).startswith(f"moves[0] = {uci!r} is illegal: {reason} (position ")

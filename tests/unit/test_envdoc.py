@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from appliance import envdoc, settings
+from appliance import settings
+from appliance.runtime import envdoc
 
 
 def test_readme_table_and_env_example_are_up_to_date():
     readme = envdoc.README.read_text(encoding="utf-8")
     assert readme == envdoc.readme_with_table(readme), (
-        "README env table is stale: run `python -m appliance.envdoc`")
+        "README env table is stale: run `python -m appliance.runtime.envdoc`")
     assert envdoc.ENV_EXAMPLE.read_text(encoding="utf-8") == envdoc.env_example(), (
-        "image/env.example is stale: run `python -m appliance.envdoc`")
+        "image/env.example is stale: run `python -m appliance.runtime.envdoc`")
 
 
 def test_every_pod_variable_is_documented_with_a_doc_line():
@@ -36,5 +37,5 @@ def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
     (tmp_path / "env.example").write_text("old\n")
     assert envdoc.main(["--check"]) == 1
     assert capsys.readouterr().err == (f"stale: {tmp_path.name}/env.example; run "
-                                       "`python -m appliance.envdoc`\n")
+                                       "`python -m appliance.runtime.envdoc`\n")
     assert (tmp_path / "env.example").read_text() == "old\n"

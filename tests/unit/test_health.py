@@ -1,4 +1,4 @@
-"""Health report and `python -m appliance.status` against fake supervisord and HTTP seams."""
+"""Health report and `python -m appliance.runtime.status` against fake supervisord and HTTP seams."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance import health, status
-from appliance.health import gather, last_boot, local_url, render_table
+from appliance.runtime import health, status
+from appliance.runtime.health import gather, last_boot, local_url, render_table
 
 
 def _info(name: str, state: str, pid: int = 0, **extra: object) -> dict:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from appliance import settings
-from appliance.training import hub_datasets as hd
+from appliance.datasets import hub as hd
+from appliance.datasets.rows import DatasetError
 from appliance.training import preset
-from appliance.training.data import DatasetError
 from tests.helpers import make_dataset, write_rows
 
 GAME = "game_jsonl_runtime_splice_v1"

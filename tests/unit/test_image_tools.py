@@ -1114,7 +1114,7 @@ def test_local_pod_probes_and_tiny_training(fake_run: FakeRun) -> None:
     for rc, up in ((0, True), (1, True), (3, False), (126, False)):
         fake_run.respond = lambda argv, rc=rc: (rc, "", "")  # type: ignore[misc]
         assert pod.supervisor_up() is up
-    assert fake_run.calls[0] == ["docker", "exec", "p1", "python", "-m", "appliance.status",
+    assert fake_run.calls[0] == ["docker", "exec", "p1", "python", "-m", "appliance.runtime.status",
                                  "--json"]
     assert fake_run.kwargs[0]["timeout"] == 30
     fake_run.respond = lambda argv: (0, "", "")
@@ -1353,7 +1353,7 @@ def test_smoke_runs_the_preset_and_merges_the_logs(
     assert calls[1] == ["podman", "create", "--name", name, *PODMAN_FLAGS,
                         *[a for k in env_names for a in ("-e", k)],
                         "--entrypoint", "/usr/bin/tini", "img:latest", "--", "/bin/sh", "-c",
-                        "python -m appliance.bootstrap --no-exec && "
+                        "python -m appliance.runtime.bootstrap --no-exec && "
                         "exec python -m appliance.training.preset"]
     create_env = fake_run.kwargs[1]["env"]
     assert {k: create_env[k] for k in ("RUN_ID", "TRAIN_EPOCHS", "TRAIN_BATCH_SIZE",

@@ -14,13 +14,13 @@ import torch
 from fastapi.testclient import TestClient
 
 from appliance import settings
+from appliance.datasets.rows import encode_row
 from appliance.inference.app import Heartbeat, Service, create_app
 from appliance.inference.batcher import MicroBatcher
 from appliance.model import features
 from appliance.model.checkpoint import save_checkpoint
 from appliance.model.network import ModelConfig, MovePredictor
 from appliance.training.batching import collate
-from appliance.training.data import encode_row
 
 CANARY = "canary-api-token-7f3a91"
 START = chess.STARTING_FEN
@@ -166,7 +166,7 @@ def test_batch_endpoint(client: TestClient):
 
 
 def test_best_legal_is_legal_on_every_position_of_a_real_game(client: TestClient):
-    from appliance.training.pgn_import import ImportCounts, iter_pgn_rows
+    from appliance.datasets.pgn_import import ImportCounts, iter_pgn_rows
     real = Path(__file__).resolve().parents[1] / "fixtures" / "pgn" / "real_games_chesscom.pgn"
     rows = iter_pgn_rows(real, ImportCounts())
     game = next(rows)["moves_uci"]

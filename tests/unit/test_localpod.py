@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 import httpx
 import pytest
 
-from host_tools.localpod import Account, Fault, LocalPodServer, RecordsBackend
-from host_tools.localpod.containers import ContainerBackend
+from host_tools.emulators.localpod import Account, Fault, LocalPodServer, RecordsBackend
+from host_tools.emulators.localpod.containers import ContainerBackend
 from tests import localpod_fixture
 from tests.helpers import wait_until
 from tests.localpod_fixture import CANARY

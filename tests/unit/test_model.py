@@ -175,7 +175,7 @@ def _reference_codes(board: chess.Board) -> list[int]:
 
 
 def test_game_encoding_matches_per_position_reference():
-    from appliance.training.data import encode_row
+    from appliance.datasets.rows import encode_row
     rng = random.Random(11)
     for _ in range(30):
         moves = random_game(rng, 200)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from appliance.training.data import GAME_FORMAT, DatasetError, load_games
-from appliance.training.dataset_dir import check_output_dir, split_of, write_dataset_dir
-from appliance.training.pgn_import import import_pgn, iter_chunks
+from appliance.datasets.dataset_dir import check_output_dir, split_of, write_dataset_dir
+from appliance.datasets.pgn_import import import_pgn, iter_chunks
+from appliance.datasets.rows import GAME_FORMAT, DatasetError, load_games
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgn"
 TRAPS = FIXTURES / "traps.pgn"

@@ -1,4 +1,4 @@
-"""appliance/podcheck.py without a pod: supervisorctl parsing, the check runner, /infer against a
+"""appliance/runtime/podcheck.py without a pod: supervisorctl parsing, the check runner, /infer against a
 real loopback HTTP server, the training epoch's failures, and run_checks with its pod-bound parts
 (supervisorctl, the preset, service restarts) replaced.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from appliance import podcheck
-from appliance.podcheck import (
+from appliance.runtime import podcheck
+from appliance.runtime.podcheck import (
     FAIL,
     PASS,
     PROBE_MOVES,

@@ -19,7 +19,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from host_tools.localpod import Fault, LocalPodServer, RecordsBackend
+from host_tools.emulators.localpod import Fault, LocalPodServer, RecordsBackend
 from host_tools.podjobs import PRESET
 from host_tools.provision import main
 from tests import localpod_fixture
@@ -126,7 +126,7 @@ class FakePod:
             assert stdout is not None
             stdout.write_text(f"{self.user}\n" if self.ssh_code == 0 else "")
             return self.ssh_code
-        if command.startswith("python -m appliance.podcheck"):
+        if command.startswith("python -m appliance.runtime.podcheck"):
             assert stdout is not None
             stdout.write_text(self.checks)
             return self.checks_code
@@ -624,7 +624,7 @@ def test_smoke_existing_pod_passes(h: Harness) -> None:
                                    "(no_model)")]
     assert [r[2] for r in rows[1:7]] == ["0.1 s", "0.0 s", "0.0 s", "20.5 s", "3.0 s", "0.0 s"]
     assert cli.out.splitlines()[-1] == "smoke: PASS"
-    assert h.pod.commands == ["id -un", "python -m appliance.podcheck"]
+    assert h.pod.commands == ["id -un", "python -m appliance.runtime.podcheck"]
     for argv, stdin, stdout in h.pod.calls:
         assert argv[-2].endswith("runner@127.0.0.1")
         assert "BatchMode=yes" in argv and f"HostKeyAlias=runpod-{pod_id}" in argv
@@ -701,7 +701,7 @@ def test_smoke_podcheck_without_results_is_a_fail_row(h: Harness, output: str) -
     rows = table_rows(cli.out, "CHECK")
     assert [r[0] for r in rows] == ["ssh", "podcheck", "healthz_public"]
     assert rows[1][1] == "FAIL"
-    assert rows[1][3] == ("python -m appliance.podcheck exit 1 gave no results; is the pod "
+    assert rows[1][3] == ("python -m appliance.runtime.podcheck exit 1 gave no results; is the pod "
                           "running this project's image?")
     assert cli.out.splitlines()[-1] == "smoke: FAIL (podcheck)"
 
@@ -745,7 +745,7 @@ def test_smoke_passes_the_dataset_to_podcheck(h: Harness) -> None:
     pod_id = existing_pod(h)
     code, cli = h.run("smoke", pod_id, "--dataset", "/workspace/my data")
     assert code == 0, cli.err
-    assert h.pod.commands[1] == "python -m appliance.podcheck --dataset '/workspace/my data'"
+    assert h.pod.commands[1] == "python -m appliance.runtime.podcheck --dataset '/workspace/my data'"
 
 
 def test_smoke_public_healthz_retries_then_passes(h: Harness) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.localpod import Fault, LocalPodServer
+from host_tools.emulators.localpod import Fault, LocalPodServer
 from host_tools.provision import main
 from tests import localpod_fixture
 from tests.localpod_fixture import CANARY, CliEnv, make_cli_env

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance import settings
-from appliance.render import Layout, PodConfig, RenderError, plan, render_all
+from appliance.runtime.render import Layout, PodConfig, RenderError, plan, render_all
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 ALL_VARS = [name for klass in settings.pod_settings_classes() for name in klass.model_fields]

@@ -7,7 +7,7 @@ import json
 import xmlrpc.client
 from pathlib import Path
 
-from appliance.reviver import Reviver, parse_body, run
+from appliance.runtime.reviver import Reviver, parse_body, run
 
 
 class Clock:

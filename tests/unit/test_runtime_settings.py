@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance import settings
-from appliance.render import PodConfig
+from appliance.runtime.render import PodConfig
 
 RUNTIME_VARS = [name for klass in settings.pod_settings_classes() for name in klass.model_fields]
 

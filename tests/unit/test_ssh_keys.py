@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from appliance.ssh_setup import parse_keys
+from appliance.runtime.ssh_setup import parse_keys
 
 
 def _blob(*fields: bytes) -> str:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from appliance import settings
+from appliance.datasets.rows import SpliceConfig, encode_row
 from appliance.model.checkpoint import load_model, read_checkpoint
 from appliance.training import train
 from appliance.training.batching import collate
-from appliance.training.data import SpliceConfig, encode_row
 from tests.helpers import make_dataset, write_rows
 
 TINY = ["--embed-dim", "16", "--hidden-dim", "24", "--batch-size", "8", "--seed", "5",

@@ -49,7 +49,7 @@ from appliance.watchdog.signals import (
     read_safely,
     write_keepalive,
 )
-from host_tools.localpod import Fault, LocalPodServer
+from host_tools.emulators.localpod import Fault, LocalPodServer
 from tests import localpod_fixture
 from tests.localpod_fixture import CANARY
 
@@ -251,7 +251,7 @@ def test_keepalive_with_expiry_and_touched_by_hand(tmp_path: Path) -> None:
 
 
 def test_processes_match_patterns_but_not_the_watchdog_itself() -> None:
-    procs = [(1, "tini -- python -m appliance.bootstrap"),
+    procs = [(1, "tini -- python -m appliance.runtime.bootstrap"),
              (50, "python -m appliance.watchdog --explain appliance.training")]
     sig = ProcessSignal(["appliance.training", "torchrun"], lambda: procs, own_pid=50)
     r = sig.read(T0)

@@ -28,7 +28,7 @@ import chess
 import httpx
 
 from appliance import settings
-from appliance.health import local_url
+from appliance.runtime.health import local_url
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 SMOKE_TRAIN_ENV = {
@@ -227,7 +227,7 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m appliance.podcheck",
+    p = argparse.ArgumentParser(prog="python -m appliance.runtime.podcheck",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--dataset", type=Path, help="dir with train.jsonl and val.jsonl "
                    "(default $REPO_DIR/data/sample)")

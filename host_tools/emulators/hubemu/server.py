@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from host_tools.hubemu.store import (
+from host_tools.emulators.hubemu.store import (
     REPO_TYPES,
     HubStore,
     HubStoreError,

@@ -10,14 +10,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from host_tools.localpod.containers import ContainerBackend
-from host_tools.localpod.server import LocalPodServer
-from host_tools.localpod.state import DEFAULT_IMAGE, Account, PodBackend, RecordsBackend
+from host_tools.emulators.localpod.containers import ContainerBackend
+from host_tools.emulators.localpod.server import LocalPodServer
+from host_tools.emulators.localpod.state import DEFAULT_IMAGE, Account, PodBackend, RecordsBackend
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m host_tools.localpod",
+        prog="python -m host_tools.emulators.localpod",
         description="A local RunPod control plane: REST v2 (/v2) and the GraphQL subset "
         "(/graphql) on 127.0.0.1. Faults: POST /_localpod/faults; request log: "
         "GET /_localpod/requests.",

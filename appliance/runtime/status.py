@@ -1,4 +1,4 @@
-"""`python -m appliance.status`: the pod's health for an operator (also as runner over SSH).
+"""`python -m appliance.runtime.status`: the pod's health for an operator (also as runner over SSH).
 
 Every program's state and uptime, the inference API's /healthz, FATAL revivals, the last
 boot's phases and the idle watchdog's summary. Exit 0 when every enabled program runs, 1 when one
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from appliance import settings
 from appliance.atomic import read_json
-from appliance.health import gather, local_url, render_table
-from appliance.render import Layout, PodConfig
+from appliance.runtime.health import gather, local_url, render_table
+from appliance.runtime.render import Layout, PodConfig
 from appliance.watchdog.decision import STATE_FILE, summary_line
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_SETTINGS, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -23,7 +23,7 @@ EXIT_OK, EXIT_UNHEALTHY, EXIT_SETTINGS, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m appliance.status", description=__doc__.split("\n\n")[0],
+        prog="python -m appliance.runtime.status", description=__doc__.split("\n\n")[0],
         epilog="exit status: 0 healthy, 1 a program is not running, 2 bad settings, "
         "3 supervisord unreachable")
     p.add_argument("--json", action="store_true", help="one JSON object, for machines")

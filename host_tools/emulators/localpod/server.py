@@ -21,7 +21,7 @@ from graphql import (
     value_from_ast_untyped,
 )
 
-from host_tools.localpod.state import (
+from host_tools.emulators.localpod.state import (
     NO_CAPACITY,
     Account,
     ApiError,

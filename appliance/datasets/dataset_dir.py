@@ -15,7 +15,7 @@ from typing import IO, Any, Literal
 
 import chess
 
-from appliance.training.data import GAME_FORMAT, DatasetError
+from appliance.datasets.rows import GAME_FORMAT, DatasetError
 
 Split = Literal["train", "val"]
 SPLITS: tuple[Split, Split] = ("train", "val")

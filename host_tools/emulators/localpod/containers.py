@@ -19,8 +19,8 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 
+from host_tools.emulators.localpod.state import PodRecord
 from host_tools.image import remove_commands
-from host_tools.localpod.state import PodRecord
 
 # The appliance's port variables, by the private port RunPod would publish.
 PORT_VARIABLES = {22: "SSH_PORT", 8888: "JUPYTER_PORT", 8000: "INFERENCE_PORT"}

@@ -20,7 +20,7 @@ import chess
 import chess.engine
 from tqdm import tqdm
 
-from appliance.training.dataset_dir import (
+from appliance.datasets.dataset_dir import (
     DEFAULT_SEED,
     DEFAULT_VAL_FRACTION,
     DatasetWriter,

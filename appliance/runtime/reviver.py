@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from appliance.health import supervisor_proxy
+from appliance.runtime.health import supervisor_proxy
 
 ALREADY_STARTED = 60  # supervisor.xmlrpc.Faults
 
@@ -147,7 +147,7 @@ def run(reviver: Reviver, stdin: IO[str], stdout: IO[str], once: bool = False) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m appliance.reviver", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m appliance.runtime.reviver", description=__doc__)
     p.add_argument("--socket", type=Path, required=True, help="supervisord's unix socket")
     p.add_argument("--records", type=Path, required=True, help="dir of per-program records")
     p.add_argument("--cooldown", type=float, default=60.0, help="seconds before a revival")

@@ -10,12 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from host_tools.hubemu.server import HubEmulator
+from host_tools.emulators.hubemu.server import HubEmulator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m host_tools.hubemu",
+        prog="python -m host_tools.emulators.hubemu",
         description="A local Hugging Face Hub emulator (repo create/info, preupload, LFS, commit, "
         "tree, resolve) on 127.0.0.1, storing repos under --dir. Faults can be injected with "
         "POST /_emu/faults; GET /_emu/requests lists the requests served.",

@@ -1,6 +1,6 @@
 """PID-1 preparation of the pod: settings, account and keys, sshd, repo, configs, then supervisord.
 
-`python -m appliance.bootstrap` times each step into the phase log (source=runpod_entrypoint),
+`python -m appliance.runtime.bootstrap` times each step into the phase log (source=runpod_entrypoint),
 logs it in one line and ends in os.execve(supervisord); `--render-only DIR` only writes the
 rendered files (supervisord.conf, conf.d/, sshd_config, ...) into DIR and changes nothing else.
 """
@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from appliance import settings
 from appliance.redact import Redactor
-from appliance.render import (
+from appliance.runtime.render import (
     HOST_KEY_TYPES,
     Layout,
     PodConfig,
@@ -37,8 +37,8 @@ from appliance.render import (
     shell_env,
     sshd_config,
 )
-from appliance.repo import RepoError, prepare_checkout, sync_requirements
-from appliance.ssh_setup import (
+from appliance.runtime.repo import RepoError, prepare_checkout, sync_requirements
+from appliance.runtime.ssh_setup import (
     SetupError,
     ensure_account,
     ensure_host_keys,
@@ -376,7 +376,7 @@ def render_only(cfg: PodConfig, layout: Layout, environ: Mapping[str, str], out:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m appliance.bootstrap",
+    p = argparse.ArgumentParser(prog="python -m appliance.runtime.bootstrap",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--render-only", metavar="DIR", type=Path,
                    help="write supervisord.conf, conf.d/, sshd_config, supervisorctl and "

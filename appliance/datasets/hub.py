@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance.atomic import atomic_write_json
-from appliance.hf import HubClient
-from appliance.training.data import (
+from appliance.datasets.rows import (
     GAME_FORMAT,
     LEGACY_FORMAT,
     DatasetError,
     encode_row,
     row_format,
 )
+from appliance.hf import HubClient
 
 REPO_TYPE = "dataset"
 MANIFEST = "manifest.json"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.render import strip_credentials
+from appliance.runtime.render import strip_credentials
 
 GIT_TIMEOUT_S = 600
 PIP_TIMEOUT_S = 3600

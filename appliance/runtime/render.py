@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from appliance import settings
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "supervisord.conf.d"
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "supervisord.conf.d"
 HOST_KEY_TYPES = ("ed25519", "ecdsa")
 # Order is start order (supervisord priority); sshd stops last.
 PROGRAM_FILES = {
@@ -306,7 +306,7 @@ def program_conf(name: str, cfg: PodConfig, layout: Layout, secret_names: frozen
     host = _listen_host(cfg)
     if name == "fatal-reviver":
         rt = cfg.runtime
-        args = [py, "-m", "appliance.reviver", "--socket", str(layout.socket),
+        args = [py, "-m", "appliance.runtime.reviver", "--socket", str(layout.socket),
                 "--records", str(layout.fatal_dir),
                 "--cooldown", f"{rt.APPLIANCE_FATAL_COOLDOWN_SECONDS:g}",
                 "--max-revives", str(rt.APPLIANCE_FATAL_MAX_REVIVES), "--uncapped", "sshd"]
@@ -412,7 +412,7 @@ def shell_env(environ: Mapping[str, str], layout: Layout,
 def env_file(environ: Mapping[str, str], layout: Layout, secret_names: frozenset[str]) -> str:
     lines = [
         "# The pod's environment for login shells and ssh commands (allow-listed, no secrets).",
-        "# Written by appliance.bootstrap at every start; edits here are lost.",
+        "# Written by appliance.runtime.bootstrap at every start; edits here are lost.",
     ]
     for name, value in shell_env(environ, layout, secret_names).items():
         lines.append(f"export {name}={shlex.quote(value)}")

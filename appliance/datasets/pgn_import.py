@@ -19,13 +19,13 @@ import chess.pgn
 import zstandard
 from tqdm import tqdm
 
-from appliance.training.data import DatasetError, start_board
-from appliance.training.dataset_dir import (
+from appliance.datasets.dataset_dir import (
     DEFAULT_SEED,
     DEFAULT_VAL_FRACTION,
     DatasetWriter,
     utc_now_iso,
 )
+from appliance.datasets.rows import DatasetError, start_board
 
 MAX_SKIP_REPORTS = 100
 RESULTS = frozenset({"1-0", "0-1", "1/2-1/2", "*"})

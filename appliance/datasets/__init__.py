@@ -1,0 +1,1 @@
+"""Datasets: row formats, PGN import, Stockfish generation, dataset dirs, Hub publish/fetch."""

@@ -1,7 +1,0 @@
-"""A local Hugging Face Hub emulator (the protocol subset our flows use), storing to a directory;
-`python -m host_tools.hubemu --dir DIR` runs it, tests start `HubEmulator` in a thread.
-"""
-
-from host_tools.hubemu.server import Fault, HubEmulator, RequestRecord
-
-__all__ = ["Fault", "HubEmulator", "RequestRecord"]
