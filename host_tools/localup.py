@@ -240,7 +240,8 @@ class LocalPod:
 
     def supervisor_up(self) -> bool:
         # appliance.runtime.status exits 3 while supervisord cannot be reached, 0/1 once it can.
-        proc = self.exec("python", "-m", "appliance.runtime.status", "--json", check=False, timeout=30)
+        proc = self.exec("python", "-m", "appliance.runtime.status", "--json", check=False,
+                         timeout=30)
         return proc.returncode in (0, 1)
 
     def has_model(self) -> bool:

@@ -5,9 +5,9 @@ the artifacts back -> stop, terminate or keep the pod. Each phase is timed into 
 log (source=host_cycle) with the pod's own preset phases. On a failure the pod is cleaned up unless
 --keep-on-failure: terminated, or only stopped when it may hold artifacts not copied back.
 
-smoke: SSH, the inference API's /healthz from this machine, then `python -m appliance.runtime.podcheck`
-in the pod (supervisorctl status, /healthz, /infer, Jupyter API, one training epoch); a table of
-PASS/FAIL/SKIP. Without a POD it provisions a throwaway pod and always terminates it.
+smoke: SSH, the inference API's /healthz from this machine, then
+`python -m appliance.runtime.podcheck` in the pod (supervisorctl status, /healthz, /infer,
+Jupyter API, one training epoch); a table of PASS/FAIL/SKIP. Without a POD it provisions a throwaway pod and always terminates it.
 """
 
 from __future__ import annotations
@@ -340,8 +340,8 @@ def _smoke_rows(env: Env, pod: Pod, args: argparse.Namespace) -> list[Check]:
         except (ValueError, KeyError, TypeError):
             continue
     if len(rows) == 1:
-        rows.append(Check("podcheck", "FAIL", f"python -m appliance.runtime.podcheck exit {code} gave "
-                          "no results; is the pod running this project's image?",
+        rows.append(Check("podcheck", "FAIL", "python -m appliance.runtime.podcheck exit "
+                          f"{code} gave no results; is the pod running this project's image?",
                           int((time.monotonic() - start) * 1000)))
     # Last: by now the programs have settled (podcheck waits for STARTING ones).
     return [*rows, _public_healthz(env, pod)]

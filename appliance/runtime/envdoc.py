@@ -73,7 +73,8 @@ def env_example() -> str:
     lines = [
         "# Every environment variable the pod reads, with its default; paste into a RunPod",
         "# template and change what you need. An empty value means the default (or unset).",
-        "# Generated from appliance/settings.py by `python -m appliance.runtime.envdoc`; do not edit.",
+        "# Generated from appliance/settings.py by `python -m appliance.runtime.envdoc`;"
+        " do not edit.",
     ]
     for group, rows in variables():
         lines += ["", f"# -- {group} --"]

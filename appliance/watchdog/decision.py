@@ -75,7 +75,7 @@ class Tracker:
         return Decision(now, idle_since, deadline, active)
 
 
-# -- the state file: the running watchdog's view, for --explain and appliance.runtime.status ------------
+# -- the state file: the running watchdog's view, for --explain and appliance.runtime.status --
 
 
 def write_state(path: Path, data: dict[str, Any]) -> None:

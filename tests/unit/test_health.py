@@ -1,4 +1,5 @@
-"""Health report and `python -m appliance.runtime.status` against fake supervisord and HTTP seams."""
+"""Health report and `python -m appliance.runtime.status` against fake supervisord and HTTP
+seams."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""appliance/runtime/podcheck.py without a pod: supervisorctl parsing, the check runner, /infer against a
-real loopback HTTP server, the training epoch's failures, and run_checks with its pod-bound parts
-(supervisorctl, the preset, service restarts) replaced.
+"""appliance/runtime/podcheck.py without a pod: supervisorctl parsing, the check runner, /infer
+against a real loopback HTTP server, the training epoch's failures, and run_checks with its
+pod-bound parts (supervisorctl, the preset, service restarts) replaced.
 """
 
 from __future__ import annotations

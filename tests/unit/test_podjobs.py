@@ -745,7 +745,8 @@ def test_smoke_passes_the_dataset_to_podcheck(h: Harness) -> None:
     pod_id = existing_pod(h)
     code, cli = h.run("smoke", pod_id, "--dataset", "/workspace/my data")
     assert code == 0, cli.err
-    assert h.pod.commands[1] == "python -m appliance.runtime.podcheck --dataset '/workspace/my data'"
+    assert h.pod.commands[1] == ("python -m appliance.runtime.podcheck "
+                                 "--dataset '/workspace/my data'")
 
 
 def test_smoke_public_healthz_retries_then_passes(h: Harness) -> None:
