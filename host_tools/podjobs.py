@@ -7,7 +7,8 @@ log (source=host_cycle) with the pod's own preset phases. On a failure the pod i
 
 smoke: SSH, the inference API's /healthz from this machine, then
 `python -m appliance.runtime.podcheck` in the pod (supervisorctl status, /healthz, /infer,
-Jupyter API, one training epoch); a table of PASS/FAIL/SKIP. Without a POD it provisions a throwaway pod and always terminates it.
+Jupyter API, one training epoch); a table of PASS/FAIL/SKIP. Without a POD it provisions a
+throwaway pod and always terminates it.
 """
 
 from __future__ import annotations
