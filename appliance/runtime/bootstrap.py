@@ -2,7 +2,8 @@
 
 `python -m appliance.runtime.bootstrap` times each step into the phase log
 (source=runpod_entrypoint), logs it in one line and ends in os.execve(supervisord);
-`--render-only DIR` only writes the rendered files (supervisord.conf, conf.d/, sshd_config, ...) into DIR and changes nothing else.
+`--render-only DIR` only writes the rendered files (supervisord.conf, conf.d/, sshd_config,
+...) into DIR and changes nothing else.
 """
 
 from __future__ import annotations
