@@ -11,18 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from appliance.credentials import HF_TOKEN_ENTRY
 from appliance.redact import Redactor
+from appliance.retry import parse_retry_after, retry_delay
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-KEYRING_SERVICE = "huggingface"
-KEYRING_USERNAME = "codex_hf_write_token"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 60.0
 TOKEN_HELP = (
     "set HF_TOKEN (or HF_TOKEN_PATH), pass --token where the command has it, or store it with "
-    f"`keyring set {KEYRING_SERVICE} {KEYRING_USERNAME}`"
+    f"`{HF_TOKEN_ENTRY.set_command}`"
 )
 
 log = logging.getLogger("appliance.hf")
@@ -49,15 +49,7 @@ class HubNotFoundError(HubError):
 
 def keyring_token() -> str | None:
     """The write token stored in the system keyring, or None when there is none (or no keyring)."""
-    try:
-        import keyring
-        from keyring.errors import KeyringError
-    except ImportError:
-        return None
-    try:
-        return keyring.get_password(KEYRING_SERVICE, KEYRING_USERNAME) or None
-    except (KeyringError, RuntimeError, OSError):
-        return None
+    return HF_TOKEN_ENTRY.lookup()
 
 
 def resolve_token(
@@ -103,11 +95,7 @@ def _status_and_retry_after(exc: BaseException) -> tuple[int | None, float | Non
     status = getattr(response, "status_code", None)
     retry_after = None
     if response is not None:
-        value = response.headers.get("Retry-After")
-        try:
-            retry_after = float(value) if value is not None else None
-        except ValueError:
-            retry_after = None
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
     return status, retry_after
 
 
@@ -188,9 +176,7 @@ class HubClient:
                     if err.retryable:
                         err = HubError(f"{err} (gave up after {attempt} attempts)")
                     raise err from None
-                delay = err.retry_after if err.retry_after is not None else (
-                    self.backoff_s * 2 ** (attempt - 1))
-                delay = min(max(delay, 0.0), MAX_BACKOFF_S)
+                delay = retry_delay(attempt - 1, self.backoff_s, MAX_BACKOFF_S, err.retry_after)
                 log.warning("%s; retry %d/%d in %.1f s", err, attempt, self.attempts - 1, delay)
                 self.sleep(delay)
         raise AssertionError("unreachable")

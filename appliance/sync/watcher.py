@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from appliance.retry import backoff_delay
 from appliance.sync.index import UploadIndex, is_candidate, scan
 from appliance.sync.once import SyncJob, SyncResult
 from appliance.sync.status import FILES_LISTED, SyncStatus, write_status
@@ -306,7 +307,7 @@ class Watcher:
             result = self.uploader(ready)
         except Exception as exc:  # the watcher must outlive any failure; it retries
             self.failures += 1
-            delay = min(self.cfg.backoff_s * 2 ** (self.failures - 1), self.cfg.max_backoff_s)
+            delay = backoff_delay(self.failures - 1, self.cfg.backoff_s, self.cfg.max_backoff_s)
             self.retry_at = self.clock() + delay
             self.status.last_error = str(exc)
             log.error("upload of %d file(s) failed (attempt %d): %s; retrying in %.0f s",

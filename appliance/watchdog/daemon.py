@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.retry import backoff_delay
 from appliance.timing import TimingLog
 from appliance.watchdog.actions import Action, Outcome, SyncGate
 from appliance.watchdog.decision import Decision, Tracker, snapshot, write_state
@@ -129,7 +130,7 @@ class Watchdog:
             self.phase, self.note = "watching", f"last stop: {outcome.detail}"
         else:
             self.failures += 1
-            delay = min(self.poll_s * 2 ** (self.failures - 1), 900.0)
+            delay = backoff_delay(self.failures - 1, self.poll_s, 900.0)
             self.hold_until = self.clock() + delay
             self.phase, self.note = "holding", f"stop failed, retry in {_span(delay)}"
             log.error("%s; retrying in %s", outcome.detail, _span(delay))

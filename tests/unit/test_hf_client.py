@@ -4,6 +4,8 @@ retry schedule (Retry-After honoured, permanent errors not retried)."""
 from __future__ import annotations
 
 import logging
+import time
+from email.utils import formatdate
 from pathlib import Path
 
 import httpx2
@@ -88,6 +90,22 @@ def test_transient_errors_are_retried_with_backoff_and_retry_after():
 
     assert client._call("commit", call) == "done"
     assert sleeps == [1.0, 7.0, 4.0]
+
+
+def test_retry_after_as_an_http_date_is_honoured():
+    sleeps: list[float] = []
+    client = _client(sleeps)
+    when = formatdate(time.time() + 10, usegmt=True)
+    outcomes: list[Exception | str] = [_http_error(503, {"Retry-After": when}), "done"]
+
+    def call() -> str:
+        item = outcomes.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    assert client._call("commit", call) == "done"
+    assert len(sleeps) == 1 and 8.0 < sleeps[0] <= 10.0
 
 
 def test_retries_end_with_a_named_error():

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from email.utils import formatdate
 
 import httpx
 import pytest
@@ -99,7 +101,7 @@ def test_keyring_is_asked_for_service_runpod(monkeypatch: pytest.MonkeyPatch) ->
         return "from-ring"
 
     monkeypatch.setattr(keyring, "get_password", get_password)
-    assert runpod._keyring_lookup() == "from-ring"
+    assert resolve_api_key(None, RunpodSettings()) == ("from-ring", "keyring (service=runpod)")
     assert asked == [("runpod", "RUNPOD_API_KEY")]
 
 
@@ -109,6 +111,15 @@ def test_429_honours_retry_after_then_succeeds() -> None:
     client = client_for(lambda r: answers.pop(0), sleeps)
     assert client.get_pod("abcdefghijklmn").status == "RUNNING"
     assert sleeps == [7.0]
+
+
+def test_429_honours_retry_after_as_an_http_date() -> None:
+    when = formatdate(time.time() + 10, usegmt=True)
+    answers = [problem(429, "slow down", {"Retry-After": when}), httpx.Response(200, json=POD)]
+    sleeps: list[float] = []
+    client = client_for(lambda r: answers.pop(0), sleeps)
+    assert client.get_pod("abcdefghijklmn").status == "RUNNING"
+    assert len(sleeps) == 1 and 8.0 < sleeps[0] <= 10.0
 
 
 def test_429_with_retry_after_beyond_max_wait_fails_at_once() -> None:

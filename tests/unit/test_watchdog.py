@@ -523,7 +523,6 @@ def _pod_client(server: LocalPodServer, key: str, sleeps: list[float]) -> Callab
             raise AssertionError("the watchdog must never terminate")
 
         client.terminate_pod = no_terminate  # type: ignore[method-assign]
-        client.delete_pod = no_terminate  # type: ignore[method-assign]
         return client
 
     return factory

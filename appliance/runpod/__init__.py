@@ -1,0 +1,49 @@
+"""The RunPod API client (see client.py), with its models and typed errors. The names importers
+use are re-exported here; the package's modules are:
+
+  errors.py   typed errors with actions, and `classify` (answer -> error)
+  models.py   Pod, GpuType, Template, PodSpec (REST v2 and GraphQL answers in one vocabulary)
+  session.py  the one HTTP session: key in the Authorization header only, retries, scrubbing
+  rest.py     REST v2 calls          graphql.py  the GraphQL fallback
+  client.py   RunpodClient (REST first, GraphQL where REST is denied), API key lookup
+"""
+
+from appliance.runpod.client import RunpodClient, resolve_api_key, strip_api_key
+from appliance.runpod.errors import (
+    AccessDeniedError,
+    AuthError,
+    ConflictError,
+    InvalidRequestError,
+    NoApiKeyError,
+    NoCapacityError,
+    PaymentRequiredError,
+    RateLimitedError,
+    RunpodError,
+    ServerError,
+    TransportError,
+)
+from appliance.runpod.models import Cloud, GpuType, Pod, PodSpec, Template
+from appliance.runpod.session import USER_AGENT
+
+__all__ = [
+    "USER_AGENT",
+    "AccessDeniedError",
+    "AuthError",
+    "Cloud",
+    "ConflictError",
+    "GpuType",
+    "InvalidRequestError",
+    "NoApiKeyError",
+    "NoCapacityError",
+    "PaymentRequiredError",
+    "Pod",
+    "PodSpec",
+    "RateLimitedError",
+    "RunpodClient",
+    "RunpodError",
+    "ServerError",
+    "Template",
+    "TransportError",
+    "resolve_api_key",
+    "strip_api_key",
+]

@@ -1,0 +1,66 @@
+"""RunPod's REST v2 API, the client's first choice: pods and their actions, the GPU catalog and
+templates. A denied or missing call raises its typed error; falling back is the client's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from appliance.runpod.errors import ServerError
+from appliance.runpod.models import Cloud, GpuType, Pod, PodAction, PodSpec, Template
+from appliance.runpod.session import Session
+
+
+class RestApi:
+    """Calls to one REST v2 base URL; `params` (the URL's own query) go on every request."""
+
+    def __init__(self, session: Session, url: str, params: dict[str, str]) -> None:
+        self.session, self.url, self.params = session, url, params
+
+    def call(self, method: str, path: str, call: str, *, json_body: Any = None,
+             params: dict[str, str] | None = None, ok: Iterable[int] = (200, 201, 204),
+             retry_5xx: bool = True) -> Any:
+        """The decoded JSON answer (None when empty), or the typed error."""
+        response = self.session.request(method, self.url + path, call, json_body=json_body,
+                                        params={**self.params, **(params or {})},
+                                        retry_5xx=retry_5xx)
+        if response.status_code not in tuple(ok):
+            raise self.session.error(call, response)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ServerError(call, "the answer was not JSON", status=response.status_code) \
+                from None
+
+    def list_pods(self) -> list[Pod]:
+        body = self.call("GET", "/pods", "list pods (GET /v2/pods)")
+        return [Pod.from_v2(p) for p in (body or {}).get("pods", [])]
+
+    def get_pod(self, pod_id: str) -> Pod:
+        return Pod.from_v2(self.call("GET", f"/pods/{pod_id}", f"get pod {pod_id}"))
+
+    def create_pod(self, spec: PodSpec) -> Pod:
+        """A 5xx is not retried: RunPod may have created the pod before failing."""
+        body = spec.to_v2()
+        return Pod.from_v2(self.call("POST", "/pods", f"create pod {spec.name!r}",
+                                     json_body=body, ok=(200, 201), retry_5xx=False))
+
+    def action(self, pod_id: str, action: PodAction) -> Pod | None:
+        body = self.call("POST", f"/pods/{pod_id}/action", f"{action} pod {pod_id}",
+                         json_body={"action": action}, ok=(200, 204))
+        return Pod.from_v2(body) if body else None
+
+    def list_gpus(self, cloud: Cloud, gpu_count: int) -> list[GpuType]:
+        params = {"include": "AVAILABILITY", "product": "POD", "count": str(gpu_count)}
+        if cloud != "ALL":
+            params["cloud"] = cloud
+        body = self.call("GET", "/catalog/gpus", "GPU catalog (GET /v2/catalog/gpus)",
+                         params=params)
+        return [GpuType.from_v2(g) for g in (body or {}).get("gpus", [])]
+
+    def list_templates(self) -> list[Template]:
+        body = self.call("GET", "/templates", "list templates (GET /v2/templates)")
+        return [Template.from_v2(t) for t in (body or {}).get("templates", [])]
