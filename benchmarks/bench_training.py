@@ -29,7 +29,7 @@ from appliance.training import evaluate, train  # noqa: E402
 from appliance.training.batching import Batch, Collator, GameDataset, bucketed_batches  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
-REAL_PGN = ROOT.parent / "shared" / "data" / "real_games_chesscom.pgn"
+REAL_PGN = ROOT / "tests" / "fixtures" / "pgn" / "real_games_chesscom.pgn"
 STEPS = int(os.environ.get("BENCH_STEPS", "6"))
 EPOCHS = int(os.environ.get("BENCH_EPOCHS", "3"))
 SPLICE = SpliceConfig()

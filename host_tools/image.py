@@ -31,8 +31,8 @@ TORCH_SPECS = {"cpu": "torch==2.13.0+cpu", "cuda": "torch==2.13.0"}
 # Debian bookworm's python3: wheels are resolved for exactly this interpreter.
 TARGET_PYTHON = "3.11.2"
 IMAGE_EXTRAS = ("supervisor", "jupyterlab", "huggingface_hub")
-# DESIGN.md section 4: crun is unusable here and limits cannot be raised, so every podman
-# container states its runtime and limits explicitly.
+# Podman without a Docker engine (as in podman-in-a-container) may have no usable crun and may
+# not raise limits, so every podman container states its runtime (runc) and limits explicitly.
 PODMAN_RUN_FLAGS = ("--runtime", "runc", "--ulimit", "nofile=1024:1024",
                     "--ulimit", "nproc=1024:1024")
 

@@ -76,7 +76,7 @@ class ContainerBackend:
         for name in env_names:
             argv += ["-e", name]
         if self.engine == "podman":
-            # DESIGN.md section 4: crun is not usable here and limits cannot be raised.
+            # crun may be unusable and limits may not be raisable: runc, explicit ulimits.
             argv += ["--runtime", "runc", "--ulimit", "nofile=1024:1024",
                      "--ulimit", "nproc=1024:1024"]
         if not self.host_network:
