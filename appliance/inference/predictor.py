@@ -17,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 from appliance.model import features, vocab
-from appliance.model.encoding import EncodingError, PositionInputs, encode_moves, pad_inputs
 from appliance.model.checkpoint import LoadedModel, load_model
+from appliance.model.encoding import EncodingError, PositionInputs, encode_moves, pad_inputs
 from appliance.model.network import count_parameters
 
 TOPK_MAX = 50
