@@ -1,5 +1,6 @@
 """Atomic file writes: write a temp file beside the target, fsync, then rename it over the target.
-And the matching read: a JSON object file, or None when it is missing or unreadable.
+And the matching read: a JSON object file, or None when it is missing or unreadable; and the
+sha256 of a file. The project's one helper for each.
 
 A crash never leaves half a file, and the result gets ordinary permissions (0666 less the umask)
 rather than mkstemp's private 0600, so other accounts (inference runs as runner) can read it.
@@ -7,6 +8,7 @@ rather than mkstemp's private 0600, so other accounts (inference runs as runner)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -35,8 +37,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object], mode: int | N
             os.unlink(tmp)
 
 
-def atomic_write_json(path: Path, data: Any, indent: int = 2, mode: int | None = None) -> None:
-    text = json.dumps(data, indent=indent) + "\n"
+def atomic_write_json(path: Path, data: Any, indent: int | None = 2, mode: int | None = None,
+                      sort_keys: bool = False) -> None:
+    """Create or replace `path` with `data` as JSON and a final newline."""
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), mode)
 
 
@@ -46,3 +50,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from appliance.datasets import hub as hub_datasets  # noqa: E402
+from appliance.datasets.publish import inspect_dataset  # noqa: E402
 from appliance.hf import HubClient  # noqa: E402
 from appliance.sync.once import SyncJob, sync_once  # noqa: E402
 from host_tools.emulators.hubemu import HubEmulator  # noqa: E402
@@ -180,7 +180,7 @@ def validate_rows(tmp: Path) -> None:
     rows = sum(1 for line in (sample / "train.jsonl").open("rb") if line.strip()) + sum(
         1 for line in (sample / "val.jsonl").open("rb") if line.strip())
     started = time.monotonic()
-    hub_datasets.inspect_dataset(sample, validate=True)
+    inspect_dataset(sample, validate=True)
     validate_s = time.monotonic() - started
     started = time.monotonic()
     for name in ("train.jsonl", "val.jsonl"):

@@ -47,8 +47,9 @@ def spliced_samples(games: list[EncodedGame]) -> list[EncodedGame]:
             n = t + 1
             mask = np.zeros(n, dtype=bool)
             mask[-1] = True
-            out.append(EncodedGame(g.tokens[:n], g.targets[:n], g.phase[:n], g.side[:n],
-                                   g.boards[:n], mask, True))
+            out.append(EncodedGame(tokens=g.tokens[:n], phase=g.phase[:n], side=g.side[:n],
+                                   boards=g.boards[:n], targets=g.targets[:n], trainable=mask,
+                                   spliced=True))
     return out
 
 

@@ -1,5 +1,5 @@
 """The `publish` and `fetch` subcommands of the datasets CLI (host_tools/datasets.py): versioned
-datasets on the Hugging Face Hub, over appliance.datasets.hub.
+datasets on the Hugging Face Hub, over appliance.datasets.{manifest,publish,fetch}.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance import settings
-from appliance.datasets import hub as hd
+from appliance.datasets import fetch as hub_fetch
+from appliance.datasets import manifest as hd
+from appliance.datasets import publish
 from appliance.datasets.rows import DatasetError
 from appliance.hf import HubClient, resolve_token
 
@@ -138,7 +140,7 @@ def _run_publish(args: argparse.Namespace, argv: Sequence[str]) -> int:
     total = sum((directory / f).stat().st_size for f in hd.SPLITS
                 if (directory / f).is_file())
     with _progress_bar(args, total, "validate" if args.validate else "hash") as bar:
-        info = hd.inspect_dataset(directory, validate=args.validate,
+        info = publish.inspect_dataset(directory, validate=args.validate,
                                   progress=(lambda _w, n: bar.update(n)) if bar else None)
     import huggingface_hub
 
@@ -147,13 +149,13 @@ def _run_publish(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   "huggingface_hub": huggingface_hub.__version__}
     with tempfile.TemporaryDirectory(prefix="publish-") as staging:
         with _progress_bar(args, total, "archive") as bar:
-            plan = hd.stage(info, name, version, prefix, repo, args.archive_format,
+            plan = publish.stage(info, name, version, prefix, repo, args.archive_format,
                             Path(staging), created_by,
                             progress=(lambda _w, n: bar.update(n)) if bar else None)
         sizes = plan.sizes()
         commit = None
         if client is not None:
-            commit = hd.upload_plan(client, plan)
+            commit = publish.upload_plan(client, plan)
     elapsed = time.monotonic() - started
     rows = plan.manifest["rows"]
     if args.json:
@@ -218,8 +220,8 @@ def _run_fetch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.all_latest and manifest_out is None:
         manifest_out = cfg.HF_DATASET_FETCH_MANIFEST or dest / "fetch_manifest.json"
     started = time.monotonic()
-    fetched, manifest = hd.fetch_to_manifest(_client(args, cfg), repo, prefix, dest, manifest_out,
-                                          args.name, args.version)
+    fetched, manifest = hub_fetch.fetch_to_manifest(_client(args, cfg), repo, prefix, dest,
+                                                    manifest_out, args.name, args.version)
     elapsed = time.monotonic() - started
     if args.json:
         print(json.dumps({**manifest, "manifest_out": str(manifest_out) if manifest_out else None,

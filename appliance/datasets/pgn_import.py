@@ -25,7 +25,8 @@ from appliance.datasets.dataset_dir import (
     DatasetWriter,
     utc_now_iso,
 )
-from appliance.datasets.rows import DatasetError, start_board
+from appliance.datasets.rows import DatasetError
+from appliance.model.encoding import EncodingError, start_board
 
 MAX_SKIP_REPORTS = 100
 RESULTS = frozenset({"1-0", "0-1", "1/2-1/2", "*"})
@@ -247,7 +248,7 @@ def chunk_to_row(chunk: PgnChunk, source: str) -> tuple[dict[str, Any] | None, S
     if fen_header is not None:
         try:
             board = start_board(fen_header)
-        except DatasetError as exc:
+        except EncodingError as exc:
             return skip(BAD_FEN, str(exc))
         if board.has_chess960_castling_rights():
             return skip(UNSUPPORTED_VARIANT, f"FEN {fen_header!r} has Chess960 castling rights")

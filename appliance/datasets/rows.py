@@ -1,5 +1,8 @@
 """Dataset rows -> encoded games, with validation that names the file, line and reason.
 
+Moves are encoded by `appliance.model.encoding` (the encoding inference uses too); its
+EncodingError becomes a DatasetError here, which `load_games` prefixes with file:line.
+
 Two row formats:
   - `game_jsonl_runtime_splice_v1`: `{"moves_uci": [...]}` plus optional `fen` (start position),
     `random_plies` (0-based move indexes chosen at random, never used as targets) and metadata;
@@ -23,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import chess
 import numpy as np
 from tqdm import tqdm
 
-from appliance.model import features, vocab
+from appliance.model.encoding import EncodingError, PositionInputs, encode_moves
 
 GAME_FORMAT = "game_jsonl_runtime_splice_v1"
 LEGACY_FORMAT = "splice_rows_legacy"
@@ -55,19 +57,12 @@ class SpliceConfig:
 
 
 @dataclass
-class EncodedGame:
-    """Network inputs for every position of one game (n = number of moves = targets)."""
+class EncodedGame(PositionInputs):
+    """Network inputs and targets for every position of one game (n = number of moves)."""
 
-    tokens: np.ndarray  # (n,) int16: BOS, m1 .. m(n-1)
     targets: np.ndarray  # (n,) int16: output class of m1 .. mn
-    phase: np.ndarray  # (n,) int8
-    side: np.ndarray  # (n,) int8
-    boards: np.ndarray  # (n, 66) uint8
     trainable: np.ndarray  # (n,) bool: False for random plies and a legacy row's context
     spliced: bool  # True for a legacy row (its one target is fixed)
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
 
     def eligible(self, cfg: SpliceConfig) -> np.ndarray:
         """Positions that count as targets under `cfg`, before max_samples_per_game."""
@@ -94,78 +89,15 @@ def _uci_list(value: Any, field: str) -> list[str]:
     return value
 
 
-def _cut(text: str, limit: int) -> str:
-    """`text`, cut so an error message never echoes a huge input."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
-
-
-def _short(text: str, limit: int = 100) -> str:
-    """repr of `text`, cut the same way."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
-
-
-def start_board(fen: str | None) -> chess.Board:
-    if fen is None:
-        return chess.Board()
+def _game(moves: list[str], fen: str | None, field: str) -> EncodedGame:
+    """Encode a move list with every position trainable; DatasetError names the bad move."""
     try:
-        board = chess.Board(fen)
-    except ValueError as exc:
-        raise DatasetError(f"bad FEN {_short(fen)}: {_cut(str(exc), 160)}") from None
-    status = board.status()
-    if status != chess.STATUS_VALID:
-        raise DatasetError(f"bad FEN {_short(fen)}: not a valid position ({status!r})")
-    return board
-
-
-def illegal_reason(board: chess.Board, move: chess.Move) -> str:
-    """Why `move` is not legal on `board`, in words."""
-    color = "white" if board.turn == chess.WHITE else "black"
-    src, dst = chess.square_name(move.from_square), chess.square_name(move.to_square)
-    piece = board.piece_at(move.from_square)
-    if piece is None or piece.color != board.turn:
-        return f"there is no {color} piece on {src}"
-    if board.is_pseudo_legal(move):
-        return f"it would leave the {color} king in check"
-    name = chess.piece_name(piece.piece_type)
-    if move.promotion and piece.piece_type != chess.PAWN:
-        return f"only a pawn can promote, and {src} holds a {name}"
-    return f"the {color} {name} on {src} cannot move to {dst}"
-
-
-def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> Iterator[chess.Move]:
-    """Push each move on `board`, yielding it first; DatasetError names the bad move."""
-    for i, uci in enumerate(moves):
-        if not vocab.is_vocab_move(uci):
-            raise DatasetError(f"{field}[{i}] = {_short(uci)} is not a UCI move")
-        move = chess.Move.from_uci(uci)
-        if not board.is_legal(move):
-            raise DatasetError(
-                f"{field}[{i}] = {uci!r} is illegal: {illegal_reason(board, move)} "
-                f"(position {board.fen()!r})"
-            )
-        yield move
-        board.push(move)
-
-
-def encode_moves(
-    moves: list[str], fen: str | None = None, field: str = "moves_uci"
-) -> tuple[EncodedGame, chess.Board]:
-    """Encode a move list (all positions trainable); returns the game and the final board."""
-    board = start_board(fen)
-    n = len(moves)
-    tokens = np.empty(n, dtype=np.int16)
-    targets = np.empty(n, dtype=np.int16)
-    snaps = np.empty((n, 10), dtype=np.uint64)
-    prev = vocab.BOS_ID
-    for i, _ in enumerate(replay(moves, board, field)):
-        uci = moves[i]
-        tokens[i] = prev
-        targets[i] = vocab.move_class(uci)
-        snaps[i] = features.snapshot(board)
-        prev = vocab.move_id(uci)
-    phase, side, boards = features.encode_snapshots(snaps)
-    game = EncodedGame(tokens, targets, phase, side, boards, np.ones(n, dtype=bool), False)
-    return game, board
+        enc = encode_moves(moves, fen, field)
+    except EncodingError as exc:
+        raise DatasetError(str(exc)) from None
+    inp = enc.inputs
+    return EncodedGame(inp.tokens, inp.phase, inp.side, inp.boards, enc.targets,
+                       np.ones(len(moves), dtype=bool), False)
 
 
 def encode_row(row: Any) -> EncodedGame:
@@ -179,7 +111,7 @@ def encode_row(row: Any) -> EncodedGame:
         moves = _uci_list(row["moves_uci"], "moves_uci")
         if not moves:
             raise DatasetError("field 'moves_uci' is empty")
-        game, _ = encode_moves(moves, fen)
+        game = _game(moves, fen, "moves_uci")
         random_plies = row.get("random_plies", [])
         if not isinstance(random_plies, list) or not all(
             isinstance(i, int) and 0 <= i < len(moves) for i in random_plies
@@ -193,7 +125,7 @@ def encode_row(row: Any) -> EncodedGame:
     target = row["target"]
     if not isinstance(target, str):
         raise DatasetError("field 'target' must be a UCI string")
-    game, _ = encode_moves(context + [target], fen, field="context+target")
+    game = _game(context + [target], fen, "context+target")
     game.trainable[:] = False
     game.trainable[-1] = True
     game.spliced = True

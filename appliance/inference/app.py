@@ -1,4 +1,5 @@
 """The FastAPI app: /healthz, /infer, /infer/batch, /metrics, with auth, limits and batching.
+Bodies and error responses are defined in `inference.schemas`.
 
 The model loads on a background thread; until it is ready (or while none can be found) /healthz
 answers 503 with the reason and /infer* answer 503, and the service keeps looking for a model.
@@ -12,7 +13,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +33,19 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from appliance.inference.batcher import MicroBatcher
-from appliance.inference.predictor import TOPK_MAX, InputError, Prediction, Predictor, Prepared
+from appliance.inference.predictor import InputError, Prediction, Predictor, Prepared
+from appliance.inference.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    InferRequest,
+    InferResponse,
+    json_error,
+    validation_message,
+)
 from appliance.model.checkpoint import CheckpointError
 from appliance.settings import InferenceSettings
 
@@ -47,80 +56,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-# -- request and response bodies ---------------------------------------------------------------
-
-
-class InferRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    moves: list[str] = Field(default_factory=list, description="UCI moves played so far.")
-    fen: str | None = Field(None, description="Starting position (default: the standard one).")
-    topk: int = Field(5, ge=1, le=TOPK_MAX, description="How many ranked moves to return.")
-
-    @field_validator("moves", mode="before")
-    @classmethod
-    def _moves(cls, v: Any) -> Any:
-        if not isinstance(v, list) or not all(isinstance(m, str) for m in v):
-            raise ValueError("must be a list of UCI move strings")
-        return v
-
-    @field_validator("fen", mode="before")
-    @classmethod
-    def _fen(cls, v: Any) -> Any:
-        if v is not None and not isinstance(v, str):
-            raise ValueError("must be a FEN string or null")
-        return v
-
-    @field_validator("topk", mode="before")
-    @classmethod
-    def _topk(cls, v: Any) -> Any:
-        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= TOPK_MAX:
-            raise ValueError(f"must be an integer from 1 to {TOPK_MAX}")
-        return v
-
-
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    positions: list[InferRequest] = Field(min_length=1, description="Positions to predict.")
-
-    @field_validator("positions", mode="before")
-    @classmethod
-    def _positions(cls, v: Any) -> Any:
-        if not isinstance(v, list) or not v:
-            raise ValueError("must be a non-empty list of positions")
-        return v
-
-
-class RankedMove(BaseModel):
-    uci: str
-    prob: float
-    legal: bool
-
-
-class InferResult(BaseModel):
-    topk: list[RankedMove]
-    predicted_uci: str = Field(description="The model's top move, legal or not.")
-    best_legal: str = Field(description="The highest-ranked legal move.")
-    phase: str
-    side_to_move: str
-
-
-class InferResponse(InferResult):
-    device: str
-    latency_ms: float
-
-
-class BatchResponse(BaseModel):
-    results: list[InferResult]
-    device: str
-    latency_ms: float
-
-
-class ErrorBody(BaseModel):
-    error: str
 
 
 # -- service state -----------------------------------------------------------------------------
@@ -277,46 +212,6 @@ class Service:
                 "WWW-Authenticate": 'Bearer realm="inference", error="invalid_token"'})
 
 
-# -- errors ------------------------------------------------------------------------------------
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if part == "body":
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def validation_message(errors: list[dict[str, Any]]) -> tuple[int, list[str]]:
-    """(status, messages) for pydantic errors: 400 for bad JSON, 422 for the rest."""
-    messages = []
-    status = 422
-    for err in errors:
-        kind, loc = err.get("type", ""), tuple(err.get("loc", ()))
-        where = _path(loc)
-        if kind == "json_invalid":
-            status = 400
-            messages.append(f"malformed JSON body: {err.get('ctx', {}).get('error', 'invalid')}")
-        elif not where and kind in ("missing", "model_attributes_type", "dict_type"):
-            messages.append("request body must be a JSON object")
-        elif kind == "missing":
-            messages.append(f"{where}: required")
-        elif kind == "extra_forbidden":
-            messages.append(f"{where}: unknown field")
-        elif kind == "value_error":
-            messages.append(f"{where}: {err.get('ctx', {}).get('error', err.get('msg'))}")
-        else:
-            messages.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
-    return status, messages
-
-
-def _json_error(status: int, message: str, headers: Mapping[str, str] | None = None,
-                **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
-
-
 # -- ASGI middleware: body limit, metrics, heartbeat --------------------------------------------
 
 
@@ -370,13 +265,13 @@ class ServiceMiddleware:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | JSONResponse:
         limit = self.service.cfg.INFERENCE_MAX_BODY_BYTES
-        too_big = _json_error(413, f"request body exceeds {limit} bytes")
+        too_big = json_error(413, f"request body exceeds {limit} bytes")
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    return _json_error(400, "invalid Content-Length header")
+                    return json_error(400, "invalid Content-Length header")
                 if declared > limit:
                     return too_big
         chunks, size = [], 0
@@ -427,7 +322,7 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, messages = validation_message(list(exc.errors()))
-        return _json_error(status, messages[0], details=messages)
+        return json_error(status, messages[0], details=messages)
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
@@ -436,11 +331,11 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
             detail = f"not found: {request.url.path}"
         elif exc.status_code == 400 and detail == "There was an error parsing the body":
             detail = "malformed JSON body: cannot be parsed"
-        return _json_error(exc.status_code, detail, headers=exc.headers)
+        return json_error(exc.status_code, detail, headers=exc.headers)
 
     @app.exception_handler(InputError)
     async def on_input(request: Request, exc: InputError) -> JSONResponse:
-        return _json_error(422, str(exc))
+        return json_error(422, str(exc))
 
     @app.get("/healthz", responses={503: {"model": ErrorBody}})
     async def healthz() -> JSONResponse:

@@ -1,4 +1,5 @@
-"""The predictor behind the API: validate a position, encode it as in training, run the network.
+"""The predictor behind the API: validate a position, encode it as training does
+(`appliance.model.encoding`), run the network.
 
 `prepare` turns (moves, fen, topk) into network inputs or raises InputError with the exact
 message the API returns; `predict` runs any number of prepared positions in one forward pass.
@@ -12,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from appliance.datasets.rows import DatasetError, encode_moves
 from appliance.model import features, vocab
 from appliance.model.checkpoint import LoadedModel, load_model
+from appliance.model.encoding import EncodingError, PositionInputs, encode_moves, pad_inputs
 from appliance.model.network import count_parameters
 
 TOPK_MAX = 50
@@ -30,10 +30,7 @@ class InputError(ValueError):
 
 @dataclass
 class Prepared:
-    tokens: np.ndarray  # (n+1,) BOS then the moves
-    phase: np.ndarray  # (n+1,) features of the positions before each input token's successor
-    side: np.ndarray
-    boards: np.ndarray  # (n+1, 66)
+    inputs: PositionInputs  # n+1 positions: the start one, then the one after each move
     legal: list[str]  # legal moves in the final position, UCI
     topk: int
 
@@ -104,44 +101,25 @@ class Predictor:
                 f"moves: {len(moves)} moves exceed the limit of {self.max_history}"
             )
         try:
-            game, board = encode_moves(moves, fen, field="moves")
-        except DatasetError as exc:
+            enc = encode_moves(moves, fen, field="moves", final=True)
+        except EncodingError as exc:
             raise InputError(str(exc)) from None
+        board = enc.board
         legal = [m.uci() for m in board.legal_moves]
         if not legal:
             outcome = board.outcome()
             why = outcome.termination.name.lower() if outcome else "no legal move"
             raise InputError(f"the game is over ({why}): no legal move in the final position")
-        snap = np.array([features.snapshot(board)], dtype=np.uint64)
-        phase, side, codes = features.encode_snapshots(snap)
-        # Inputs are BOS and every move; the features are those of the position each input
-        # token leads to, the final one included, exactly as in training.
-        tail = [vocab.move_id(moves[-1])] if moves else []
-        return Prepared(
-            tokens=np.concatenate([[vocab.BOS_ID], game.tokens[1:], tail]).astype(np.int64),
-            phase=np.concatenate([game.phase, phase]),
-            side=np.concatenate([game.side, side]),
-            boards=np.concatenate([game.boards, codes]),
-            legal=legal,
-            topk=topk,
-        )
+        # The prediction is read at the final position, exactly as training reads position t.
+        return Prepared(inputs=enc.inputs, legal=legal, topk=topk)
 
     def predict(self, batch: list[Prepared]) -> list[Prediction]:
         """One forward pass for every prepared position."""
         n = len(batch)
-        t = max(len(p.tokens) for p in batch)
-        tokens = np.full((n, t), vocab.PAD_ID, dtype=np.int64)
-        phase = np.zeros((n, t), dtype=np.int64)
-        side = np.zeros((n, t), dtype=np.int64)
-        boards = np.zeros((n, t, features.BOARD_CODES), dtype=np.uint8)
-        for i, p in enumerate(batch):
-            k = len(p.tokens)
-            tokens[i, :k], phase[i, :k], side[i, :k], boards[i, :k] = (
-                p.tokens, p.phase, p.side, p.boards)
-        last = torch.tensor([len(p.tokens) - 1 for p in batch])
+        arrays = pad_inputs([p.inputs for p in batch])
+        last = torch.tensor([len(p.inputs) - 1 for p in batch])
         with torch.inference_mode():
-            logits = self.model(*(torch.from_numpy(a).to(self.device)
-                                  for a in (tokens, phase, side, boards)))
+            logits = self.model(*(torch.from_numpy(a).to(self.device) for a in arrays))
             final = logits[torch.arange(n), last.to(self.device)].float()
             probs = torch.softmax(final, dim=-1).cpu()
         out = []
@@ -157,8 +135,8 @@ class Predictor:
                 topk=top,
                 predicted_uci=ranked[0],
                 best_legal=best,
-                phase=features.PHASES[int(p.phase[-1])],
-                side_to_move=features.SIDES[int(p.side[-1])],
+                phase=features.PHASES[int(p.inputs.phase[-1])],
+                side_to_move=features.SIDES[int(p.inputs.side[-1])],
             ))
         return out
 

@@ -14,8 +14,6 @@ Board codes: 66 small integers per position: 64 squares (0 empty, 1..6 white P N
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import chess
 import numpy as np
 
@@ -89,13 +87,3 @@ def board_codes(board: chess.Board) -> np.ndarray:
     """The 66 board codes (see module doc) of `board` as uint8."""
     return encode_snapshots(np.array([snapshot(board)], dtype=np.uint64))[2][0]
 
-
-@dataclass
-class PositionFeatures:
-    phase: int
-    side: int
-    board: np.ndarray
-
-
-def position_features(board: chess.Board) -> PositionFeatures:
-    return PositionFeatures(game_phase(board), side_to_move(board), board_codes(board))

@@ -6,7 +6,6 @@ git runs as the owner of REPO_DIR, never prompts, and its messages never show UR
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pwd
 import subprocess
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.atomic import sha256_file
 from appliance.runtime.render import strip_credentials
 
 GIT_TIMEOUT_S = 600
@@ -135,7 +135,7 @@ def _pull(git: Git, ref: str, repo: Path) -> Outcome:
 # -- requirements ------------------------------------------------------------------------------
 
 def requirements_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def read_stamp(stamp: Path) -> str | None:

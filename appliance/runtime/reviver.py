@@ -8,7 +8,6 @@ that did not last (sshd: no limit) it leaves the program alone. stdout is the ev
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import xmlrpc.client
@@ -17,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from appliance.atomic import atomic_write_json
 from appliance.runtime.health import supervisor_proxy
 
 ALREADY_STARTED = 60  # supervisor.xmlrpc.Faults
@@ -59,10 +59,7 @@ class Reviver:
         print(f"{stamp} fatal-reviver: {message}", file=self.log, flush=True)
 
     def _save(self, rec: Record) -> None:
-        path = self.records_dir / f"{rec.name}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(rec), sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_json(self.records_dir / f"{rec.name}.json", asdict(rec), None, sort_keys=True)
 
     def handle(self, event: str, body: dict[str, str]) -> None:
         now = self.clock()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fcntl
 import fnmatch
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -15,21 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.atomic import atomic_write_json
+from appliance.atomic import atomic_write_json, sha256_file
 
 INDEX_FILE = "upload_index.json"
 LOCK_FILE = "sync.lock"
 INDEX_VERSION = 1
 # Writers put partial files under these names and rename them when done (checkpoint.py does).
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".incomplete", ".swp")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while data := fh.read(chunk):
-            digest.update(data)
-    return digest.hexdigest()
 
 
 def is_candidate(rel: str, patterns: Sequence[str]) -> bool:

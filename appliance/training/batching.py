@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from appliance.datasets.rows import EncodedGame, SpliceConfig
-from appliance.model import features, vocab
+from appliance.model import features
+from appliance.model.encoding import pad_inputs
 
 IGNORE = -100
 
@@ -63,20 +64,10 @@ class GameDataset(Dataset[tuple[EncodedGame, np.ndarray]]):
 
 
 def collate(items: list[tuple[EncodedGame, np.ndarray]], endgame_weight: float = 1.0) -> Batch:
-    b = len(items)
-    t = max(len(game) for game, _ in items)
-    tokens = np.full((b, t), vocab.PAD_ID, dtype=np.int64)
-    phase = np.zeros((b, t), dtype=np.int64)
-    side = np.zeros((b, t), dtype=np.int64)
-    boards = np.zeros((b, t, features.BOARD_CODES), dtype=np.uint8)
-    targets = np.full((b, t), IGNORE, dtype=np.int64)
+    tokens, phase, side, boards = pad_inputs([game for game, _ in items])
+    targets = np.full(tokens.shape, IGNORE, dtype=np.int64)
     for i, (game, mask) in enumerate(items):
-        n = len(game)
-        tokens[i, :n] = game.tokens
-        phase[i, :n] = game.phase
-        side[i, :n] = game.side
-        boards[i, :n] = game.boards
-        targets[i, :n] = np.where(mask, game.targets, IGNORE)
+        targets[i, : len(game)] = np.where(mask, game.targets, IGNORE)
     weights = (targets != IGNORE).astype(np.float32)
     if endgame_weight != 1.0:
         weights[phase == features.ENDGAME] *= endgame_weight

@@ -23,17 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from appliance.datasets.rows import (
-    DatasetError,
-    EncodedGame,
-    encode_row,
-    read_jsonl,
-    replay,
-    row_format,
-    start_board,
-)
+from appliance.datasets.rows import DatasetError, EncodedGame, encode_row, read_jsonl, row_format
 from appliance.model import features, vocab
 from appliance.model.checkpoint import CheckpointError, LoadedModel, load_model
+from appliance.model.encoding import replay, start_board
 from appliance.training.batching import collate
 
 METRIC_KEYS = ("top1", "top5", "legal_top1", "best_legal_top1", "best_legal_legal")

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from appliance import settings
-from appliance.datasets import hub as hub_datasets
+from appliance.datasets.fetch import fetch_to_manifest, read_fetch_manifest
 from appliance.datasets.rows import GAME_FORMAT, LEGACY_FORMAT, DatasetError
 from appliance.hf import HubClient, HubError, resolve_token
+from appliance.model.checkpoint import BEST_MODEL
 from appliance.timing import TimingLog
-from appliance.training.train import BEST
 
 SOURCE = "runpod_train_preset"
 
@@ -115,14 +115,14 @@ def resolve_hf_datasets(hf: settings.HfSettings, repo_dir: Path
     """HF mode: fetch the newest version of every dataset (or reuse the fetch manifest)."""
     manifest_path = hf.fetch_manifest(repo_dir)
     if hf.HF_USE_EXISTING_FETCH_MANIFEST:
-        manifest = hub_datasets.read_fetch_manifest(manifest_path)
+        manifest = read_fetch_manifest(manifest_path)
     else:
         if not hf.HF_DATASET_REPO_ID:
             raise PresetError("HF_FETCH_LATEST_ALL_DATASETS=1 needs HF_DATASET_REPO_ID (the "
                               "dataset repo, OWNER/NAME)")
         token, _ = resolve_token(None, hf.token, hf.HF_TOKEN_PATH)
         client = HubClient(hf.HF_ENDPOINT, token)
-        _, manifest = hub_datasets.fetch_to_manifest(
+        _, manifest = fetch_to_manifest(
             client, hf.HF_DATASET_REPO_ID, hf.HF_DATASET_PATH_PREFIX,
             hf.dataset_cache_dir(repo_dir), manifest_path)
     return select_bucket(manifest, hf.HF_DATASET_SCHEMA_FILTER, manifest_path)
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for val in vals:  # evaluate takes one data file
                 res["exit_code"] = subprocess.call(
                     [sys.executable, "-m", "appliance.training.evaluate", "--model",
-                     str(output_dir / BEST), "--data", str(val), *train_data]
+                     str(output_dir / BEST_MODEL), "--data", str(val), *train_data]
                 )
                 if res["exit_code"]:
                     break

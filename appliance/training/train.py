@@ -1,20 +1,20 @@
 """The trainer: whole-game training with a loss at every eligible position, on CPU, GPU or DDP.
 
-Run `python -m appliance.training.train --help`; under torchrun it trains data-parallel (gloo on
-CPU, NCCL on GPU). Writes checkpoint_last.pt every epoch, model_best.pt and metrics.json.
+Run `python -m appliance.training.train --help` (options: `training.options`); under torchrun it
+trains data-parallel (gloo on CPU, NCCL on GPU). Writes checkpoint_last.pt every epoch,
+model_best.pt and metrics.json; progress events: `training.progress`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,92 +25,25 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from appliance import settings
+from appliance.atomic import atomic_write, atomic_write_json
 from appliance.datasets.rows import DatasetError, SpliceConfig, load_games
-from appliance.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from appliance.model.checkpoint import (
+    BEST_MODEL,
+    LAST_CHECKPOINT,
+    CheckpointError,
+    read_checkpoint,
+    save_checkpoint,
+)
 from appliance.model.network import ModelConfig, MovePredictor, count_parameters
 from appliance.training.batching import IGNORE, Batch, Collator, GameDataset, bucketed_batches
+from appliance.training.options import build_parser
+from appliance.training.progress import Progress
 
-LAST = "checkpoint_last.pt"
-BEST = "model_best.pt"
 METRICS = "metrics.json"
 
 
 class TrainError(RuntimeError):
     """A training run that cannot go on, with the reason for a person."""
-
-
-def _number(kind: type[int] | type[float], low: float, high: float | None = None,
-            low_open: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a finite int or float in [low, high) (or (low, high) when low_open)."""
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            noun = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        too_low = value <= low if low_open else value < low
-        if not math.isfinite(value) or too_low or (high is not None and value >= high):
-            bound = f"> {low:g}" if low_open else f">= {low:g}"
-            if high is not None:
-                bound = f"in [{low:g}, {high:g})"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _number(int, 1)
-_non_negative_int = _number(int, 0)
-_positive_float = _number(float, 0, low_open=True)
-_non_negative_float = _number(float, 0)
-_dropout = _number(float, 0, high=1)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m appliance.training.train",
-        description="Train the move predictor on game rows (whole games, one pass each) or legacy "
-        "spliced rows. Under torchrun it trains data-parallel.",
-    )
-    p.add_argument("--train", action="append", required=True, type=Path, help="training JSONL "
-                   "(repeat for several files)")
-    p.add_argument("--val", action="append", required=True, type=Path, help="validation JSONL "
-                   "(repeat for several files)")
-    p.add_argument("--output-dir", type=Path, required=True, help="checkpoints and metrics go here")
-    p.add_argument("--epochs", type=_positive_int, default=40)
-    p.add_argument("--lr", type=_positive_float, default=2e-4)
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="games per batch")
-    p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
-    p.add_argument("--embed-dim", type=_positive_int, default=256)
-    p.add_argument("--hidden-dim", type=_positive_int, default=512)
-    p.add_argument("--num-layers", type=_positive_int, default=2)
-    p.add_argument("--dropout", type=_dropout, default=0.15)
-    p.add_argument("--rnn", choices=("lstm", "gru"), default="lstm")
-    p.add_argument("--board-feature", action=argparse.BooleanOptionalAction, default=True,
-                   help="feed the current board to the network (default: on)")
-    p.add_argument("--phase-feature", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--side-to-move-feature", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--runtime-min-context", type=_non_negative_int, default=8,
-                   help="a target position needs at least this many moves of history")
-    p.add_argument("--runtime-min-target", type=_positive_int, default=1,
-                   help="at least this many moves must remain from a target position")
-    p.add_argument("--runtime-max-samples-per-game", type=_non_negative_int, default=0,
-                   help="target positions per game per epoch, drawn at random (0 = all)")
-    p.add_argument("--endgame-phase-weight", type=_non_negative_float, default=1.0,
-                   help="loss weight of endgame targets")
-    p.add_argument("--early-stopping-patience", type=_non_negative_int, default=5,
-                   help="stop after this many epochs without a better val loss (0 = never)")
-    p.add_argument("--lr-patience", type=_non_negative_int, default=2,
-                   help="ReduceLROnPlateau patience, in epochs")
-    p.add_argument("--progress-jsonl-out", type=Path, help="append JSON-lines progress events")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, "
-                   "cuda:N")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help=f"continue from CHECKPOINT (default: OUTPUT_DIR/{LAST})")
-    p.add_argument("--max-steps-per-epoch", type=_non_negative_int, default=0,
-                   help="cap on optimizer steps per epoch (0 = whole epoch), for smoke runs")
-    return p
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -128,31 +61,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     elif device.type != "cpu":
         raise TrainError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     return device
-
-
-class Progress:
-    """Progress for people (tqdm on a terminal, rank 0) and machines (JSON lines)."""
-
-    def __init__(self, path: Path | None, primary: bool) -> None:
-        self.primary = primary
-        self.fh: IO[str] | None = None
-        if path is not None and primary:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = path.open("a", encoding="utf-8")
-
-    def event(self, kind: str, **fields: Any) -> None:
-        if self.fh is not None:
-            rec = {"event": kind, "ts": round(time.time(), 3), **fields}
-            self.fh.write(json.dumps(rec) + "\n")
-            self.fh.flush()
-
-    def say(self, line: str) -> None:
-        if self.primary:
-            tqdm.write(line, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
 
 
 def masked_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,7 +225,7 @@ class Trainer:
         if self.args.resume is None:
             return None
         if self.args.resume == "auto":
-            return Path(self.args.output_dir) / LAST
+            return Path(self.args.output_dir) / LAST_CHECKPOINT
         return Path(self.args.resume)
 
     def run(self, on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -347,7 +255,8 @@ class Trainer:
             except CheckpointError as exc:
                 raise TrainError(f"--resume: {exc}") from None
             if "train_state" not in payload:
-                raise TrainError(f"--resume: {resume} holds no training state (use {LAST})")
+                raise TrainError(
+                    f"--resume: {resume} holds no training state (use {LAST_CHECKPOINT})")
             config = ModelConfig.from_dict(payload["model_config"])
         core = MovePredictor(config).to(self.device)
         model: nn.Module = core
@@ -401,9 +310,9 @@ class Trainer:
             if self.primary:
                 common = self._meta(config, state)
                 if improved:
-                    save_checkpoint(out / BEST, core, **common)
+                    save_checkpoint(out / BEST_MODEL, core, **common)
                 save_checkpoint(
-                    out / LAST, core, **common,
+                    out / LAST_CHECKPOINT, core, **common,
                     train_state={
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "progress": state, "rng": rng,
@@ -423,18 +332,18 @@ class Trainer:
             **self._meta(config, state)["metrics"],
             "stopped_early": stopped_early,
             "elapsed_s": time.monotonic() - t_start,
-            "model_path": str(out / BEST),
+            "model_path": str(out / BEST_MODEL),
         }
         if self.primary:
             # Re-save so the best model is also the newest .pt in the output dir.
-            best = read_checkpoint(out / BEST)
+            best = read_checkpoint(out / BEST_MODEL)
             best["metrics"] = metrics
-            torch.save(best, out / BEST)
-            (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            atomic_write(out / BEST_MODEL, lambda fh: torch.save(best, fh))
+            atomic_write_json(out / METRICS, metrics)
             self.progress.event("done", **{k: v for k, v in metrics.items() if k != "history"})
             self.progress.say(
                 f"done: best epoch {state['best_epoch']}, val loss {state['best_val_loss']:.4f}; "
-                f"model {out / BEST}, metrics {out / METRICS}"
+                f"model {out / BEST_MODEL}, metrics {out / METRICS}"
             )
         self.progress.close()
         return metrics
@@ -495,8 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: continue with --resume (from {Path(args.output_dir) / LAST})",
-              file=sys.stderr)
+        last = Path(args.output_dir) / LAST_CHECKPOINT
+        print(f"interrupted: continue with --resume (from {last})", file=sys.stderr)
         return 130
     finally:
         if dist.is_initialized():

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from appliance.atomic import atomic_write_json
 from appliance.sync.status import SyncStatus, read_status
 
 State = Literal["active", "quiet", "unavailable", "error"]
@@ -255,11 +256,7 @@ class HeartbeatSignal:
 
 
 def write_keepalive(path: Path, until_epoch: float, now: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"until_epoch": until_epoch, "set_epoch": now}) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, {"until_epoch": until_epoch, "set_epoch": now}, indent=None)
 
 
 def clear_keepalive(path: Path) -> bool:

@@ -123,18 +123,3 @@ def test_bucketed_batches_cover_each_game_once_and_split_evenly():
     assert len(r0) == len(r1) == 6  # 13 batches: one left out so both ranks step together
     assert not set(i for b in r0 for i in b) & set(i for b in r1 for i in b)
 
-
-@pytest.mark.parametrize(
-    ("fen", "uci", "reason"),
-    [
-        (None, "e7e5", "there is no white piece on e7"),
-        (None, "g1g3", "the white knight on g1 cannot move to g3"),
-        ("4k3/4r3/8/8/8/8/4B3/4K3 w - - 0 1", "e2d3", "it would leave the white king in check"),
-        ("4k3/R7/8/8/8/8/8/4K3 w - - 0 1", "a7a8q", "only a pawn can promote, and a7 holds a rook"),
-    ],
-)
-def test_illegal_move_reasons(fen, uci, reason):
-    from appliance.datasets.rows import encode_moves
-    with pytest.raises(DatasetError) as err:
-        encode_moves([uci], fen, field="moves")
-    assert str(err.value).startswith(f"moves[0] = {uci!r} is illegal: {reason} (position ")

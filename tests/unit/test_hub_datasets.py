@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from appliance import settings
-from appliance.datasets import hub as hd
+from appliance.datasets import fetch, publish
+from appliance.datasets.manifest import check_name, check_prefix, default_version, parse_checksums
 from appliance.datasets.rows import DatasetError
 from appliance.training import preset
 from tests.helpers import make_dataset, write_rows
@@ -27,26 +28,26 @@ NAME_RULE = "use 1-100 letters, digits, '.', '_' or '-', starting with a letter 
 @pytest.mark.parametrize("bad", ["", "..", ".hidden", "a/b", "a\\b", "x" * 101, "ü", "a b"])
 def test_names_reject_path_tricks(bad: str):
     with pytest.raises(DatasetError) as err:
-        hd.check_name(bad, "dataset name")
+        check_name(bad, "dataset name")
     assert str(err.value) == f"dataset name {bad!r} is not allowed: {NAME_RULE}"
 
 
 def test_default_version_sorts_by_time():
-    assert hd.default_version(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == (
+    assert default_version(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == (
         "validated-20260102T030405Z")
-    assert hd.check_name(hd.default_version(), "version").startswith("validated-20")
-    assert hd.check_prefix("validated_datasets/v2") == "validated_datasets/v2"
+    assert check_name(default_version(), "version").startswith("validated-20")
+    assert check_prefix("validated_datasets/v2") == "validated_datasets/v2"
 
 
 def test_inspect_detects_format_and_counts(tmp_path: Path):
     d = make_dataset(tmp_path / "g", 5, 2)
     (d / "stats.json").unlink()
-    info = hd.inspect_dataset(d, workers=1)
+    info = publish.inspect_dataset(d, workers=1)
     assert (info.dataset_format, info.format_source, info.stats) == (GAME, "rows", None)
     assert {n: f.rows for n, f in info.files.items()} == {"train.jsonl": 5, "val.jsonl": 2}
     data = (d / "train.jsonl").read_bytes()
     assert info.files["train.jsonl"].sha256 == hashlib.sha256(data).hexdigest()
-    parallel = hd.inspect_dataset(d, workers=2)
+    parallel = publish.inspect_dataset(d, workers=2)
     assert parallel.files == info.files
 
 
@@ -71,32 +72,32 @@ def test_inspect_bad_datasets(tmp_path: Path, setup, message: str):
     d = make_dataset(tmp_path / "g", 3, 2)
     setup(d)
     with pytest.raises(DatasetError) as err:
-        hd.inspect_dataset(d, workers=1)
+        publish.inspect_dataset(d, workers=1)
     assert str(err.value) == message.format(d=d)
 
 
 def test_first_bad_row_is_reported_with_parallel_validation(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(hd, "VALIDATE_CHUNK_ROWS", 3)
+    monkeypatch.setattr(publish, "VALIDATE_CHUNK_ROWS", 3)
     d = make_dataset(tmp_path / "g", 20, 2)
     lines = (d / "train.jsonl").read_text().splitlines()
     for bad in (7, 16):
         lines[bad - 1] = json.dumps({"context": ["e2e4"], "target": "e7e5"})
     (d / "train.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError) as err:
-        hd.inspect_dataset(d, workers=2)
+        publish.inspect_dataset(d, workers=2)
     assert str(err.value) == (f"{d}/train.jsonl:7: row format splice_rows_legacy differs from "
                               "the dataset's game_jsonl_runtime_splice_v1")
-    assert hd.inspect_dataset(d, validate=False).files["train.jsonl"].rows == 20
+    assert publish.inspect_dataset(d, validate=False).files["train.jsonl"].rows == 20
 
 
 def test_archive_is_reproducible_and_manifest_complete(tmp_path: Path):
     d = make_dataset(tmp_path / "g", 4, 2)
-    info = hd.inspect_dataset(d, workers=1)
+    info = publish.inspect_dataset(d, workers=1)
     plans = []
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
-        plans.append(hd.stage(info, "g", "v1", "validated_datasets", "acme/d", "tar.gz",
-                              tmp_path / run, {"tool": "test"}))
+        plans.append(publish.stage(info, "g", "v1", "validated_datasets", "acme/d", "tar.gz",
+                                   tmp_path / run, {"tool": "test"}))
     assert (tmp_path / "a" / "data.tar.gz").read_bytes() == (
         tmp_path / "b" / "data.tar.gz").read_bytes()
     plan = plans[0]
@@ -105,13 +106,13 @@ def test_archive_is_reproducible_and_manifest_complete(tmp_path: Path):
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["schema"] == "chessbot-dataset-manifest-v1"
     assert sorted(manifest["files"]) == ["stats.json", "train.jsonl", "val.jsonl"]
-    raw = hd.stage(info, "g", "v1", "p", "acme/d", "none", tmp_path / "a", {})
+    raw = publish.stage(info, "g", "v1", "p", "acme/d", "none", tmp_path / "a", {})
     assert [n for _, n in raw.files] == ["train.jsonl", "val.jsonl", "stats.json",
                                          "manifest.json", "checksums.sha256"]
-    sums = hd.parse_checksums((tmp_path / "a" / "checksums.sha256").read_text(), "c")
+    sums = parse_checksums((tmp_path / "a" / "checksums.sha256").read_text(), "c")
     assert sums["train.jsonl"] == info.files["train.jsonl"].sha256
     with pytest.raises(DatasetError) as err:
-        hd.stage(info, "g", "v1", "p", "acme/d", "zip", tmp_path / "a", {})
+        publish.stage(info, "g", "v1", "p", "acme/d", "zip", tmp_path / "a", {})
     assert str(err.value) == "archive format 'zip' is unknown; expected one of tar.gz, none"
 
 
@@ -123,7 +124,7 @@ def test_archive_is_reproducible_and_manifest_complete(tmp_path: Path):
 ])
 def test_checksum_file_errors(text: str, message: str):
     with pytest.raises(DatasetError) as err:
-        hd.parse_checksums(text, "sums")
+        parse_checksums(text, "sums")
     assert str(err.value) == message
 
 
@@ -149,7 +150,7 @@ def test_extraction_refuses_path_tricks(tmp_path: Path, member: tarfile.TarInfo,
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(DatasetError) as err:
-        hd._extract(archive, _manifest(train_jsonl=b"x"), out, "A")
+        fetch.extract_archive(archive, _manifest(train_jsonl=b"x"), out, "A")
     assert str(err.value) == f"A: {message}"
     assert list(out.iterdir()) == [] and not (tmp_path / "evil.jsonl").exists()
 
@@ -162,15 +163,15 @@ def test_extraction_refuses_links_and_mismatches(tmp_path: Path):
     out.mkdir()
     archive = _tar(tmp_path / "l.tar.gz", [(link, b"")])
     with pytest.raises(DatasetError) as err:
-        hd._extract(archive, _manifest(train_jsonl=b"x"), out, "A")
+        fetch.extract_archive(archive, _manifest(train_jsonl=b"x"), out, "A")
     assert str(err.value) == "A: archive member 'train.jsonl' is not a regular file"
     archive = _tar(tmp_path / "m.tar.gz", [(tarfile.TarInfo("train.jsonl"), b"other")])
     with pytest.raises(DatasetError) as err:
-        hd._extract(archive, _manifest(train_jsonl=b"x"), out, "A")
+        fetch.extract_archive(archive, _manifest(train_jsonl=b"x"), out, "A")
     assert str(err.value) == "A: train.jsonl in the archive does not match the manifest's sha256"
     archive = _tar(tmp_path / "s.tar.gz", [(tarfile.TarInfo("train.jsonl"), b"x")])
     with pytest.raises(DatasetError) as err:
-        hd._extract(archive, _manifest(train_jsonl=b"x", val_jsonl=b"y"), out, "A")
+        fetch.extract_archive(archive, _manifest(train_jsonl=b"x", val_jsonl=b"y"), out, "A")
     assert str(err.value) == "A: archive lacks val.jsonl"
 
 
@@ -185,7 +186,7 @@ def _fetch_manifest(tmp_path: Path, formats: dict[str, list[str]]) -> dict[str, 
                 write_rows(p, [{"moves_uci": ["e2e4"]}])
                 files[split].append(str(p))
         buckets[fmt] = {"datasets": [f"{n}@v1" for n in names], **files}
-    return {"schema": hd.FETCH_SCHEMA, "aggregate_by_format": buckets}
+    return {"schema": fetch.FETCH_SCHEMA, "aggregate_by_format": buckets}
 
 
 def test_preset_picks_a_bucket(tmp_path: Path):
@@ -209,11 +210,11 @@ def test_preset_picks_a_bucket(tmp_path: Path):
 
 def test_reading_a_fetch_manifest(tmp_path: Path):
     with pytest.raises(DatasetError) as err:
-        hd.read_fetch_manifest(tmp_path / "none.json")
+        fetch.read_fetch_manifest(tmp_path / "none.json")
     assert str(err.value) == f"{tmp_path / 'none.json'}: fetch manifest not found"
     (tmp_path / "x.json").write_text('{"schema": "other"}')
     with pytest.raises(DatasetError) as err:
-        hd.read_fetch_manifest(tmp_path / "x.json")
+        fetch.read_fetch_manifest(tmp_path / "x.json")
     assert str(err.value) == (f"{tmp_path / 'x.json'}: not a fetch manifest (schema "
                               "chessbot-fetch-manifest-v1)")
 

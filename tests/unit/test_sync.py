@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.atomic import sha256_file
 from appliance.sync import pending_count, read_status
-from appliance.sync.index import UploadIndex, is_candidate, scan, sha256_file
+from appliance.sync.index import UploadIndex, is_candidate, scan
 from appliance.sync.once import SyncJob, SyncResult, commit_message
 from appliance.sync.watcher import WatchConfig, Watcher, filesystem_type
 

@@ -12,7 +12,7 @@ import torch
 from appliance import settings
 from appliance.datasets.rows import SpliceConfig, encode_row
 from appliance.model.checkpoint import load_model, read_checkpoint
-from appliance.training import train
+from appliance.training import options, train
 from appliance.training.batching import collate
 from tests.helpers import make_dataset, write_rows
 
@@ -26,7 +26,7 @@ def _args(ds: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(argv: list[str], **kw) -> dict:
-    args = train.build_parser().parse_args(argv)
+    args = options.build_parser().parse_args(argv)
     return train.Trainer(args, settings.DistributedEnv()).run(**kw)
 
 

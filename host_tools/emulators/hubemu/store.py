@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from appliance.atomic import atomic_write_json
+
 REPO_TYPES = ("model", "dataset", "space")
 # Patterns of the Hub's default .gitattributes: these paths are stored as LFS objects.
 LFS_PATTERNS = (
@@ -209,11 +211,7 @@ class HubStore:
 
     def _save(self, repo: Repo) -> None:
         path = self.repos_dir / f"{repo.repo_type}s" / f"{repo.repo_id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(repo.to_json(), fh)
-        os.replace(tmp, path)
+        atomic_write_json(path, repo.to_json(), indent=None)
 
     def get(self, repo_type: str, repo_id: str) -> Repo:
         with self._lock:

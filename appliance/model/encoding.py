@@ -1,0 +1,142 @@
+"""Moves -> network inputs, the one encoding that training and inference both feed the network.
+
+Owns the start board (from an optional FEN), the replay of UCI moves with a reason for each
+illegal one, and the inputs of each position. Position t is the one before move t (t moves
+played); its input token is the move that led to it (BOS for the start position), its features
+(phase, side to move, board codes; see `features`) are those of position t itself, and its
+target is move t. `pad_inputs` lays games of different lengths out as (games, positions)
+arrays, as the network reads them. Errors are `EncodingError`, whose message says which move
+(`field[i]`) or FEN is wrong and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import chess
+import numpy as np
+
+from appliance.model import features, vocab
+
+
+class EncodingError(ValueError):
+    """Moves or a FEN that cannot be encoded; the message names the culprit and the reason."""
+
+
+@dataclass
+class PositionInputs:
+    """What the network reads for each of n positions of one game."""
+
+    tokens: np.ndarray  # (n,) int16: the move leading to each position; BOS for the first
+    phase: np.ndarray  # (n,) int8
+    side: np.ndarray  # (n,) int8
+    boards: np.ndarray  # (n, 66) uint8
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class EncodedMoves:
+    """A move list encoded: the inputs, the target class of each move, and the final board."""
+
+    inputs: PositionInputs  # n positions (n + 1 with `final`: the one after the last move)
+    targets: np.ndarray  # (n,) int16: output class of each move
+    board: chess.Board  # the position after the last move
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text`, cut so an error message never echoes a huge input."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def short_repr(text: str, limit: int = 100) -> str:
+    """repr of `text`, cut so an error message never echoes a huge input."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
+
+
+def start_board(fen: str | None) -> chess.Board:
+    """The standard start position, or the valid position `fen` describes."""
+    if fen is None:
+        return chess.Board()
+    try:
+        board = chess.Board(fen)
+    except ValueError as exc:
+        raise EncodingError(f"bad FEN {short_repr(fen)}: {_cut(str(exc), 160)}") from None
+    status = board.status()
+    if status != chess.STATUS_VALID:
+        raise EncodingError(f"bad FEN {short_repr(fen)}: not a valid position ({status!r})")
+    return board
+
+
+def illegal_reason(board: chess.Board, move: chess.Move) -> str:
+    """Why `move` is not legal on `board`, in words."""
+    color = "white" if board.turn == chess.WHITE else "black"
+    src, dst = chess.square_name(move.from_square), chess.square_name(move.to_square)
+    piece = board.piece_at(move.from_square)
+    if piece is None or piece.color != board.turn:
+        return f"there is no {color} piece on {src}"
+    if board.is_pseudo_legal(move):
+        return f"it would leave the {color} king in check"
+    name = chess.piece_name(piece.piece_type)
+    if move.promotion and piece.piece_type != chess.PAWN:
+        return f"only a pawn can promote, and {src} holds a {name}"
+    return f"the {color} {name} on {src} cannot move to {dst}"
+
+
+def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> Iterator[chess.Move]:
+    """Push each move on `board`, yielding it first; EncodingError names the bad move."""
+    for i, uci in enumerate(moves):
+        if not vocab.is_vocab_move(uci):
+            raise EncodingError(f"{field}[{i}] = {short_repr(uci)} is not a UCI move")
+        move = chess.Move.from_uci(uci)
+        if not board.is_legal(move):
+            raise EncodingError(
+                f"{field}[{i}] = {uci!r} is illegal: {illegal_reason(board, move)} "
+                f"(position {board.fen()!r})"
+            )
+        yield move
+        board.push(move)
+
+
+def encode_moves(
+    moves: list[str], fen: str | None = None, field: str = "moves_uci", final: bool = False
+) -> EncodedMoves:
+    """Encode the positions before each move; with `final`, also the one after the last move
+    (what inference predicts from). `field` names the moves in error messages."""
+    board = start_board(fen)
+    n = len(moves)
+    positions = n + 1 if final else n
+    tokens = np.empty(positions, dtype=np.int16)
+    targets = np.empty(n, dtype=np.int16)
+    snaps = np.empty((positions, 10), dtype=np.uint64)
+    prev = vocab.BOS_ID
+    for i, _ in enumerate(replay(moves, board, field)):
+        tokens[i] = prev
+        targets[i] = vocab.move_class(moves[i])
+        snaps[i] = features.snapshot(board)
+        prev = vocab.move_id(moves[i])
+    if final:
+        tokens[n] = prev
+        snaps[n] = features.snapshot(board)
+    phase, side, boards = features.encode_snapshots(snaps)
+    return EncodedMoves(PositionInputs(tokens, phase, side, boards), targets, board)
+
+
+def pad_inputs(
+    games: Sequence[PositionInputs],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """tokens, phase, side (int64) and boards (uint8) as (games, longest) arrays; shorter games
+    are padded with PAD tokens and zero features after their end."""
+    b = len(games)
+    t = max(len(g) for g in games)
+    tokens = np.full((b, t), vocab.PAD_ID, dtype=np.int64)
+    phase = np.zeros((b, t), dtype=np.int64)
+    side = np.zeros((b, t), dtype=np.int64)
+    boards = np.zeros((b, t, features.BOARD_CODES), dtype=np.uint8)
+    for i, g in enumerate(games):
+        n = len(g)
+        tokens[i, :n], phase[i, :n], side[i, :n], boards[i, :n] = (
+            g.tokens, g.phase, g.side, g.boards)
+    return tokens, phase, side, boards
