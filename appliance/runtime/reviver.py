@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from appliance import settings
+from appliance.atomic import atomic_write
 from appliance.runtime.health import supervisor_proxy
 
 ALREADY_STARTED = 60  # supervisor.xmlrpc.Faults
@@ -59,10 +61,8 @@ class Reviver:
         print(f"{stamp} fatal-reviver: {message}", file=self.log, flush=True)
 
     def _save(self, rec: Record) -> None:
-        path = self.records_dir / f"{rec.name}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(rec), sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        text = json.dumps(asdict(rec), sort_keys=True) + "\n"
+        atomic_write(self.records_dir / f"{rec.name}.json", lambda fh: fh.write(text.encode()))
 
     def handle(self, event: str, body: dict[str, str]) -> None:
         now = self.clock()
@@ -150,8 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m appliance.runtime.reviver", description=__doc__)
     p.add_argument("--socket", type=Path, required=True, help="supervisord's unix socket")
     p.add_argument("--records", type=Path, required=True, help="dir of per-program records")
-    p.add_argument("--cooldown", type=float, default=60.0, help="seconds before a revival")
-    p.add_argument("--max-revives", type=int, default=5, help="revivals in a row, then stop")
+    defaults = settings.RuntimeSettings.model_fields
+    p.add_argument("--cooldown", type=float,
+                   default=defaults["APPLIANCE_FATAL_COOLDOWN_SECONDS"].default,
+                   help="seconds before a revival")
+    p.add_argument("--max-revives", type=int,
+                   default=defaults["APPLIANCE_FATAL_MAX_REVIVES"].default,
+                   help="revivals in a row, then stop")
     p.add_argument("--uncapped", action="append", default=[], help="program with no limit")
     args = p.parse_args(argv)
     rpc = supervisor_proxy(args.socket, timeout=5.0)
