@@ -1,2 +1,3 @@
-"""The pod runtime: what runs at container start (bootstrap, rendering, SSH, checkout) and
-what reports on it (health, status, podcheck, the env docs)."""
+"""The pod runtime: what runs at container start (bootstrap, its settings and paths model,
+rendering and placing the config files, SSH, checkout) and what reports on it (health, status,
+podcheck, the env docs)."""

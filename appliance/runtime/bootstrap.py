@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
 import secrets
@@ -17,20 +16,24 @@ import shlex
 import subprocess
 import sys
 import time
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit
-
-from pydantic import SecretStr
 
 from appliance import settings
+from appliance.atomic import atomic_write_json
 from appliance.redact import Redactor
-from appliance.runtime.render import (
+from appliance.runtime.config import (
+    BOOT_SOURCE,
     HOST_KEY_TYPES,
+    SYSTEM_PATH,
     Layout,
     PodConfig,
+    secret_fields,
+    url_password,
+)
+from appliance.runtime.files import install_supervisor, write_file, write_render_dir, write_secrets
+from appliance.runtime.render import (
     Rendered,
     RenderError,
     plan,
@@ -48,35 +51,12 @@ from appliance.runtime.ssh_setup import (
 )
 from appliance.timing import TimingLog
 
-SOURCE = "runpod_entrypoint"
 PREFIX = "appliance-bootstrap"
 TORCH_PROBE_TIMEOUT_S = 180
 
 
 class BootstrapError(RuntimeError):
     """A step that must stop the bootstrap, with what to do about it."""
-
-
-def secret_fields() -> list[str]:
-    """Every variable declared as a SecretStr: kept out of logs, configs and the services' env."""
-    out = []
-    for klass in settings.pod_settings_classes():
-        for name, f in klass.model_fields.items():
-            if SecretStr in (f.annotation, *typing.get_args(f.annotation)):
-                out.append(name)
-    return out
-
-
-def secret_values() -> dict[str, str]:
-    """The secrets that are set, by variable (settings are already validated)."""
-    out: dict[str, str] = {}
-    for klass in settings.pod_settings_classes():
-        inst = settings.load(klass)
-        for name in klass.model_fields:
-            value = getattr(inst, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                out[name] = value.get_secret_value()
-    return out
 
 
 def boot_redactor(values: list[str | None]) -> Redactor:
@@ -108,16 +88,6 @@ class BootLog:
         with path.open("a", encoding="utf-8") as fh:
             fh.writelines(line + "\n" for line in self.pending)
         self.pending.clear()
-
-
-def write_file(path: Path, text: str, mode: int, uid: int = -1, gid: int = -1) -> None:
-    """Atomic write with the mode (and owner) set before the file appears."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chown(tmp, uid, gid)
-    tmp.chmod(mode)
-    tmp.replace(path)
 
 
 def torch_importable(python: Path) -> tuple[bool, str]:
@@ -290,13 +260,7 @@ class Bootstrap:
                             f"over SSH with: cat {lay.secret_file('JUPYTER_TOKEN')}")
             values["JUPYTER_TOKEN"] = token
             self.log.redact.add(token)
-        gid = pwd.getpwnam(lay.user).pw_gid
-        for name, value in values.items():
-            # No newline: Jupyter takes JUPYTER_TOKEN_FILE's content verbatim as the token.
-            write_file(lay.secret_file(name), value, 0o440, 0, gid)
-        for old in lay.secrets_dir.iterdir():
-            if old.name not in values:
-                old.unlink()
+        write_secrets(lay, values, pwd.getpwnam(lay.user).pw_gid)
         self.secrets = values
         return note
 
@@ -309,19 +273,11 @@ class Bootstrap:
         self.left_out = dict(p.left_out)
         for name in p.left_out:
             self.left_out[name] = f"{p.left_out[name]} ({self.torch_why})"
-        conf_files = {n: r for n, r in self.rendered.items() if n.startswith("conf.d/")}
-        write_file(lay.supervisord_conf, self.rendered["supervisord.conf"].text, 0o644)
-        for name, r in conf_files.items():
-            write_file(lay.supervisor_dir / name, r.text, r.mode)
-        keep = {Path(n).name for n in conf_files}
-        for old in lay.conf_d.glob("*.conf"):
-            if old.name not in keep:
-                old.unlink()
-        write_file(lay.supervisorctl, self.rendered["supervisorctl"].text, 0o755)
+        install_supervisor(lay, self.rendered)
         record = {"programs": list(p.programs), "left_out": self.left_out,
                   "run_id": self.timing.run_id, "ssh_host_keys": self.fingerprints,
                   "supervisord_conf": str(lay.supervisord_conf)}
-        write_file(lay.boot_record, json.dumps(record, indent=2) + "\n", 0o644)
+        atomic_write_json(lay.boot_record, record, mode=0o644)
         for note in notes:
             self.log(f"jupyter: {note}")
         return (f"programs {', '.join(p.programs)} in {lay.conf_d}; supervisorctl in "
@@ -345,7 +301,7 @@ class Bootstrap:
         env["APPLIANCE_SECRETS_DIR"] = str(self.layout.secrets_dir)
         env["HF_HOME"] = str(self.layout.hf_home)
         venv_bin = str(self.layout.venv_bin)
-        path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        path = env.get("PATH", ":".join(SYSTEM_PATH))
         if venv_bin not in path.split(":"):
             env["PATH"] = f"{venv_bin}:{path}"
         return env
@@ -364,16 +320,8 @@ def render_only(cfg: PodConfig, layout: Layout, environ: Mapping[str, str], out:
                 else True)
     if cfg.services.START_JUPYTER:
         secret_names = secret_names | {"JUPYTER_TOKEN"}
-    files = render_all(cfg, layout, torch_ok=torch_ok, environ=environ,
-                       secret_names=secret_names)
-    written = []
-    for name, r in files.items():
-        path = out / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(r.text, encoding="utf-8")
-        path.chmod(r.mode)
-        written.append(path)
-    return written
+    return write_render_dir(render_all(cfg, layout, torch_ok=torch_ok, environ=environ,
+                                       secret_names=secret_names), out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -389,12 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         cfg = PodConfig.load()
-        secret_vals = secret_values()
     except settings.SettingsError as exc:
         print(f"{PREFIX}: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    secret_vals = cfg.secret_values()
     layout = Layout.of(cfg.runtime)
-    redact = boot_redactor([*secret_vals.values(), _url_password(cfg.repo.REPO_URL)])
+    redact = boot_redactor([*secret_vals.values(), url_password(cfg.repo.REPO_URL)])
     if args.render_only is not None:
         try:
             written = render_only(cfg, layout, env, args.render_only,
@@ -412,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log = BootLog(redact)
     run_id = cfg.paths.RUN_ID or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    timing = TimingLog(cfg.paths.timing_log, SOURCE, run_id)
+    timing = TimingLog(cfg.paths.timing_log, BOOT_SOURCE, run_id)
     timing.record("validate_settings", "ok", int((time.monotonic() - started) * 1000))
     log(f"validate_settings: {len(settings.pod_settings_classes())} settings groups valid; run "
         f"{run_id}; phase log {cfg.paths.timing_log}")
@@ -441,13 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stderr.flush()
     os.execve(argv_exec[0], argv_exec, boot.supervisord_env())
     return 0  # not reached
-
-
-def _url_password(url: str) -> str:
-    try:
-        return urlsplit(url).password or ""
-    except ValueError:
-        return ""
 
 
 if __name__ == "__main__":

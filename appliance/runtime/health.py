@@ -19,8 +19,10 @@ from typing import Any
 import httpx
 
 from appliance.atomic import read_json
+from appliance.runtime.config import BOOT_SOURCE
 
-BOOT_SOURCE = "runpod_entrypoint"
+# Each request to supervisord or the inference API, unless told otherwise.
+TIMEOUT_S = 3.0
 # Programs that may end by themselves: EXITED with exit status 0 is healthy.
 MAY_EXIT = frozenset({"idle-watchdog"})
 
@@ -54,7 +56,7 @@ class UnixTransport(xmlrpc.client.Transport):
         return _UnixHTTPConnection(self._path, self._timeout)
 
 
-def supervisor_proxy(sock: Path, timeout: float = 3.0) -> xmlrpc.client.ServerProxy:
+def supervisor_proxy(sock: Path, timeout: float = TIMEOUT_S) -> xmlrpc.client.ServerProxy:
     return xmlrpc.client.ServerProxy("http://localhost/RPC2",
                                      transport=UnixTransport(sock, timeout))
 
@@ -174,7 +176,7 @@ def gather(*, socket_path: Path, expected: list[str] | None, left_out: dict[str,
            records: Path, timing_log: Path, inference_url: str | None,
            rpc_factory: Callable[[Path, float], Any] = supervisor_proxy,
            http_get: Callable[..., httpx.Response] = httpx.get,
-           timeout: float = 3.0) -> Report:
+           timeout: float = TIMEOUT_S) -> Report:
     """`expected`: the programs the bootstrap configured (None: whatever supervisord has)."""
     report = Report("unknown", left_out=dict(left_out), revivals=read_revivals(records),
                     last_boot=last_boot(timing_log))

@@ -1,7 +1,9 @@
 """Settings -> the pod's config files: supervisord.conf, one program file each, sshd_config.
 
-Pure (no I/O but reading the templates in supervisord.conf.d/), so golden tests pin the output;
-the bootstrap writes the files where `Layout` says.
+Pure (no I/O but reading the templates), so golden tests pin the output; the bootstrap writes the
+files where `Layout` says. The templates are supervisord.conf.d/ at the repository's top level,
+installed with the package as appliance/runtime/templates (a symlink there in the source tree),
+and read through importlib.resources.
 """
 
 from __future__ import annotations
@@ -10,13 +12,20 @@ import shlex
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from appliance import settings
+from appliance.runtime.config import (
+    HOST_KEY_TYPES,
+    LOGIN_SHELL,
+    SYSTEM_PATH,
+    Layout,
+    PodConfig,
+    strip_credentials,
+)
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "supervisord.conf.d"
-HOST_KEY_TYPES = ("ed25519", "ecdsa")
+TEMPLATES = files("appliance.runtime") / "templates"
 # Order is start order (supervisord priority); sshd stops last.
 PROGRAM_FILES = {
     "fatal-reviver": "00-fatal-reviver.conf",
@@ -29,159 +38,10 @@ PROGRAM_FILES = {
 # Login shells get these besides the settings variables that are set (never a secret).
 EXTRA_SHELL_VARS = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
                     "NVIDIA_DRIVER_CAPABILITIES", "TZ", "LANG", "LC_ALL")
-SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
 
 
 class RenderError(ValueError):
     """A value that cannot be written into a config file safely, named."""
-
-
-@dataclass(frozen=True)
-class PodConfig:
-    """The settings the pod runtime reads, loaded together."""
-
-    runtime: settings.RuntimeSettings
-    services: settings.ServiceSettings
-    paths: settings.PathSettings
-    repo: settings.RepoSettings
-    ssh: settings.SshSettings
-    jupyter: settings.JupyterSettings
-    inference: settings.InferenceSettings
-
-    @classmethod
-    def load(cls) -> PodConfig:
-        """Every pod settings class is validated; all bad variables are named in one error."""
-        problems: list[str] = []
-        for klass in settings.pod_settings_classes():
-            try:
-                settings.load(klass)
-            except settings.SettingsError as exc:
-                problems.append(str(exc).removeprefix("bad environment: "))
-        if problems:
-            raise settings.SettingsError("bad environment: " + "; ".join(problems))
-        return cls(settings.load(settings.RuntimeSettings), settings.load(settings.ServiceSettings),
-                   settings.load(settings.PathSettings), settings.load(settings.RepoSettings),
-                   settings.load(settings.SshSettings), settings.load(settings.JupyterSettings),
-                   settings.load(settings.InferenceSettings))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Every path the bootstrap reads or writes, from RuntimeSettings."""
-
-    workspace: Path
-    state_dir: Path
-    etc_dir: Path
-    run_dir: Path
-    privsep_dir: Path
-    bin_dir: Path
-    secrets_dir: Path
-    user: str
-    user_home: Path
-    python: Path
-    stamp: Path
-    hf_home: Path
-    sshd: Path
-
-    @classmethod
-    def of(cls, rt: settings.RuntimeSettings) -> Layout:
-        state = rt.APPLIANCE_STATE_DIR or rt.WORKSPACE_DIR / ".appliance"
-        python = rt.APPLIANCE_PYTHON
-        return cls(
-            workspace=rt.WORKSPACE_DIR,
-            state_dir=state,
-            etc_dir=rt.APPLIANCE_ETC_DIR,
-            run_dir=rt.APPLIANCE_RUN_DIR,
-            privsep_dir=rt.APPLIANCE_SSHD_PRIVSEP_DIR,
-            bin_dir=rt.APPLIANCE_BIN_DIR,
-            secrets_dir=rt.APPLIANCE_SECRETS_DIR or rt.APPLIANCE_RUN_DIR / "appliance" / "secrets",
-            user=rt.APPLIANCE_USER,
-            user_home=rt.APPLIANCE_USER_HOME or Path("/home") / rt.APPLIANCE_USER,
-            python=python,
-            stamp=rt.APPLIANCE_REQUIREMENTS_STAMP
-            or python.parent.parent / ".appliance-requirements.sha256",
-            hf_home=rt.HF_HOME or rt.WORKSPACE_DIR / ".cache" / "huggingface",
-            sshd=rt.APPLIANCE_SSHD,
-        )
-
-    @property
-    def log_dir(self) -> Path:
-        return self.state_dir / "logs"
-
-    @property
-    def host_key_store(self) -> Path:
-        return self.state_dir / "ssh"
-
-    @property
-    def ssh_dir(self) -> Path:
-        return self.etc_dir / "ssh"
-
-    @property
-    def sshd_config(self) -> Path:
-        return self.etc_dir / "ssh" / "sshd_config"
-
-    @property
-    def supervisor_dir(self) -> Path:
-        return self.etc_dir / "supervisor"
-
-    @property
-    def supervisord_conf(self) -> Path:
-        return self.etc_dir / "supervisor" / "supervisord.conf"
-
-    @property
-    def conf_d(self) -> Path:
-        return self.etc_dir / "supervisor" / "conf.d"
-
-    @property
-    def env_file(self) -> Path:
-        return self.etc_dir / "profile.d" / "appliance-env.sh"
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.run_dir / "supervisor"
-
-    @property
-    def socket(self) -> Path:
-        return self.run_dir / "supervisor" / "supervisor.sock"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.run_dir / "supervisord.pid"
-
-    @property
-    def appliance_run(self) -> Path:
-        return self.run_dir / "appliance"
-
-    @property
-    def fatal_dir(self) -> Path:
-        return self.run_dir / "appliance" / "fatal"
-
-    @property
-    def heartbeat_dir(self) -> Path:
-        """Written by inference (as the user), read by the idle watchdog."""
-        return self.run_dir / "appliance" / "heartbeat"
-
-    @property
-    def boot_record(self) -> Path:
-        return self.run_dir / "appliance" / "bootstrap.json"
-
-    @property
-    def supervisorctl(self) -> Path:
-        return self.bin_dir / "supervisorctl"
-
-    @property
-    def authorized_keys(self) -> Path:
-        return self.user_home / ".ssh" / "authorized_keys"
-
-    @property
-    def venv_bin(self) -> Path:
-        return self.python.parent
-
-    def host_key(self, key_type: str) -> Path:
-        return self.ssh_dir / f"ssh_host_{key_type}_key"
-
-    def secret_file(self, name: str) -> Path:
-        return self.secrets_dir / name
 
 
 @dataclass(frozen=True)
@@ -248,11 +108,11 @@ def _sshd_value(value: str, what: str) -> str:
 
 
 def _template(name: str, **values: str) -> str:
-    text = (TEMPLATE_DIR / name).read_text(encoding="utf-8")
+    text = (TEMPLATES / name).read_text(encoding="utf-8")
     try:
         return string.Template(text).substitute(values)
     except KeyError as exc:
-        raise RenderError(f"template {TEMPLATE_DIR / name} uses ${exc.args[0]}, which render.py "
+        raise RenderError(f"template {TEMPLATES / name} uses ${exc.args[0]}, which render.py "
                           "does not fill in") from None
 
 
@@ -260,7 +120,7 @@ def _template(name: str, **values: str) -> str:
 
 def _user_env(layout: Layout, **extra: str) -> dict[str, str]:
     return {"HOME": str(layout.user_home), "USER": layout.user, "LOGNAME": layout.user,
-            "SHELL": "/bin/bash", **extra}
+            "SHELL": LOGIN_SHELL, **extra}
 
 
 def _hf_token_path(layout: Layout, secret_names: frozenset[str]) -> dict[str, str]:
@@ -376,20 +236,6 @@ def sshd_config(cfg: PodConfig, layout: Layout, shell_vars: Mapping[str, str]) -
 def supervisorctl_shim(layout: Layout) -> str:
     return _template("supervisorctl", python=str(layout.python),
                      config=repr(str(layout.supervisord_conf)))
-
-
-def strip_credentials(url: str) -> str:
-    """A URL without its user:password part (for logs and shells)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def shell_env(environ: Mapping[str, str], layout: Layout,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.atomic import sha256_file
-from appliance.runtime.render import strip_credentials
+from appliance.atomic import atomic_write, sha256_file
+from appliance.runtime.config import strip_credentials
 
 GIT_TIMEOUT_S = 600
 PIP_TIMEOUT_S = 3600
@@ -175,9 +175,6 @@ def sync_requirements(repo_dir: Path, python: Path, stamp: Path, *, force: bool,
     if proc.returncode != 0:
         raise RepoError(f"pip install -r {req} failed (exit {proc.returncode}); stamp not "
                         f"updated: {tail}")
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(digest + "\n", encoding="utf-8")
-    tmp.replace(stamp)
+    atomic_write(stamp, lambda fh: fh.write(f"{digest}\n".encode()))
     return Outcome("installed", f"pip install -r {req} ({why}); stamp {digest[:12]}",
                    exit_code=proc.returncode)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from appliance import settings
 from appliance.atomic import atomic_write_json
 from appliance.runtime.health import supervisor_proxy
 
@@ -147,8 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m appliance.runtime.reviver", description=__doc__)
     p.add_argument("--socket", type=Path, required=True, help="supervisord's unix socket")
     p.add_argument("--records", type=Path, required=True, help="dir of per-program records")
-    p.add_argument("--cooldown", type=float, default=60.0, help="seconds before a revival")
-    p.add_argument("--max-revives", type=int, default=5, help="revivals in a row, then stop")
+    defaults = settings.RuntimeSettings.model_fields
+    p.add_argument("--cooldown", type=float,
+                   default=defaults["APPLIANCE_FATAL_COOLDOWN_SECONDS"].default,
+                   help="seconds before a revival")
+    p.add_argument("--max-revives", type=int,
+                   default=defaults["APPLIANCE_FATAL_MAX_REVIVES"].default,
+                   help="revivals in a row, then stop")
     p.add_argument("--uncapped", action="append", default=[], help="program with no limit")
     args = p.parse_args(argv)
     rpc = supervisor_proxy(args.socket, timeout=5.0)

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.runtime.config import LOGIN_SHELL
+
 # Key type -> how many length-prefixed strings its key data holds (RFC 4253 6.6, RFC 5656,
 # PROTOCOL.u2f); a truncated paste rarely still adds up.
 KEY_FIELDS = {
@@ -118,7 +120,7 @@ def ensure_account(user: str, home: Path, shadow: Path = Path("/etc/shadow")) ->
         pw = pwd.getpwnam(user)
         notes.append(f"{user} exists (uid {pw.pw_uid})")
     except KeyError:
-        _run(["useradd", "--home-dir", str(home), "--create-home", "--shell", "/bin/bash",
+        _run(["useradd", "--home-dir", str(home), "--create-home", "--shell", LOGIN_SHELL,
               "--user-group", user], f"creating account {user}")
         pw = pwd.getpwnam(user)
         notes.append(f"{user} created (uid {pw.pw_uid})")

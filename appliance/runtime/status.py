@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from appliance import settings
 from appliance.atomic import read_json
-from appliance.runtime.health import gather, local_url, render_table
-from appliance.runtime.render import Layout, PodConfig
+from appliance.runtime.config import Layout, PodConfig
+from appliance.runtime.health import TIMEOUT_S, gather, local_url, render_table
 from appliance.watchdog.decision import STATE_FILE, summary_line
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_SETTINGS, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="exit status: 0 healthy, 1 a program is not running, 2 bad settings, "
         "3 supervisord unreachable")
     p.add_argument("--json", action="store_true", help="one JSON object, for machines")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds per request (default 3)")
+    p.add_argument("--timeout", type=float, default=TIMEOUT_S,
+                   help=f"seconds per request (default {TIMEOUT_S:g})")
     args = p.parse_args(argv)
     try:
         cfg = PodConfig.load()

@@ -132,7 +132,7 @@ def build_signals(cfg: Config) -> list[Signal]:
 
 def build_action(cfg: Config) -> Action:
     """The configured action; runpod_api without a pod id or key is a configuration error."""
-    from appliance.runtime.render import Layout
+    from appliance.runtime.config import Layout
 
     action = cfg.wd.AUTOSTOP_ACTION
     if action == "none":

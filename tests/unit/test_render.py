@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import configparser
 import os
+import tomllib
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
 from appliance import settings
-from appliance.runtime.render import Layout, PodConfig, RenderError, plan, render_all
+from appliance.runtime.config import Layout, PodConfig
+from appliance.runtime.render import PROGRAM_FILES, RenderError, plan, render_all
 
-GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "fixtures" / "golden"
 ALL_VARS = [name for klass in settings.pod_settings_classes() for name in klass.model_fields]
 BASE = {
     "APPLIANCE_PYTHON": "/opt/venv/bin/python",
@@ -129,3 +133,20 @@ def test_values_that_cannot_be_written_safely_are_refused(monkeypatch, env, mess
     with pytest.raises(RenderError) as err:
         _render(monkeypatch, {**BASE, **env}, True)
     assert str(err.value) == message
+
+
+def test_the_templates_are_package_data_found_through_importlib_resources():
+    """supervisord.conf.d/ is the source; the package reaches it as appliance/runtime/templates
+    (a symlink here, real files in a wheel), and pyproject.toml ships that folder."""
+    source = {p.name: p.read_text() for p in (ROOT / "supervisord.conf.d").iterdir()
+              if not p.name.startswith(".")}
+    templates = files("appliance.runtime") / "templates"
+    found = {t.name: t.read_text(encoding="utf-8") for t in templates.iterdir()
+             if not t.name.startswith(".")}
+    assert found == source
+    assert {"supervisord.conf", "sshd_config", "supervisorctl"} <= set(found)
+    assert {f"{name}.conf" for name in PROGRAM_FILES} <= set(found)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["appliance.runtime"]
+    package_dir = ROOT / "appliance" / "runtime"
+    assert {p.name for pattern in shipped for p in package_dir.glob(pattern)} >= set(found)

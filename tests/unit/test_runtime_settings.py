@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance import settings
-from appliance.runtime.render import PodConfig
+from appliance.runtime.config import PodConfig
 
 RUNTIME_VARS = [name for klass in settings.pod_settings_classes() for name in klass.model_fields]
 
@@ -67,6 +67,23 @@ def test_every_bad_variable_is_named_at_once(monkeypatch):
         PodConfig.load()
     assert str(err.value).startswith("bad environment: START_SSHD='maybe': ")
     assert "; SSH_PORT='0': expected a TCP port number 1..65535" in str(err.value)
+
+
+def test_the_pod_config_reads_each_settings_class_once(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf-once")
+    monkeypatch.setenv("JUPYTER_TOKEN", "jt-once")
+    loads: list[type] = []
+    real_load = settings.load
+
+    def counting_load(klass):
+        loads.append(klass)
+        return real_load(klass)
+
+    monkeypatch.setattr(settings, "load", counting_load)
+    cfg = PodConfig.load()
+    assert cfg.secret_values() == {"HF_TOKEN": "hf-once", "JUPYTER_TOKEN": "jt-once"}
+    assert sorted(k.__name__ for k in loads) == sorted(
+        k.__name__ for k in settings.pod_settings_classes())
 
 
 def test_an_unset_secret_is_read_from_the_secrets_dir(monkeypatch, tmp_path):
