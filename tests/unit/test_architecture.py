@@ -104,8 +104,6 @@ def check(rule: Rule) -> list[str]:
 # The modeldata branch moves the move encoding into appliance.model; until it is merged the
 # predictor imports appliance.datasets.rows. Remove this marker after that merge.
 _PENDING = {
-    "inference imports nothing from training or datasets": "predictor.py imports "
-    "appliance.datasets.rows until the modeldata branch is merged",
     "the emulators use no other workstation code than the container engine": "localpod's "
     "containers.py imports host_tools.image until the workstation branch (host_tools.engine) "
     "is merged",
