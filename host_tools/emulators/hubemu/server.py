@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from host_tools.emulators.base import (
     HOST,
@@ -27,7 +27,7 @@ from host_tools.emulators.base import (
     RegexFault,
 )
 from host_tools.emulators.hubemu import commits, files, repos
-from host_tools.emulators.hubemu.repos import NAME, repo_url_prefix
+from host_tools.emulators.hubemu.repos import NAME
 from host_tools.emulators.hubemu.store import HubError, HubStore, Repo
 
 MAX_JSON_BODY = 64 * 1024 * 1024
@@ -221,6 +221,3 @@ class HubEmulator(EmulatorServer):
 
     def clear_requests(self) -> None:
         self.state.clear_requests()
-
-    def file_url(self, repo_type: str, repo_id: str, path: str) -> str:
-        return f"{self.url}/{repo_url_prefix(repo_type)}{repo_id}/resolve/main/{quote(path)}"
