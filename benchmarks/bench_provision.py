@@ -126,7 +126,7 @@ def main_() -> None:
         public_key = key.with_suffix(".pub").read_text().strip()
         server = LocalPodServer(Account(ContainerBackend(engine.name, host_network=True), {KEY},
                                         boot_polls=0, image=image, public_key=public_key))
-        server.start_background()
+        server.start()
         os.environ.update(RUNPOD_API_KEY=KEY, RUNPOD_REST_URL=server.rest_url,
                           RUNPOD_GRAPHQL_URL=server.graphql_url,
                           RUNPOD_SSH_KNOWN_HOSTS_FILE=str(tmp / "known_hosts"),
@@ -136,7 +136,7 @@ def main_() -> None:
             bench_provision(engine, image, public_key)
             bench_cycle(tmp)
         finally:
-            server.close()  # terminates whatever a failed round left
+            server.stop()  # terminates whatever a failed round left
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ CANARY = "rpk_CANARY_5e1f0c9a7d3b2846"
 @pytest.fixture
 def localpod(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalPodServer]:
     server = LocalPodServer(Account(RecordsBackend(), {CANARY}, boot_polls=1))
-    server.start_background()
+    server.start()
     monkeypatch.setenv("RUNPOD_API_KEY", CANARY)
     monkeypatch.setenv("RUNPOD_REST_URL", server.rest_url)
     monkeypatch.setenv("RUNPOD_GRAPHQL_URL", server.graphql_url)
     try:
         yield server
     finally:
-        server.close()
+        server.stop()
 
 
 @dataclass

@@ -279,7 +279,7 @@ def test_a_busy_jupyter_kernel_keeps_the_pod_alive(jupyter: str, tmp_path: Path)
 def test_runpod_api_stops_the_localpod_pod_after_uploading_pending_artifacts(
         tmp_path: Path) -> None:
     server = LocalPodServer(Account(RecordsBackend(), {RUNPOD_ACCOUNT_KEY}, boot_polls=0))
-    server.start_background()
+    server.start()
     hub = HubEmulator(tmp_path / "hub", tokens=frozenset({hf_helpers.CANARY})).start()
     try:
         pod = server.account.create_pod(
@@ -325,4 +325,4 @@ def test_runpod_api_stops_the_localpod_pod_after_uploading_pending_artifacts(
         assert pod.pod_key not in text and hf_helpers.CANARY not in text
     finally:
         hub.stop()
-        server.close()
+        server.stop()

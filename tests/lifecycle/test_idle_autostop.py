@@ -41,12 +41,12 @@ def localpod(engine: Engine, image: str, client_key: Path) -> Iterator[LocalPodS
     account = Account(backend, {ACCOUNT_KEY}, boot_polls=0, image=image,
                       public_key=client_key.with_suffix(".pub").read_text().strip())
     server = LocalPodServer(account)
-    server.start_background()
+    server.start()
     try:
         yield server
     finally:
         names = [ContainerBackend.names(p) for p in account.pods.values()]
-        server.close()  # terminates every pod: container and volume removed
+        server.stop()  # terminates every pod: container and volume removed
         for container, volume in names:  # in case a terminate failed half way
             for argv in engine.remove(container, 0):
                 subprocess.run(argv, capture_output=True, check=False)

@@ -37,7 +37,7 @@ def localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
                       boot_polls=0, image=image,
                       public_key=client_key.with_suffix(".pub").read_text().strip())
     server = LocalPodServer(account)
-    server.start_background()
+    server.start()
     for name, value in {"RUNPOD_API_KEY": ACCOUNT_KEY, "RUNPOD_REST_URL": server.rest_url,
                         "RUNPOD_GRAPHQL_URL": server.graphql_url,
                         "RUNPOD_SSH_KNOWN_HOSTS_FILE": str(tmp_path / "known_hosts"),
@@ -48,7 +48,7 @@ def localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
         yield server
     finally:
         names = [ContainerBackend.names(p) for p in account.pods.values()]
-        server.close()
+        server.stop()
         for container, volume in names:
             for argv in engine.remove(container, 0):
                 subprocess.run(argv, capture_output=True, check=False)

@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"hubemu listening on {hub.url} (data in {args.dir})", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         hub.serve_forever()
+    hub.stop()
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.atomic import atomic_write_json
+from host_tools.emulators.base import HttpError
 
 REPO_TYPES = ("model", "dataset", "space")
 # Patterns of the Hub's default .gitattributes: these paths are stored as LFS objects.
@@ -31,14 +32,13 @@ LFS_MIN_SIZE = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
 
 
-class HubStoreError(Exception):
-    """A request the store refuses: HTTP status, Hub error code (X-Error-Code) and message."""
+class HubError(HttpError):
+    """A request the Hub refuses: HTTP status, message, Hub error code (X-Error-Code), headers."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
         self.code = code
-        self.message = message
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -93,7 +93,7 @@ class Repo:
             for commit in self.commits:
                 if commit.oid == revision:
                     return commit
-        raise HubStoreError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,7 +172,7 @@ class HubStore:
                     size += len(chunk)
                     fh.write(chunk)
             if digest.hexdigest() != expected_sha256:
-                raise HubStoreError(
+                raise HubError(
                     400, f"sha256 of the uploaded content is {digest.hexdigest()}, "
                     f"not the announced oid {expected_sha256}"
                 )
@@ -184,14 +184,14 @@ class HubStore:
 
     def lfs_entry(self, sha256: str, size: int, path: str) -> FileEntry:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise HubStoreError(400, f"LFS oid of {path!r} is not a sha256 hex digest")
+            raise HubError(400, f"LFS oid of {path!r} is not a sha256 hex digest")
         obj = self.object_path(sha256)
         if not obj.is_file():
-            raise HubStoreError(
+            raise HubError(
                 422, f"LFS object {sha256} of {path!r} was never uploaded", "LfsObjectMissing"
             )
         if obj.stat().st_size != size:
-            raise HubStoreError(422, f"LFS object {sha256} of {path!r} is not {size} bytes")
+            raise HubError(422, f"LFS object {sha256} of {path!r} is not {size} bytes")
         digest = hashlib.sha1(b"blob %d\0" % size)
         with obj.open("rb") as fh:
             while chunk := fh.read(1 << 20):
@@ -217,7 +217,7 @@ class HubStore:
         with self._lock:
             repo = self._repos.get((repo_type, repo_id))
         if repo is None:
-            raise HubStoreError(404, "Repository not found", "RepoNotFound")
+            raise HubError(404, "Repository not found", "RepoNotFound")
         return repo
 
     def create(self, repo_type: str, repo_id: str, private: bool) -> tuple[Repo, bool]:
@@ -242,11 +242,11 @@ class HubStore:
     ) -> Commit:
         """Apply all of `ops` as one new commit on main, or none of them."""
         if revision != "main":
-            raise HubStoreError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         with self._lock:
             head = repo.head
             if parent is not None and parent != head.oid:
-                raise HubStoreError(412, f"A commit has happened since {parent}; head is "
+                raise HubError(412, f"A commit has happened since {parent}; head is "
                                     f"{head.oid}")
             files = dict(head.files)
             for op in ops:
@@ -255,14 +255,14 @@ class HubStore:
                     files[op.path] = op.entry
                 elif op.kind == "delete_file":
                     if files.pop(op.path, None) is None:
-                        raise HubStoreError(
+                        raise HubError(
                             404, f"A file with this name doesn't exist: {op.path}", "EntryNotFound"
                         )
                 else:
                     prefix = op.path.rstrip("/") + "/"
                     gone = [p for p in files if p.startswith(prefix)]
                     if not gone:
-                        raise HubStoreError(
+                        raise HubError(
                             404, f"A folder with this name doesn't exist: {op.path}",
                             "EntryNotFound",
                         )
@@ -297,7 +297,7 @@ def tree_entries(commit: Commit, folder: str, recursive: bool) -> list[dict[str,
         else:
             dirs.add(prefix + rest[0])
     if prefix and not files and not dirs:
-        raise HubStoreError(404, f"{folder} does not exist on this revision", "EntryNotFound")
+        raise HubError(404, f"{folder} does not exist on this revision", "EntryNotFound")
     items: list[dict[str, Any]] = [
         {"type": "directory", "oid": hashlib.sha1(f"{commit.oid}:{d}".encode()).hexdigest(),
          "size": 0, "path": d}

@@ -61,8 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"RUNPOD_GRAPHQL_URL={server.graphql_url} RUNPOD_API_BASE_URL={server.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    server.server_close()
-    server.account.close()
+    server.stop()  # closes the socket, removes every pod's container and volume
     return 0
 
 

@@ -1,34 +1,31 @@
-"""localpod's account: GPU catalog, templates, pods and their RunPod status machine, API keys and
-injected faults; pods run through a PodBackend (records only, or real containers).
+"""localpod's account: GPU catalog, templates, pods and their RunPod status machine, API keys,
+plus the faults and request log tests steer (base.Controls); pods run through a PodBackend
+(records only, or real containers).
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
+
+from host_tools.emulators.base import HOST, Controls, HttpError, RegexFault
 
 NO_CAPACITY = ("There are no longer any instances available with the requested specifications. "
                "Please refresh and try again.")
 NO_FREE_GPUS = "There are not enough free GPUs on the host machine to start this pod."
+SERVER_ERROR = "Something went wrong. Please try again later or contact support."
 DEFAULT_IMAGE = "localhost/chessbot-appliance:latest"
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
            "ERROR": ["start", "terminate"], "TERMINATED": []}
-POD_ID = re.compile(r"^[a-z0-9]{14}$")
 
 
-class ApiError(Exception):
-    """An answer other than success: HTTP status, message, optional headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+class ApiError(HttpError):
+    """A RunPod API answer other than success: problem+json on REST, errors[] on GraphQL."""
 
 
 @dataclass
@@ -97,6 +94,11 @@ class PodRecord:
     def actions(self) -> list[str]:
         return list(ACTIONS[self.status])
 
+    def port_type(self, private: int) -> str:
+        """The protocol ("tcp", "http") the pod's port spec gives a private port."""
+        return next((p.split("/")[1] for p in self.ports if p.split("/")[0] == str(private)),
+                    "tcp")
+
     def cost(self) -> float:
         return round(self.price * self.gpu_count, 4) if self.status == "RUNNING" else 0.0
 
@@ -156,30 +158,42 @@ class RecordsBackend:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return int(s.getsockname()[1])
 
 
 @dataclass
-class Fault:
+class Fault(RegexFault):
     """Answer the next `times` requests whose target matches `match` (a regex searched in e.g.
-    "POST /v2/pods" or "GRAPHQL podStop") with `kind`."""
+    "POST /v2/pods", "CREATE /v2/pods" or "GRAPHQL podStop") with `kind`: an HTTP `status`,
+    RunPod's no-capacity error, or (CREATE targets) a pod created and then a 500."""
 
+    pattern_field: ClassVar[str] = "match"
     match: str
     kind: Literal["status", "no_capacity", "create_then_500"] = "status"
     status: int = 500
-    message: str = "Something went wrong. Please try again later or contact support."
+    message: str = SERVER_ERROR
     retry_after: str | None = None
     times: int = 1
     hits: int = 0
 
+    def error(self, graphql: bool) -> ApiError:
+        """The fault's answer (GraphQL's no-capacity error comes with 200); create_then_500,
+        matched by a target other than CREATE, answers as "status" does."""
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        if self.kind == "no_capacity":
+            return ApiError(200 if graphql else 400, NO_CAPACITY, headers)
+        return ApiError(self.status, self.message, headers)
 
-class Account:
-    """The whole RunPod account localpod serves; one lock guards it."""
+
+class Account(Controls[Fault, dict[str, Any]]):
+    """The whole RunPod account localpod serves, with its faults and request log (records of
+    method, path, target, status, user_agent, accept); one lock guards it all."""
 
     def __init__(self, backend: PodBackend | None = None, api_keys: set[str] | None = None,
                  *, boot_polls: int = 1, image: str = DEFAULT_IMAGE, public_key: str = "",
                  catalog: list[GpuStock] | None = None, catalog_denied: bool = False) -> None:
+        super().__init__(Fault, dict)
         self.backend: PodBackend = backend if backend is not None else RecordsBackend()
         self.api_keys = set(api_keys or ())
         self.boot_polls, self.public_key = boot_polls, public_key
@@ -187,12 +201,9 @@ class Account:
         self.templates = default_templates(image)
         self.catalog_denied = catalog_denied
         self.pods: dict[str, PodRecord] = {}
-        self.faults: list[Fault] = []
-        self.requests: list[dict[str, Any]] = []
         self.api_base = ""
-        self.lock = threading.RLock()
 
-    # -- auth and faults --
+    # -- auth --
 
     def key_scope(self, key: str | None) -> str | None:
         """"account" for an account key, the pod id for a pod-scoped key; None when refused.
@@ -204,14 +215,6 @@ class Account:
         for pod in self.pods.values():
             if secrets.compare_digest(pod.pod_key, key) and pod.status != "TERMINATED":
                 return pod.id
-        return None
-
-    def take_fault(self, target: str) -> Fault | None:
-        with self.lock:
-            for fault in self.faults:
-                if fault.hits < fault.times and re.search(fault.match, target):
-                    fault.hits += 1
-                    return fault
         return None
 
     # -- pods --
