@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from host_tools.emulators.localpod import Account, LocalPodServer  # noqa: E402
 from host_tools.emulators.localpod.containers import ContainerBackend  # noqa: E402
-from host_tools.image import build, detect_engine  # noqa: E402
+from host_tools.engine import detect_engine  # noqa: E402
+from host_tools.image import build  # noqa: E402
 from host_tools.localup import free_port  # noqa: E402
 from host_tools.provision import Env, main, ssh_answers  # noqa: E402
 

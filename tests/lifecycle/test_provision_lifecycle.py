@@ -16,7 +16,7 @@ import pytest
 
 from host_tools.emulators.localpod import Account, LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
-from host_tools.image import Engine
+from host_tools.engine import Engine
 from host_tools.provision import Env, main
 
 ACCOUNT_KEY = "rpk_CLI_LIFECYCLE_CANARY_4f2a9c"
