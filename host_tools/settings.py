@@ -90,7 +90,8 @@ class HostSshSettings(_HostEnv):
     """How the workstation's ssh checks pod host keys."""
 
     RUNPOD_SSH_HOST_KEY_CHECKING: Literal["accept-new", "yes", "ask"] = Field(
-        "accept-new", description="OpenSSH StrictHostKeyChecking for pods (never 'no')."
+        "accept-new", json_schema_extra={"doc_default": "accept-new"},  # "KEY": not a secret
+        description="OpenSSH StrictHostKeyChecking for pods (never 'no').",
     )
     RUNPOD_SSH_KNOWN_HOSTS_FILE: Path = Field(
         Path("config/runpod_known_hosts"),
