@@ -202,6 +202,7 @@ def build_wheelhouse(variant: str = "cpu", dest: Path = WHEELHOUSE,
 
 
 def project_dependencies() -> list[str]:
+    """The project's own dependencies, from pyproject.toml."""
     import tomllib
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -292,9 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "tags":
             print("\n".join(tags()))
             return 0
-        variant = getattr(args, "variant", None) or load(ImageSettings).TORCH_VARIANT
         if args.cmd == "wheelhouse":
-            print(build_wheelhouse(variant))
+            print(build_wheelhouse(args.variant or load(ImageSettings).TORCH_VARIANT))
             return 0
         dry = args.cmd == "push" and args.dry_run
         engine = (Engine(args.engine or "docker") if dry and args.engine
@@ -304,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "base-image":
             print(build_base(engine, load(ImageSettings).BASE_IMAGE, args.mirror, args.force))
         elif args.cmd == "build":
+            variant = args.variant or load(ImageSettings).TORCH_VARIANT
             print("\n".join(build(engine, variant=variant, base=args.base,
                                   quiet=args.quiet)))
         else:

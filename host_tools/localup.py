@@ -145,7 +145,8 @@ def env_file(config: Path, values: dict[str, str]) -> Path:
 
 # -- the engine side --------------------------------------------------------------------------
 def run_command(argv: Sequence[str], timeout: float = 120, check: bool = True
-         ) -> subprocess.CompletedProcess[str]:
+                ) -> subprocess.CompletedProcess[str]:
+    """An engine command, output captured; with `check` a failure is an UpError naming it."""
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
                           check=False)
     if check and proc.returncode != 0:

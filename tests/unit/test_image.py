@@ -324,6 +324,13 @@ def test_build_wheelhouse_pip_failure_propagates(wheel_root: Path, fake_run: Fak
     assert not (wheel_root / "wh" / "cpu" / ".inputs").exists()
 
 
+def test_image_exists_inspects_the_ref(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setattr(image, "answers", lambda argv, timeout=30: logged(seen, list(argv), True))
+    assert image.image_exists(PODMAN, "img:1") is True
+    assert seen == [["podman", "image", "inspect", "img:1"]]
+
+
 # -- build_base -------------------------------------------------------------------------------
 def test_build_base_skips_an_existing_image(monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
