@@ -106,6 +106,12 @@ class Probe:
     install: Callable[[Sequence[str]], None] = field(default=lambda pkgs: apt_install(pkgs))
 
 
+def installed(which: Callable[[str], str | None] = shutil.which) -> str | None:
+    """Where an engine binary is (podman, else docker), for setup checks; unlike detect_engine it
+    does not ask whether the engine runs."""
+    return next((path for path in map(which, ("podman", "docker")) if path), None)
+
+
 def detect_engine(preferred: str | None = None, install: bool = True,
                   probe: Probe | None = None) -> Engine:
     """Docker when its daemon answers, else podman; installs podman+runc when neither exists.

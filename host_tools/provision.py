@@ -17,6 +17,7 @@ from appliance.runpod import NoApiKeyError, RunpodClient, RunpodError
 from appliance.settings import SettingsError
 from host_tools import podjobs
 from host_tools.cli import CliError, Env, confirm, emit, price, table
+from host_tools.engine import installed
 from host_tools.pod_args import create_request, filters, provision_options, wait_request, waiting
 from host_tools.pods import (
     SSH_USER,
@@ -139,7 +140,7 @@ def cmd_doctor(env: Env, args: argparse.Namespace) -> int:
     ssh = env.which("ssh")
     checks.append(("ssh client", ssh is not None, ssh or "not found",
                    "install OpenSSH (apt-get install openssh-client)"))
-    engine = env.which("podman") or env.which("docker")
+    engine = installed(env.which)
     checks.append(("container engine", engine is not None, engine or "neither podman nor docker",
                    "install podman (apt-get install podman runc) or Docker"))
     client: RunpodClient | None = None

@@ -158,6 +158,13 @@ def test_detect_engine_installs_podman_when_neither_exists() -> None:
     assert machine.installed == []  # podman exists: nothing installed
 
 
+def test_installed_finds_podman_then_docker() -> None:
+    assert engine.installed(lambda name: f"/bin/{name}") == "/bin/podman"
+    assert engine.installed(lambda name: "/bin/docker" if name == "docker" else None) == \
+        "/bin/docker"
+    assert engine.installed(lambda name: None) is None
+
+
 # -- apt_install (the default Probe's install) ----------------------------------------------------
 
 
