@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -338,36 +338,6 @@ class RunpodSettings(_Env):
         "https://api.runpod.io/graphql", pattern=r"^https?://\S+$",
         description="RunPod GraphQL URL (point it at localpod for tests).",
     )
-
-
-class HostSshSettings(BaseSettings):
-    """How the workstation's ssh checks pod host keys; not part of the pod's env contract."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
-
-    RUNPOD_SSH_HOST_KEY_CHECKING: Literal["accept-new", "yes", "ask"] = Field(
-        "accept-new", description="OpenSSH StrictHostKeyChecking for pods (never 'no')."
-    )
-    RUNPOD_SSH_KNOWN_HOSTS_FILE: Path = Field(
-        Path("config/runpod_known_hosts"),
-        description="Persistent known-hosts file for pods; relative paths are under the checkout.",
-    )
-
-    @field_validator("RUNPOD_SSH_KNOWN_HOSTS_FILE")
-    @classmethod
-    def _not_dev_null(cls, value: Path) -> Path:
-        # A /dev/null known-hosts file silently disables host-key pinning (peers.md, lesson 6).
-        if str(value) in ("/dev/null", "") or value == Path("/dev/null"):
-            raise ValueError("a real file is needed; /dev/null would disable host-key pinning")
-        return value
-
-    RUNPOD_SSH_IDENTITY_FILE: Path | None = Field(
-        None, description="Private key for pods (ssh -i); default: ssh's own choice."
-    )
-
-    def known_hosts_path(self, repo_dir: Path = DEFAULT_REPO_DIR) -> Path:
-        path = self.RUNPOD_SSH_KNOWN_HOSTS_FILE.expanduser()
-        return path if path.is_absolute() else repo_dir / path
 
 
 class RuntimeSettings(_Env):

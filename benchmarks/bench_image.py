@@ -19,8 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from host_tools.image import build, build_wheelhouse, detect_engine  # noqa: E402
+from host_tools.engine import detect_engine  # noqa: E402
+from host_tools.image import build, build_wheelhouse  # noqa: E402
 from host_tools.localup import free_port  # noqa: E402
+from host_tools.settings import ImageSettings, load  # noqa: E402
 
 REPO = "localhost/chessbot-appliance-bench"
 
@@ -79,8 +81,7 @@ def bench_builds(engine) -> str:  # type: ignore[no-untyped-def]
     size = int(subprocess.run(engine.cmd("image", "inspect", "-f", "{{.Size}}", refs[0]),
                               capture_output=True, text=True, check=True).stdout.strip())
     base = int(subprocess.run(engine.cmd("image", "inspect", "-f", "{{.Size}}",
-                                         os.environ.get("BASE_IMAGE",
-                                                        "localhost/chessbot-base:bookworm")),
+                                         load(ImageSettings).BASE_IMAGE),
                               capture_output=True, text=True, check=True).stdout.strip())
     emit(bench="image_size", mib=round(size / 2**20), baseline="bookworm_base",
          baseline_mib=round(base / 2**20), ratio=round(size / base, 1))

@@ -24,11 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from host_tools.cli import Env  # noqa: E402
 from host_tools.emulators.localpod import Account, LocalPodServer  # noqa: E402
 from host_tools.emulators.localpod.containers import ContainerBackend  # noqa: E402
-from host_tools.image import build, detect_engine  # noqa: E402
+from host_tools.engine import detect_engine  # noqa: E402
+from host_tools.image import build  # noqa: E402
 from host_tools.localup import free_port  # noqa: E402
-from host_tools.provision import Env, main, ssh_answers  # noqa: E402
+from host_tools.pods import ssh_answers  # noqa: E402
+from host_tools.provision import main  # noqa: E402
 
 REPO, TAG = "localhost/chessbot-appliance-test", "current"  # the tests' image: cached layers
 ROUNDS = int(os.environ.get("BENCH_PROVISION_ROUNDS", "3"))

@@ -1,5 +1,6 @@
 """Dataset CLI for the workstation: build a dataset directory from PGN files, generate one with
-Stockfish, publish/fetch versions on the HF Hub. Run as `python host_tools/datasets.py COMMAND ...`.
+Stockfish, publish/fetch versions on the HF Hub (datasets_hub.py). Run as
+`python -m host_tools.datasets COMMAND ...` or `appliance-datasets COMMAND ...`.
 """
 
 from __future__ import annotations
@@ -7,38 +8,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-if __package__ in (None, ""):  # run as a script: make `appliance` importable from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from appliance.datasets.dataset_dir import DEFAULT_SEED, DEFAULT_VAL_FRACTION
+from appliance.datasets.generate import GenerateConfig, GenerateError, generate_dataset
+from appliance.datasets.pgn_import import import_pgn
+from appliance.datasets.rows import DatasetError
+from appliance.hf import HubError
+from appliance.settings import SettingsError
+from host_tools.cli import CliError, progress_wanted, recorded_command
+from host_tools.datasets_hub import SUBCOMMANDS as HUB_SUBCOMMANDS
 
-from appliance.datasets.dataset_dir import DEFAULT_SEED, DEFAULT_VAL_FRACTION  # noqa: E402
-from appliance.datasets.generate import (  # noqa: E402
-    GenerateConfig,
-    GenerateError,
-    generate_dataset,
-)
-from appliance.datasets.pgn_import import import_pgn  # noqa: E402
-from appliance.datasets.rows import DatasetError  # noqa: E402
-from appliance.hf import HubError  # noqa: E402
-from appliance.settings import SettingsError  # noqa: E402
-from host_tools.datasets_hub import SUBCOMMANDS as HUB_SUBCOMMANDS  # noqa: E402
-
+MODULE = "host_tools.datasets"
 EXIT_OK = 0
 EXIT_FAILED = 2
 EXIT_INTERRUPTED = 130
 SKIPS_SHOWN = 10
 
 Handler = Callable[[argparse.Namespace, Sequence[str]], int]
-
-
-class CliError(Exception):
-    """A problem with the command line or its inputs, reported as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,14 +114,6 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _command(argv: Sequence[str]) -> str:
-    return shlex.join(["python", "-m", "host_tools.datasets", *argv])
-
-
-def _show_progress(args: argparse.Namespace) -> bool:
-    return sys.stderr.isatty() and not args.json
-
-
 def _print_written(out: Path, stats: dict[str, Any]) -> None:
     print(
         f"wrote {out}: train.jsonl {stats['train_rows']} games ({stats['train_positions']} "
@@ -170,8 +153,8 @@ def _run_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction,
         force=args.force,
-        command=_command(argv),
-        progress=_show_progress(args),
+        command=recorded_command(MODULE, argv),
+        progress=progress_wanted(args.json),
     )
     if args.json:
         _print_json(args.out, time.monotonic() - started, stats)
@@ -287,8 +270,8 @@ def _run_generate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         workers=workers,
         val_fraction=args.val_fraction,
         force=args.force,
-        command=_command(argv),
-        progress=_show_progress(args),
+        command=recorded_command(MODULE, argv),
+        progress=progress_wanted(args.json),
     )
     elapsed = time.monotonic() - started
     if args.json:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +20,7 @@ from appliance.datasets import manifest as hd
 from appliance.datasets import publish
 from appliance.datasets.rows import DatasetError
 from appliance.hf import HubClient, resolve_token
+from host_tools.cli import progress_wanted, recorded_command
 
 SubParsers = Any  # argparse._SubParsersAction, private in typeshed
 
@@ -63,37 +62,16 @@ def _repo_and_prefix(args: argparse.Namespace, cfg: settings.HfSettings) -> tupl
 
 def _client(args: argparse.Namespace, cfg: settings.HfSettings) -> HubClient:
     token, _ = resolve_token(args.token, cfg.token, cfg.HF_TOKEN_PATH)
-    return HubClient(cfg.HF_ENDPOINT, token, progress=_progress_wanted(args))
-
-
-def _progress_wanted(args: argparse.Namespace) -> bool:
-    return sys.stderr.isatty() and not args.json
+    return HubClient(cfg.HF_ENDPOINT, token, progress=progress_wanted(args.json))
 
 
 def _progress_bar(args: argparse.Namespace, total: int, desc: str
                   ) -> AbstractContextManager[Any]:
-    if not _progress_wanted(args):
+    if not progress_wanted(args.json):
         return nullcontext(None)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
-
-
-def _recorded_command(argv: Sequence[str]) -> str:
-    """The command line for the manifest, without the token."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--token":
-            skip = True
-            continue
-        if arg.startswith("--token="):
-            continue
-        kept.append(arg)
-    return shlex.join(["python", "-m", "host_tools.datasets", *kept])
 
 
 # -- publish --
@@ -144,7 +122,8 @@ def _run_publish(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                   progress=(lambda _w, n: bar.update(n)) if bar else None)
     import huggingface_hub
 
-    created_by = {"tool": "host_tools.datasets publish", "command": _recorded_command(argv),
+    created_by = {"tool": "host_tools.datasets publish",
+                  "command": recorded_command("host_tools.datasets", argv),
                   "validated": args.validate,
                   "huggingface_hub": huggingface_hub.__version__}
     with tempfile.TemporaryDirectory(prefix="publish-") as staging:

@@ -1,7 +1,8 @@
-"""Build and push the pod image: container engine choice, debootstrap base, host wheelhouse.
+"""Build and push the pod image: debootstrap base, host wheelhouse, tags, build and push with the
+engine host_tools/engine.py picks.
 
-`python -m host_tools.image base-image|wheelhouse|build|push|tags|engine` (the Makefile's
-`base-image`, `image` and `push` targets are thin wrappers over these subcommands).
+`python -m host_tools.image base-image|wheelhouse|build|push|tags|engine` (or `appliance-image`;
+the Makefile's `base-image`, `image` and `push` targets are thin wrappers over these subcommands).
 """
 
 from __future__ import annotations
@@ -16,25 +17,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from host_tools.engine import Engine, EngineError, answers, apt_install, detect_engine, push_flags
+from host_tools.settings import ImageSettings, SettingsError, load
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE_REPO = "chessbot-appliance"
-DEFAULT_BASE_IMAGE = "localhost/chessbot-base:bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
 # The CPU build carries no CUDA libraries (a tenth of the CUDA wheel's size); where
 # download.pytorch.org cannot be reached, pip's find-links must hold it (here: /opt/wheels).
 TORCH_SPECS = {"cpu": "torch==2.13.0+cpu", "cuda": "torch==2.13.0"}
+# The base `build` debootstraps itself when BASE_IMAGE names it and it is missing.
+DEFAULT_BASE_IMAGE = str(ImageSettings.model_fields["BASE_IMAGE"].get_default())
 # Packages the image's venv gets besides the project's own dependencies.
 # Debian bookworm's python3: wheels are resolved for exactly this interpreter.
 TARGET_PYTHON = "3.11.2"
 IMAGE_EXTRAS = ("supervisor", "jupyterlab", "huggingface_hub")
-# Podman without a Docker engine (as in podman-in-a-container) may have no usable crun and may
-# not raise limits, so every podman container states its runtime (runc) and limits explicitly.
-PODMAN_RUN_FLAGS = ("--runtime", "runc", "--ulimit", "nofile=1024:1024",
-                    "--ulimit", "nproc=1024:1024")
 
 
 class ImageError(RuntimeError):
@@ -51,68 +50,10 @@ def shown(path: Path, root: Path | None = None) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def _ok(argv: Sequence[str], timeout: float = 30) -> bool:
-    try:
-        return subprocess.run(list(argv), capture_output=True, timeout=timeout,
-                              check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _apt_install(packages: Sequence[str]) -> None:
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise ImageError(f"{' '.join(packages)} missing: install them (apt-get install "
-                         f"{' '.join(packages)}) or run as root on Debian/Ubuntu")
-    log(f"installing {' '.join(packages)} (apt)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-
-
-@dataclass(frozen=True)
-class Engine:
-    """A working container engine: its binary and the flags `run`/`create` need here."""
-
-    name: str
-    run_flags: tuple[str, ...] = field(default=())
-
-    def cmd(self, *args: str) -> list[str]:
-        return [self.name, *args]
-
-    def remove(self, name: str, grace_s: int = 10, volumes: bool = False) -> list[list[str]]:
-        return remove_commands(self.name, name, grace_s, volumes)
-
-
-def remove_commands(engine: str, name: str, grace_s: int = 10,
-                    volumes: bool = False) -> list[list[str]]:
-    """Stop a container (SIGTERM, SIGKILL after grace_s) and remove it: podman's `rm -t` does
-    both; `docker rm` has no -t, so Docker stops first."""
-    vol = ["-v"] if volumes else []
-    if engine == "podman":
-        return [[engine, "rm", "-f", "-t", str(grace_s), *vol, name]]
-    return [[engine, "stop", "-t", str(grace_s), name], [engine, "rm", "-f", *vol, name]]
-
-
-def detect_engine(preferred: str | None = None, install: bool = True) -> Engine:
-    """Docker when its daemon answers, else podman; installs podman+runc when neither exists."""
-    preferred = preferred or os.environ.get("CONTAINER_ENGINE") or None
-    if preferred not in (None, "docker", "podman"):
-        raise ImageError(f"CONTAINER_ENGINE={preferred!r}: expected docker or podman")
-    if preferred in (None, "docker") and shutil.which("docker") and _ok(["docker", "info"]):
-        return Engine("docker")
-    if preferred == "docker":
-        raise ImageError("CONTAINER_ENGINE=docker but `docker info` fails: start the daemon")
-    if not shutil.which("podman") and install:
-        _apt_install(["podman", "runc"])
-    if shutil.which("podman"):
-        return Engine("podman", PODMAN_RUN_FLAGS)
-    raise ImageError("no container engine: neither a running Docker nor podman was found")
-
-
 def image_repo(raw: str | None = None) -> str:
     """IMAGE_REPO lower-cased (registries refuse upper case), checked for a sane shape."""
-    given = (raw if raw is not None else os.environ.get("IMAGE_REPO", "")) or DEFAULT_IMAGE_REPO
+    default = ImageSettings.model_fields["IMAGE_REPO"].get_default()
+    given = (raw if raw is not None else load(ImageSettings).IMAGE_REPO) or default
     repo = given.strip().lower()
     # A ":" only as a registry port (before the first "/"); a tag is added by tags().
     if (not re.fullmatch(r"[a-z0-9]+([._:/-][a-z0-9]+)*", repo) or repo.count(":") > 1
@@ -137,12 +78,12 @@ def git_sha(root: Path = ROOT) -> str:
 
 def tags(repo: str | None = None, tag: str | None = None) -> list[str]:
     name = image_repo(repo)
-    first = tag or os.environ.get("IMAGE_TAG") or git_sha()
+    first = tag or load(ImageSettings).IMAGE_TAG or git_sha()
     return [f"{name}:{first}", f"{name}:latest"]
 
 
 def image_exists(engine: Engine, ref: str) -> bool:
-    return _ok(engine.cmd("image", "inspect", ref))
+    return answers(engine.cmd("image", "inspect", ref))
 
 
 # -- base image -------------------------------------------------------------------------------
@@ -166,18 +107,23 @@ def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
     return DEFAULT_MIRROR
 
 
-def build_base(engine: Engine, ref: str = DEFAULT_BASE_IMAGE, mirror: str | None = None,
+def build_base(engine: Engine, ref: str | None = None, mirror: str | None = None,
                force: bool = False) -> str:
-    """debootstrap a minimal bookworm and import it; skipped when the image exists."""
+    """debootstrap a minimal bookworm and import it as `ref` (default BASE_IMAGE); skipped when
+    the image exists."""
+    ref = ref or load(ImageSettings).BASE_IMAGE
     if not force and image_exists(engine, ref):
         log(f"base image {ref} exists: skipped (FORCE=1 rebuilds it)")
         return ref
     if not shutil.which("debootstrap"):
-        _apt_install(["debootstrap"])
+        try:
+            apt_install(["debootstrap"])
+        except EngineError as exc:
+            raise ImageError(str(exc)) from None
     if os.geteuid() != 0:
         raise ImageError("debootstrap needs root: run `make base-image` as root, or set "
                          "BASE_IMAGE to a bookworm image your engine can pull")
-    mirror = mirror or os.environ.get("DEBIAN_MIRROR") or apt_mirror()
+    mirror = mirror or load(ImageSettings).DEBIAN_MIRROR or apt_mirror()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chessbot-base-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
@@ -209,7 +155,7 @@ def build_base(engine: Engine, ref: str = DEFAULT_BASE_IMAGE, mirror: str | None
 def wheel_requirements(variant: str) -> list[str]:
     if variant not in ("cpu", "cuda"):
         raise ImageError(f"TORCH_VARIANT={variant!r}: expected cpu or cuda")
-    torch = os.environ.get("TORCH_SPEC") or TORCH_SPECS[variant]
+    torch = load(ImageSettings).TORCH_SPEC or TORCH_SPECS[variant]
     return [torch, *IMAGE_EXTRAS]
 
 
@@ -219,7 +165,7 @@ def build_wheelhouse(variant: str = "cpu", dest: Path = WHEELHOUSE,
 
     The image build then needs no registry, and the set is the same on every rebuild.
     """
-    everything = [*wheel_requirements(variant), *_project_dependencies(), "setuptools>=68",
+    everything = [*wheel_requirements(variant), *project_dependencies(), "setuptools>=68",
                   "wheel"]
     key = hashlib.sha256("\n".join([TARGET_PYTHON, *everything]).encode()).hexdigest()[:16]
     out = dest / variant
@@ -255,7 +201,8 @@ def build_wheelhouse(variant: str = "cpu", dest: Path = WHEELHOUSE,
     return out
 
 
-def _project_dependencies() -> list[str]:
+def project_dependencies() -> list[str]:
+    """The project's own dependencies, from pyproject.toml."""
     import tomllib
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -266,7 +213,7 @@ def _project_dependencies() -> list[str]:
 def build(engine: Engine, *, variant: str = "cpu", base: str | None = None,
           repo: str | None = None, tag: str | None = None, quiet: bool = False,
           context: Path = ROOT, no_cache: bool = False) -> list[str]:
-    base = base or os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    base = base or load(ImageSettings).BASE_IMAGE
     if base == DEFAULT_BASE_IMAGE:
         build_base(engine, base)
     wheels = build_wheelhouse(variant)
@@ -275,11 +222,7 @@ def build(engine: Engine, *, variant: str = "cpu", base: str | None = None,
                       "--build-arg", f"BASE_IMAGE={base}",
                       "--build-arg", f"TORCH_VARIANT={variant}",
                       "--build-arg", f"WHEELHOUSE={wheels.relative_to(ROOT)}")
-    if engine.name == "podman":
-        # No registry and no bridge networking here; the build never pulls the base.
-        # --format docker: OCI images drop HEALTHCHECK and SHELL.
-        argv += ["--network", "host", "--pull=never", "--format", "docker", "--runtime", "runc",
-                 "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+    argv += engine.build_flags
     for ref in refs:
         argv += ["-t", ref]
     if quiet:
@@ -301,10 +244,7 @@ def push(engine: Engine, *, repo: str | None = None, tag: str | None = None,
     refs = tags(repo, tag)
     commands = []
     for ref in refs:
-        argv = engine.cmd("push")
-        if engine.name == "podman" and not tls_verify:
-            argv.append("--tls-verify=false")
-        commands.append([*argv, ref])
+        commands.append(engine.cmd("push", *push_flags(engine.name, tls_verify), ref))
     for argv in commands:
         if dry_run:
             print(f"would run: {' '.join(argv)}")
@@ -337,9 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild even if it exists")
     b.add_argument("--mirror", help="Debian mirror (default: the one apt uses here)")
     w = sub.add_parser("wheelhouse", help="download the image's wheels on the host")
-    w.add_argument("--variant", default=os.environ.get("TORCH_VARIANT", "cpu"))
+    w.add_argument("--variant", help="cpu or cuda (default TORCH_VARIANT, cpu)")
     bd = sub.add_parser("build", help="build the image, tagged with the git SHA and latest")
-    bd.add_argument("--variant", default=os.environ.get("TORCH_VARIANT", "cpu"))
+    bd.add_argument("--variant", help="cpu or cuda (default TORCH_VARIANT, cpu)")
     bd.add_argument("--base", help="BASE_IMAGE (default: the local debootstrap base)")
     bd.add_argument("--quiet", action="store_true")
     ps = sub.add_parser("push", help="push both tags")
@@ -354,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(tags()))
             return 0
         if args.cmd == "wheelhouse":
-            print(build_wheelhouse(args.variant))
+            print(build_wheelhouse(args.variant or load(ImageSettings).TORCH_VARIANT))
             return 0
         dry = args.cmd == "push" and args.dry_run
         engine = (Engine(args.engine or "docker") if dry and args.engine
@@ -362,14 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "engine":
             print(engine.name)
         elif args.cmd == "base-image":
-            print(build_base(engine, os.environ.get("BASE_IMAGE") or DEFAULT_BASE_IMAGE,
-                             args.mirror, args.force))
+            print(build_base(engine, load(ImageSettings).BASE_IMAGE, args.mirror, args.force))
         elif args.cmd == "build":
-            print("\n".join(build(engine, variant=args.variant, base=args.base,
+            variant = args.variant or load(ImageSettings).TORCH_VARIANT
+            print("\n".join(build(engine, variant=variant, base=args.base,
                                   quiet=args.quiet)))
         else:
             push(engine, dry_run=args.dry_run, tls_verify=args.tls_verify == "true")
-    except (ImageError, subprocess.CalledProcessError) as exc:
+    except (ImageError, EngineError, SettingsError, subprocess.CalledProcessError) as exc:
         print(f"image: error: {exc}", file=sys.stderr)
         return 1
     return 0

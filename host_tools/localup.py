@@ -1,4 +1,5 @@
-"""A local pod in one command (`make up` / `make down`) and the local smoke run (`make smoke`).
+"""A local pod in one command (`make up` / `make down`) and the local smoke run (`make smoke`):
+`python -m host_tools.localup up|down|smoke` or `appliance-localup`.
 
 State (SSH key if the user has none, generated tokens, the env file) lives in config/local-pod/,
 mode 0600; tokens reach the container through that env file, never through process arguments.
@@ -23,16 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.timing import TimingLog
-from host_tools.image import (
-    ROOT,
-    Engine,
-    ImageError,
-    build,
-    detect_engine,
-    image_exists,
-    shown,
-    tags,
-)
+from host_tools.engine import Engine, EngineError, detect_engine
+from host_tools.image import ROOT, ImageError, build, image_exists, shown, tags
+from host_tools.settings import LocalPodSettings, SettingsError, SmokeSettings, load
 
 CONFIG_DIR = ROOT / "config" / "local-pod"
 CONTAINER = "chessbot-local"
@@ -150,8 +144,9 @@ def env_file(config: Path, values: dict[str, str]) -> Path:
 
 
 # -- the engine side --------------------------------------------------------------------------
-def _run(argv: Sequence[str], timeout: float = 120, check: bool = True
-         ) -> subprocess.CompletedProcess[str]:
+def run_command(argv: Sequence[str], timeout: float = 120, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:
+    """An engine command, output captured; with `check` a failure is an UpError naming it."""
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
                           check=False)
     if check and proc.returncode != 0:
@@ -161,12 +156,12 @@ def _run(argv: Sequence[str], timeout: float = 120, check: bool = True
 
 
 def running(engine: Engine, name: str) -> bool:
-    proc = _run(engine.cmd("inspect", "-f", "{{.State.Running}}", name), check=False)
+    proc = run_command(engine.cmd("inspect", "-f", "{{.State.Running}}", name), check=False)
     return proc.returncode == 0 and proc.stdout.strip() == "true"
 
 
 def published(engine: Engine, name: str, container_port: int) -> int:
-    out = _run(engine.cmd("port", name, f"{container_port}/tcp")).stdout.strip()
+    out = run_command(engine.cmd("port", name, f"{container_port}/tcp")).stdout.strip()
     return int(out.splitlines()[0].rsplit(":", 1)[1])
 
 
@@ -182,7 +177,7 @@ def http_status(url: str, headers: dict[str, str] | None = None, timeout: float 
 
 
 def ensure_image(engine: Engine) -> str:
-    ref = os.environ.get("LOCAL_POD_IMAGE") or tags()[1]
+    ref = load(LocalPodSettings).LOCAL_POD_IMAGE or tags()[1]
     if not image_exists(engine, ref):
         note(f"{ref} not built yet: building it (first time: a few minutes)")
         build(engine, quiet=True)
@@ -216,9 +211,9 @@ class LocalPod:
         return proc
 
     def start(self, image: str, key: SshKey) -> dict[str, int]:
-        _run(self.engine.cmd("rm", "-f", self.name), check=False)
-        if _run(self.engine.cmd("volume", "inspect", self.volume), check=False).returncode:
-            _run(self.engine.cmd("volume", "create", self.volume))
+        run_command(self.engine.cmd("rm", "-f", self.name), check=False)
+        if run_command(self.engine.cmd("volume", "inspect", self.volume), check=False).returncode:
+            run_command(self.engine.cmd("volume", "create", self.volume))
         ports = {what: pick_port(pref) for what, (_, pref) in PORTS.items()}
         values = {"PUBLIC_KEY": key.public_text,
                   "JUPYTER_TOKEN": token(self.config, "JUPYTER_TOKEN"),
@@ -231,7 +226,7 @@ class LocalPod:
                                *self.engine.run_flags)
         for what, (inner, _) in PORTS.items():
             argv += ["-p", f"127.0.0.1:{ports[what]}:{inner}"]
-        _run([*argv, image])
+        run_command([*argv, image])
         return ports
 
     def ports(self) -> dict[str, int]:
@@ -293,7 +288,7 @@ def up(engine: Engine, config: Path = CONFIG_DIR, name: str = CONTAINER) -> dict
 
 
 def down(engine: Engine, name: str = CONTAINER) -> bool:
-    procs = [_run(argv, check=False) for argv in engine.remove(name)]
+    procs = [run_command(argv, check=False) for argv in engine.remove(name)]
     proc = procs[-1]  # rm: names the container it removed
     if proc.returncode != 0 or not proc.stdout.strip():
         note(f"{name} is not running")
@@ -307,26 +302,13 @@ def down(engine: Engine, name: str = CONTAINER) -> bool:
 SMOKE_SOURCE = "local_runpod_smoke"
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "") or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UpError(f"{name}={raw!r}: expected a positive integer") from None
-    if value < 1:
-        raise UpError(f"{name}={raw!r}: expected a positive integer")
-    return value
-
-
 def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "data" / "sample"
           ) -> Path:
     """The image's training preset on a small dataset; host and container phases, one log."""
-    train_rows = _env_int("SMOKE_TRAIN_ROWS", 64)
-    val_rows = _env_int("SMOKE_VAL_ROWS", 16)
-    epochs = _env_int("SMOKE_EPOCHS", 1)
-    batch = _env_int("SMOKE_BATCH_SIZE", 16)
-    progress_out = os.environ.get("SMOKE_PROGRESS_JSONL_OUT", "")
-    run_id = os.environ.get("RUN_ID") or time.strftime("smoke-%Y%m%dT%H%M%SZ", time.gmtime())
+    cfg = load(SmokeSettings)
+    train_rows, val_rows = cfg.SMOKE_TRAIN_ROWS, cfg.SMOKE_VAL_ROWS
+    progress_out = str(cfg.SMOKE_PROGRESS_JSONL_OUT or "")  # "": not copied out
+    run_id = cfg.RUN_ID or time.strftime("smoke-%Y%m%dT%H%M%SZ", time.gmtime())
     out = (out_root or ROOT / "artifacts" / "smoke") / run_id
     log_path = out / "runpod_phase_times.jsonl"
     timing = TimingLog(log_path, SMOKE_SOURCE, run_id)
@@ -353,7 +335,7 @@ def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "d
     inner = "/tmp/smoke"
     env = {"RUN_ID": run_id, "RUNPOD_PHASE_TIMING_LOG": f"{inner}/timings.jsonl",
            "TRAIN_DATASET_DIR": inner, "TRAIN_OUTPUT_DIR": f"{inner}/out",
-           "TRAIN_EPOCHS": str(epochs), "TRAIN_BATCH_SIZE": str(batch),
+           "TRAIN_EPOCHS": str(cfg.SMOKE_EPOCHS), "TRAIN_BATCH_SIZE": str(cfg.SMOKE_BATCH_SIZE),
            "TRAIN_PROGRESS_JSONL_OUT": f"{inner}/progress.jsonl",
            "START_SSHD": "0", "START_JUPYTER": "0", "START_INFERENCE_API": "0"}
     code = 1
@@ -366,11 +348,11 @@ def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "d
         argv += ["--entrypoint", "/usr/bin/tini", image, "--", "/bin/sh", "-c",
                  "python -m appliance.runtime.bootstrap --no-exec && "
                  "exec python -m appliance.training.preset"]
-        _run(engine.cmd("rm", "-f", "-v", name), check=False)
+        run_command(engine.cmd("rm", "-f", "-v", name), check=False)
         subprocess.run(argv, check=True, capture_output=True, env={**os.environ, **env})
         try:
             # A missing destination dir is created holding the dataset's files.
-            _run(engine.cmd("cp", str(dataset), f"{name}:{inner}"))
+            run_command(engine.cmd("cp", str(dataset), f"{name}:{inner}"))
             proc = subprocess.run(engine.cmd("start", "-a", name), check=False)
             code = proc.returncode
             result["exit_code"] = code
@@ -379,7 +361,7 @@ def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "d
                                                         ("progress.jsonl", progress_out)]
                 for fname, dst in copies:
                     got = Path(tmp) / fname
-                    if _run(engine.cmd("cp", f"{name}:{inner}/{fname}", str(got)),
+                    if run_command(engine.cmd("cp", f"{name}:{inner}/{fname}", str(got)),
                             check=False).returncode != 0:
                         continue
                     if dst is None:
@@ -388,7 +370,7 @@ def smoke(engine: Engine, out_root: Path | None = None, sample: Path = ROOT / "d
                         Path(dst).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(got, dst)
         finally:
-            _run(engine.cmd("rm", "-f", "-v", name), check=False)
+            run_command(engine.cmd("rm", "-f", "-v", name), check=False)
     say(f"smoke run {run_id}: exit {code}; timing log {log_path}")
     if code != 0:
         raise UpError(f"the training preset in the container failed (exit {code}); see "
@@ -401,8 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--engine", choices=("docker", "podman"),
                    help="container engine (default: Docker if its daemon answers, else podman)")
-    p.add_argument("--name", default=os.environ.get("LOCAL_POD_NAME", CONTAINER),
-                   help="container name (the volume is NAME-workspace)")
+    p.add_argument("--name", help="container name (the volume is NAME-workspace; default "
+                   "LOCAL_POD_NAME, chessbot-local)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="build if needed, run the local pod, print how to reach it")
     sub.add_parser("down", help="stop and remove the local pod, keep its volume")
@@ -410,14 +392,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(SMOKE_TRAIN_ROWS, SMOKE_VAL_ROWS, SMOKE_EPOCHS, SMOKE_BATCH_SIZE)")
     args = p.parse_args(argv)
     try:
+        name = args.name or load(LocalPodSettings).LOCAL_POD_NAME
         engine = detect_engine(args.engine)
         if args.cmd == "up":
-            up(engine, name=args.name)
+            up(engine, name=name)
         elif args.cmd == "down":
-            down(engine, args.name)
+            down(engine, name)
         else:
             smoke(engine)
-    except (UpError, ImageError) as exc:
+    except (UpError, ImageError, EngineError, SettingsError) as exc:
         print(f"{args.cmd}: error: {exc}", file=sys.stderr)
         return 1
     return 0

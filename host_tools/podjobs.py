@@ -31,17 +31,15 @@ from appliance import settings
 from appliance.runpod import Pod, RunpodClient
 from appliance.runtime.podcheck import Check
 from appliance.timing import TimingLog
-from host_tools.provision import (
-    CliError,
-    Env,
-    _emit,
-    _pod_text,
-    _ssh_settings,
-    _table,
+from host_tools.cli import CliError, Env, emit, load_settings, table
+from host_tools.pod_args import create_request, parse_env_pairs, provision_options, wait_request
+from host_tools.pods import (
+    SSH_USER,
+    create_pod,
     host_key_alias,
-    parse_env_pairs,
-    provision_pod,
+    pod_text,
     ssh_argv,
+    ssh_settings,
     wait_ready,
 )
 
@@ -81,21 +79,17 @@ class Phases(TimingLog):
             yield result
 
     def table(self) -> str:
-        return _table([[r["phase"], r["status"], f"{r['elapsed_ms'] / 1000:.1f} s"]
+        return table([[r["phase"], r["status"], f"{r['elapsed_ms'] / 1000:.1f} s"]
                        for r in self.done], ["PHASE", "STATUS", "TIME"])
 
 
 def _timing_log(source: str, run_id: str) -> TimingLog:
-    try:
-        path = settings.load(settings.PathSettings).timing_log
-    except settings.SettingsError as exc:
-        raise CliError(str(exc), 2) from None
-    return TimingLog(path, source, run_id)
+    return TimingLog(load_settings(settings.PathSettings).timing_log, source, run_id)
 
 
 def _remote(env: Env, pod: Pod, args: argparse.Namespace, command: str,
             stdin: Path | None = None, stdout: Path | None = None) -> int:
-    argv = ssh_argv(pod, _ssh_settings(), args.user, [command], batch=True)
+    argv = ssh_argv(pod, ssh_settings(), args.user, [command], batch=True)
     return env.remote(argv, stdin, stdout)
 
 
@@ -148,8 +142,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     out = args.out or paths.REPO_DIR / "artifacts" / "cycle" / run_id
     if out.exists() and any(out.iterdir()):
         raise CliError(f"--out {out} is not empty; choose another --out or --run-id", 2)
-    _ssh_settings()  # a bad known-hosts setting fails before anything bills
-    args.name = args.name or f"chessbot-{run_id}"
+    ssh_settings()  # a bad known-hosts setting fails before anything bills
     remote = f"{args.remote_root.rstrip('/')}/{run_id}"
     phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env.err)
     pod: Pod | None = None
@@ -157,10 +150,9 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     with env.client_factory() as client:
         try:
             with phases.phase("provision"):
-                pod = provision_pod(env, client, args)
+                pod = create_pod(env, client, create_request(args, f"chessbot-{run_id}"))
             with phases.phase("wait_ssh"):
-                pod = wait_ready(env, client, pod, args.wait_timeout, args.poll_interval,
-                                  left_running=False)
+                pod = wait_ready(env, client, pod, wait_request(args, left_running=False))
             dataset = f"{args.pod_repo_dir}/data/sample"
             if args.dataset is not None:
                 dataset = f"{remote}/dataset"
@@ -199,7 +191,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
             raise
     summary = {"run_id": run_id, "pod": pod.id, "then": args.then, "out": str(out),
                "files": files, "phases": phases.done, "timing_log": str(phases.path)}
-    _emit(env, args, summary, f"{phases.table()}\n\ncycle {run_id}: pod {pod.id} "
+    emit(env, args.json, summary, f"{phases.table()}\n\ncycle {run_id}: pod {pod.id} "
           f"{_then_text(args.then, pod)}; artifacts in {out} ({len(files)} files); timings in "
           f"{phases.path}")
     return 0
@@ -241,7 +233,7 @@ def _cleanup_on_failure(env: Env, client: RunpodClient, pod: Pod, args: argparse
     if args.keep_on_failure:
         phases.record("keep_on_failure", "ok", 0)
         print(f"--keep-on-failure: pod {pod.id} is still there and billing:\n"
-              f"{_pod_text(pod)}", file=env.err)
+              f"{pod_text(pod)}", file=env.err)
         return
     unsaved = state["train_started"] and not state["fetched"]
     action = "stop" if unsaved else "terminate"
@@ -269,7 +261,7 @@ def public_url(pod: Pod, port: int) -> str | None:
 
 
 def cmd_smoke(env: Env, args: argparse.Namespace) -> int:
-    _ssh_settings()
+    ssh_settings()
     run_id = f"smoke-{_stamp()}"
     log = _timing_log(SMOKE_SOURCE, run_id)
     rows: list[Check] = []
@@ -282,11 +274,9 @@ def cmd_smoke(env: Env, args: argparse.Namespace) -> int:
                 if not (args.image or args.template_id or args.template_name):
                     raise CliError("give a POD, or --image/--template-id/--template-name for a "
                                    "throwaway pod", 2)
-                args.name = args.name or f"chessbot-{run_id}"
                 start = time.monotonic()
-                created = provision_pod(env, client, args)
-                pod = wait_ready(env, client, created, args.wait_timeout, args.poll_interval,
-                                 left_running=False)
+                created = create_pod(env, client, create_request(args, f"chessbot-{run_id}"))
+                pod = wait_ready(env, client, created, wait_request(args, left_running=False))
                 rows.append(Check("provision", "PASS", f"pod {pod.id} ready",
                                   int((time.monotonic() - start) * 1000)))
             rows += _smoke_rows(env, pod, args)
@@ -300,10 +290,10 @@ def cmd_smoke(env: Env, args: argparse.Namespace) -> int:
         log.record(row.check, {"PASS": "ok", "SKIP": "skipped"}.get(row.status, "error"),
                    row.elapsed_ms)
     failed = [r.check for r in rows if r.status == "FAIL"]
-    text = _table([[r.check, r.status, f"{r.elapsed_ms / 1000:.1f} s", r.detail] for r in rows],
+    text = table([[r.check, r.status, f"{r.elapsed_ms / 1000:.1f} s", r.detail] for r in rows],
                   ["CHECK", "STATUS", "TIME", "DETAIL"])
     verdict = f"smoke: FAIL ({', '.join(failed)})" if failed else "smoke: PASS"
-    _emit(env, args, {"pod": pod.id, "ok": not failed, "checks": [asdict(r) for r in rows]},
+    emit(env, args.json, {"pod": pod.id, "ok": not failed, "checks": [asdict(r) for r in rows]},
           f"{text}\n{verdict}")
     return 1 if failed else 0
 
@@ -377,8 +367,8 @@ def _public_healthz(env: Env, pod: Pod, attempts: int = 10, pause: float = 2.0) 
 # -- parser ---------------------------------------------------------------------------------------
 
 
-def add_commands(add: Callable[..., argparse.ArgumentParser],
-                 provision_options: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Adds cycle and smoke through provision.py's `add(name, help, handler)`."""
     sp = add("cycle", "provision, wait for SSH, train in the pod, copy the artifacts back, then "
              "stop/terminate/keep; cleans up on failure", cmd_cycle)
     provision_options(sp)
@@ -398,7 +388,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser],
                     help="runs live under REMOTE_ROOT/RUN_ID in the pod (default %(default)s)")
     sp.add_argument("--pod-repo-dir", default="/opt/chessbot",
                     help="the project in the pod, for its sample data (default %(default)s)")
-    sp.add_argument("--user", default="runner", help=argparse.SUPPRESS)
+    sp.add_argument("--user", default=SSH_USER, help=argparse.SUPPRESS)
 
     sp = add("smoke", "check a pod end to end: SSH, supervisorctl status, /healthz, /infer, "
              "Jupyter API, one training epoch; without POD on a throwaway pod", cmd_smoke)
@@ -406,5 +396,5 @@ def add_commands(add: Callable[..., argparse.ArgumentParser],
     provision_options(sp)
     sp.add_argument("--dataset", metavar="POD_DIR",
                     help="dataset dir in the pod (default $REPO_DIR/data/sample)")
-    sp.add_argument("--user", default="runner", help=argparse.SUPPRESS)
+    sp.add_argument("--user", default=SSH_USER, help=argparse.SUPPRESS)
 

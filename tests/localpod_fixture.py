@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from appliance.runpod import RunpodClient
+from host_tools.cli import Env
 from host_tools.emulators.localpod import Account, LocalPodServer, RecordsBackend
-from host_tools.provision import Env
 
 CANARY = "rpk_CANARY_5e1f0c9a7d3b2846"
 

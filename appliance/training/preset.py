@@ -70,7 +70,7 @@ def resolve_dataset(cfg: settings.TrainingSettings, repo_dir: Path) -> tuple[Pat
         if not dirs:
             raise PresetError(
                 f"no dataset found: no dir under {root} has train.jsonl and val.jsonl; build one "
-                "with `python host_tools/datasets.py generate --out data/dataset/NAME` or set "
+                "with `python -m host_tools.datasets generate --out data/dataset/NAME` or set "
                 "TRAIN_DATASET_DIR"
             )
         newest = max(dirs, key=lambda d: (d / "train.jsonl").stat().st_mtime)

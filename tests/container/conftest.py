@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.image import Engine, ImageError, build, detect_engine
+from host_tools.engine import Engine, EngineError, detect_engine
+from host_tools.image import build
 from tests.helpers import wait_until
 from tests.runtime_helpers import free_port
 
@@ -28,7 +29,7 @@ TEST_TAG = "current"
 def engine() -> Engine:
     try:
         return detect_engine(install=os.geteuid() == 0)
-    except ImageError as exc:
+    except EngineError as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"container tier needs an engine under CI=true: {exc}")
         pytest.skip(f"no container engine: {exc}")

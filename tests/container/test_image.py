@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.image import ROOT, Engine
+from host_tools.engine import Engine, push_flags
+from host_tools.image import ROOT
 from tests.container.conftest import Pod, TrackedContainers
 from tests.helpers import wait_until
 from tests.runtime_helpers import free_port
@@ -271,8 +272,7 @@ def test_make_push_to_loopback_registry_and_pull_back(engine: Engine, image: str
         status, tags_body = http(f"http://{registry}/v2/chess-test/appliance/tags/list")
         assert status == 200 and sorted(tags_body["tags"]) == sorted([tag, "latest"])
         subprocess.run(engine.cmd("rmi", *refs), check=True, capture_output=True)
-        pull = engine.cmd("pull", *(["--tls-verify=false"] if engine.name == "podman" else []),
-                          refs[0])
+        pull = engine.cmd("pull", *push_flags(engine.name, tls_verify=False), refs[0])
         subprocess.run(pull, check=True, capture_output=True)
         pulled = subprocess.run(engine.cmd("image", "inspect", "-f", "{{.Id}}", refs[0]),
                                 capture_output=True, text=True, check=True).stdout.strip()

@@ -1,8 +1,10 @@
-"""The datasets CLI as a user runs it: both entry forms, build, and one-line errors on bad input."""
+"""The datasets CLI as a user runs it: `python -m host_tools.datasets` from the checkout and from
+another directory, build, and one-line errors on bad input."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,26 +13,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TRAPS = REPO / "tests" / "fixtures" / "pgn" / "traps.pgn"
-SCRIPT = [sys.executable, str(REPO / "host_tools" / "datasets.py")]
 MODULE = [sys.executable, "-m", "host_tools.datasets"]
+# Elsewhere than the checkout, the package is found as an installed one would be.
+PYTHONPATH = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def _run(entry: list[str], *args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*entry, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=cwd
+        [*entry, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=cwd,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
     )
 
 
-@pytest.mark.parametrize("entry", [SCRIPT, MODULE], ids=["script", "module"])
-def test_help_lists_the_subcommands(entry: list[str]):
-    done = _run(entry, "--help")
+def test_help_lists_the_subcommands():
+    done = _run(MODULE, "--help")
     assert done.returncode == 0
     assert "build     PGN files -> dataset directory" in done.stdout
     assert "generate  Stockfish self-play -> dataset directory" in done.stdout
 
 
-def test_script_runs_from_another_directory(tmp_path: Path):
-    done = _run(SCRIPT, "build", TRAPS, "--out", tmp_path / "out", cwd=tmp_path)
+def test_module_runs_from_another_directory(tmp_path: Path):
+    done = _run(MODULE, "build", TRAPS, "--out", tmp_path / "out", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:2] == [
         "read 11 games from 1 file(s): kept 5, skipped 5, duplicates removed 1",
@@ -74,14 +77,14 @@ def test_build_bad_input_is_one_line_and_exit_2(
     bad = tmp_path / "games.pgn.gz"
     if make is not None:
         bad.write_bytes(make)
-    done = _run(SCRIPT, "build", TRAPS, bad, "--out", tmp_path / "out", *args)
+    done = _run(MODULE, "build", TRAPS, bad, "--out", tmp_path / "out", *args)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == message.format(bad=bad) + "\n"
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_subcommand_is_a_usage_error():
-    done = _run(SCRIPT)
+    done = _run(MODULE)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == (
         "datasets: error: the following arguments are required: COMMAND (see --help)\n"

@@ -22,7 +22,7 @@ from appliance.datasets.generate import (
 from appliance.datasets.rows import GAME_FORMAT, encode_row
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, str(REPO / "host_tools" / "datasets.py")]
+CLI = [sys.executable, "-m", "host_tools.datasets"]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from appliance.runpod import PodSpec, RunpodClient
 from host_tools.emulators.hubemu import HubEmulator
 from host_tools.emulators.localpod import Account, LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
-from host_tools.image import Engine
+from host_tools.engine import Engine
 from tests import hf_helpers
 from tests.helpers import wait_until
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.cli import Env
 from host_tools.emulators.localpod import Account, LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
-from host_tools.image import Engine
-from host_tools.provision import Env, main
+from host_tools.engine import Engine
+from host_tools.provision import main
 
 ACCOUNT_KEY = "rpk_CLI_LIFECYCLE_CANARY_4f2a9c"
 API_TOKEN = "api-CANARY-" + uuid.uuid4().hex

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from host_tools.emulators.localpod.state import PodRecord
-from host_tools.image import remove_commands
+from host_tools.engine import remove_commands, run_flags
 
 # The appliance's port variables, by the private port RunPod would publish.
 PORT_VARIABLES = {22: "SSH_PORT", 8888: "JUPYTER_PORT", 8000: "INFERENCE_PORT"}
@@ -75,10 +75,7 @@ class ContainerBackend:
             argv += ["--network", "host"]
         for name in env_names:
             argv += ["-e", name]
-        if self.engine == "podman":
-            # crun may be unusable and limits may not be raisable: runc, explicit ulimits.
-            argv += ["--runtime", "runc", "--ulimit", "nofile=1024:1024",
-                     "--ulimit", "nproc=1024:1024"]
+        argv += run_flags(self.engine)
         if not self.host_network:
             for private, public in sorted(pod.mappings.items()):
                 argv += ["-p", f"127.0.0.1:{public}:{private}"]
