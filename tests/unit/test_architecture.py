@@ -103,16 +103,7 @@ def check(rule: Rule) -> list[str]:
 
 # The modeldata branch moves the move encoding into appliance.model; until it is merged the
 # predictor imports appliance.datasets.rows. Remove this marker after that merge.
-_PENDING = {
-    "the emulators use no other workstation code than the container engine": "localpod's "
-    "containers.py imports host_tools.image until the workstation branch (host_tools.engine) "
-    "is merged",
-}
-
-
-@pytest.mark.parametrize("rule", [
-    pytest.param(r, id=r.name, marks=[pytest.mark.xfail(reason=_PENDING[r.name], strict=True)]
-                 if r.name in _PENDING else []) for r in RULES])
+@pytest.mark.parametrize("rule", [pytest.param(r, id=r.name) for r in RULES])
 def test_no_forbidden_arrow(rule: Rule) -> None:
     assert rule.paths(), f"{rule.name}: no file matches {rule.files}"
     assert check(rule) == [], rule.name
