@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from host_tools.image import ROOT, Engine
-from tests.container.conftest import Pod, TrackedContainers
-from tests.helpers import wait_until
-from tests.runtime_helpers import free_port
+from tests.utils import free_port, wait_until
+from tests.utils.containers import Pod, TrackedContainers
 
 API_TOKEN = "api-" + uuid.uuid4().hex
 JUPYTER_TOKEN = "jt-" + uuid.uuid4().hex

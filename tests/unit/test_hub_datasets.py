@@ -17,7 +17,7 @@ from appliance import settings
 from appliance.datasets import hub as hd
 from appliance.datasets.rows import DatasetError
 from appliance.training import preset
-from tests.helpers import make_dataset, write_rows
+from tests.utils.datasets import make_dataset, write_rows
 
 GAME = "game_jsonl_runtime_splice_v1"
 LEGACY = "splice_rows_legacy"

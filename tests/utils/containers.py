@@ -1,4 +1,5 @@
-"""Container tier fixtures: the image built once per run, tracked containers, SSH as runner.
+"""Plugin for the container and lifecycle tiers: the engine, the image built once per run, the
+SSH client key, and `containers` (tracked containers: SSH as runner, always removed).
 
 Modelled on jupyter/docker-stacks' tests: everything a test starts is removed by its fixture,
 host ports are free ports on 127.0.0.1, readiness is polled with a deadline.
@@ -17,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.image import Engine, ImageError, build, detect_engine
-from tests.helpers import wait_until
-from tests.runtime_helpers import free_port
+from tests.utils import free_port, wait_until
 
 TEST_REPO = "localhost/chessbot-appliance-test"
 TEST_TAG = "current"
