@@ -11,7 +11,7 @@ import chess
 
 def random_game(rng: random.Random, max_plies: int = 60) -> list[str]:
     board = chess.Board()
-    moves = []
+    moves: list[str] = []
     while not board.is_game_over() and len(moves) < max_plies:
         move = rng.choice(list(board.legal_moves))
         moves.append(move.uci())
