@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +35,7 @@ from appliance.datasets.publish import inspect_dataset  # noqa: E402
 from appliance.hf import HubClient  # noqa: E402
 from appliance.sync.once import SyncJob, sync_once  # noqa: E402
 from host_tools.emulators.hubemu import HubEmulator  # noqa: E402
+from tests.utils import wait_until  # noqa: E402
 
 TOKEN = "hf_bench_token_0000000000"
 DATASET_MB = float(os.environ.get("BENCH_HF_MB", "200"))
@@ -56,14 +56,6 @@ def env_for(hub: HubEmulator, tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark condition not met in time")
-        time.sleep(0.01)
-
-
 def watcher_latency(hub: HubEmulator, tmp: Path, mode: str) -> list[float]:
     """Seconds from close() to the Hub's first request for each of WATCH_FILES files."""
     src, state = tmp / f"src-{mode}", tmp / f"state-{mode}"
@@ -75,7 +67,7 @@ def watcher_latency(hub: HubEmulator, tmp: Path, mode: str) -> list[float]:
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latencies = []
     try:
-        wait_for(lambda: (state / "status.json").exists(), 30)
+        wait_until(lambda: (state / "status.json").exists(), 30, 0.01)
         time.sleep(0.3)
         for i in range(WATCH_FILES):
             before = len(hub.requests())
@@ -83,11 +75,12 @@ def watcher_latency(hub: HubEmulator, tmp: Path, mode: str) -> list[float]:
                 fh.write(os.urandom(1 << 20))
             closed = time.time()
 
-            wait_for(lambda b=before: any("/preupload/" in r.path
-                                          for r in hub.requests()[b:]), 30)
+            wait_until(lambda b=before: any("/preupload/" in r.path
+                                            for r in hub.requests()[b:]), 30, 0.01)
             first = next(r for r in hub.requests()[before:] if "/preupload/" in r.path)
             latencies.append(first.ts - closed)
-            wait_for(lambda b=before: any("/commit/" in r.path for r in hub.requests()[b:]), 30)
+            wait_until(lambda b=before: any("/commit/" in r.path
+                                            for r in hub.requests()[b:]), 30, 0.01)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

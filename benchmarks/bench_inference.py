@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from appliance.inference.predictor import Predictor  # noqa: E402
 from appliance.model.checkpoint import save_checkpoint  # noqa: E402
 from appliance.model.network import ModelConfig, MovePredictor  # noqa: E402
+from tests.utils import free_port  # noqa: E402
 
 LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "30"))
 CLIENTS = 16
@@ -54,12 +54,6 @@ def positions(n: int) -> list[list[str]]:
         g = rng.choice(games)
         out.append(g[: rng.randrange(len(g))])
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def direct_latency(model: Path, inputs: list[list[str]]) -> list[float]:

@@ -21,18 +21,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.runtime_helpers import (  # noqa: E402
+from tests.utils import wait_until  # noqa: E402
+from tests.utils.appliance import (  # noqa: E402
     Appliance,
     base_env,
     ensure_runner,
     make_client_key,
     make_root,
-    make_source_repo,
-    make_venv,
-    make_wheel,
     remove_root,
-    wait_for,
 )
+from tests.utils.repos import make_source_repo, make_venv, make_wheel  # noqa: E402
 
 PROGRAMS = ["fatal-reviver", "sshd", "inference", "jupyter"]
 KILL_ROUNDS = int(os.environ.get("BENCH_KILL_ROUNDS", "5"))
@@ -70,8 +68,8 @@ def kill_recovery(app: Appliance) -> None:
             old = app.infos()[name]["pid"]
             t0 = time.monotonic()
             os.kill(old, signal.SIGKILL)
-            wait_for(lambda n=name, o=old: app.infos()[n]["pid"] not in (0, o), 10, 0.02,
-                     f"{name} respawned")
+            wait_until(lambda n=name, o=old: app.infos()[n]["pid"] not in (0, o), 10, 0.02,
+                       f"{name} respawned")
             respawn[name].append(time.monotonic() - t0)
             app.wait_running([name], timeout=60)
             running[name].append(time.monotonic() - t0)

@@ -21,9 +21,8 @@ import pytest
 
 from host_tools.engine import Engine, push_flags
 from host_tools.image import ROOT
-from tests.container.conftest import Pod, TrackedContainers
-from tests.helpers import wait_until
-from tests.runtime_helpers import free_port
+from tests.utils import free_port, wait_until
+from tests.utils.containers import Pod, TrackedContainers
 
 API_TOKEN = "api-" + uuid.uuid4().hex
 JUPYTER_TOKEN = "jt-" + uuid.uuid4().hex

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime_helpers import (
+from tests.utils import wait_until
+from tests.utils.appliance import (
     PYTHON,
     USER,
     Appliance,
@@ -28,7 +29,6 @@ from tests.runtime_helpers import (
     make_client_key,
     make_root,
     remove_root,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.slow,
@@ -122,8 +122,8 @@ def test_a_stopped_program_makes_status_fail(pod: Appliance):
     rpc = pod.rpc()
     rpc.supervisor.stopProcess("jupyter", False)
     try:
-        wait_for(lambda: pod.infos()["jupyter"]["statename"] == "STOPPED", 20,
-                 what="jupyter STOPPED")
+        wait_until(lambda: pod.infos()["jupyter"]["statename"] == "STOPPED", 20,
+                   what="jupyter STOPPED")
         proc = _status(pod)
         assert proc.returncode == 1
         assert proc.stdout.splitlines()[-1].startswith("overall: NOT OK: jupyter is STOPPED")
@@ -247,7 +247,7 @@ def test_restarting_sshd_keeps_an_open_session(pod: Appliance):
         assert _echo(session, "before") == "before"
         rpc = pod.rpc()
         rpc.supervisor.stopProcess("sshd", False)
-        wait_for(lambda: pod.infos()["sshd"]["statename"] == "STOPPED", 20, what="sshd STOPPED")
+        wait_until(lambda: pod.infos()["sshd"]["statename"] == "STOPPED", 20, what="sshd STOPPED")
         rpc.supervisor.startProcess("sshd", False)
         pod.wait_running(["sshd"])
         assert _echo(session, "after") == "after"
@@ -277,7 +277,7 @@ def test_kill_9_of_children_never_takes_sshd_down(pod: Appliance):
                 infos = pod.infos()
                 return all(infos[n]["pid"] not in (0, old[n]) for n in children)
 
-            wait_for(new_pids, 10, interval=0.05, what=f"round {i}: new processes")
+            wait_until(new_pids, 10, interval=0.05, what=f"round {i}: new processes")
             respawn.append(time.monotonic() - t0)
             pod.wait_running(list(children), timeout=30)
             running.append(time.monotonic() - t0)
@@ -362,16 +362,16 @@ def test_a_crashing_program_ends_fatal_is_recorded_and_revived(fresh_root: Path)
     try:
         app.start()
         sshd_pid = app.wait_running(["sshd", "fatal-reviver"])["sshd"]["pid"]
-        wait_for(lambda: record("flaky").get("fatal_count", 0) >= 1, 30, what="flaky FATAL")
+        wait_until(lambda: record("flaky").get("fatal_count", 0) >= 1, 30, what="flaky FATAL")
         flag.write_text("go\n")
         status = subprocess.run([str(PYTHON), "-m", "appliance.runtime.status"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 1 and "broken is " in status.stdout
         app.wait_running(["flaky"], timeout=30)
-        wait_for(lambda: record("flaky").get("state") == "running", 10, what="flaky recorded")
+        wait_until(lambda: record("flaky").get("state") == "running", 10, what="flaky recorded")
         assert record("flaky")["revives_total"] >= 1
-        wait_for(lambda: record("broken").get("state") == "given_up", 60,
-                 what="broken given up")
+        wait_until(lambda: record("broken").get("state") == "given_up", 60,
+                   what="broken given up")
         broken = record("broken")
         assert (broken["fatal_count"], broken["revives_total"]) == (3, 2)
         assert app.infos()["broken"]["statename"] == "FATAL"

@@ -11,23 +11,17 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from host_tools import datasets as cli
 from host_tools.emulators.hubemu import HubEmulator
-from tests.helpers import make_dataset, random_game, write_rows
-from tests.hf_helpers import CANARY, assert_canary_never_in_urls, assert_no_canary, hf_env, run_hub
+from tests.utils.datasets import make_dataset, random_game, write_rows
+from tests.utils.hubemu import CANARY, assert_canary_never_in_urls, assert_no_canary, hf_env
 
 REPO_ID = "acme/chess-data"
 PREFIX = "validated_datasets"
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubEmulator]:
-    yield from run_hub(tmp_path)
 
 
 @pytest.fixture

@@ -11,21 +11,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from host_tools.emulators.hubemu import HubEmulator
-from tests.helpers import wait_until
-from tests.hf_helpers import CANARY, assert_canary_never_in_urls, assert_no_canary, hf_env, run_hub
+from tests.utils import wait_until
+from tests.utils.hubemu import CANARY, assert_canary_never_in_urls, assert_no_canary, hf_env
 
 REPO_ID = "acme/artifacts"
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubEmulator]:
-    yield from run_hub(tmp_path)
 
 
 def _sync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

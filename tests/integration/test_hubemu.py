@@ -6,23 +6,17 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import huggingface_hub as hh  # noqa: I001 (imported after tests.hf_helpers on purpose)
+import huggingface_hub as hh
 import pytest
 from huggingface_hub import constants, errors
 
 from host_tools.emulators.hubemu import HubEmulator
-from tests.hf_helpers import CANARY, OTHER_TOKEN, run_hub  # sets the HF environment first
+from tests.utils.hubemu import CANARY, OTHER_TOKEN
 
 REPO_ID = "acme/artifacts"
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubEmulator]:
-    yield from run_hub(tmp_path)
 
 
 @pytest.fixture(autouse=True)

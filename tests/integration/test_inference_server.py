@@ -8,7 +8,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,17 +19,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.helpers import wait_until
+from tests.utils import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "canary-inference-token-5c2e"
 AUTH = {"Authorization": f"Bearer {CANARY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,15 @@ from pathlib import Path
 import pytest
 
 from appliance.runtime.repo import Outcome, RepoError, prepare_checkout
-from tests.runtime_helpers import (
+from tests.utils.appliance import (
     USER,
     base_env,
-    commit_files,
     ensure_runner,
-    git,
     make_root,
-    make_source_repo,
-    make_venv,
-    make_wheel,
     remove_root,
     run_bootstrap,
 )
+from tests.utils.repos import commit_files, git, make_source_repo, make_venv, make_wheel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: git runs as runner")
 

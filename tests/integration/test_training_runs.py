@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from appliance.model.checkpoint import load_model
-from tests.helpers import write_rows
+from tests.utils.datasets import write_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 GAMES = [

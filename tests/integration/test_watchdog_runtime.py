@@ -21,18 +21,17 @@ import pytest
 
 from host_tools.emulators.hubemu import HubEmulator
 from host_tools.emulators.localpod import Account, LocalPodServer, RecordsBackend
-from tests import hf_helpers
-from tests.runtime_helpers import (
+from tests.utils import free_port, wait_until
+from tests.utils.appliance import (
     PYTHON,
     Appliance,
     base_env,
     ensure_runner,
-    free_port,
     make_client_key,
     make_root,
     remove_root,
-    wait_for,
 )
+from tests.utils.hubemu import CANARY
 
 pytestmark = pytest.mark.slow
 IDLE_MIN, WARN_MIN, POLL_S = "0.05", "0.02", "0.3"  # 3 s idle, 1.2 s warning, 0.3 s polls
@@ -65,8 +64,8 @@ def _records(path: Path, phase: str = "autostop") -> list[dict[str, Any]]:
 
 def _held_active(state_path: Path, active: list[str], alive: Any) -> None:
     """The watchdog saw only `active` for longer than idle + warning time, and the pod lives."""
-    first = wait_for(lambda: (s := _state(state_path)) and s["active"] == active
-                     and s["updated_epoch"], 30, 0.1, what=f"active == {active}")
+    first = wait_until(lambda: (s := _state(state_path)) and s["active"] == active
+                       and s["updated_epoch"], 30, 0.1, what=f"active == {active}")
 
     def long_enough() -> bool:
         s = _state(state_path)
@@ -74,7 +73,7 @@ def _held_active(state_path: Path, active: list[str], alive: Any) -> None:
         assert alive(), "the pod was stopped while active"
         return bool(s["updated_epoch"] - first > IDLE_S + 1.5)
 
-    wait_for(long_enough, 30, 0.2, what=f"{active} held for the idle time")
+    wait_until(long_enough, 30, 0.2, what=f"{active} held for the idle time")
 
 
 # -- a real pod: sshd + supervisord + the watchdog with the exit action ------------------------
@@ -146,7 +145,7 @@ def test_ssh_and_training_keep_the_pod_alive_then_exit_stops_supervisord(
         trainer.kill()
         trainer.wait(10)
         quiet_at = time.time()
-        wait_for(lambda: not alive(), 60, 0.2, what="supervisord stopped by the watchdog")
+        wait_until(lambda: not alive(), 60, 0.2, what="supervisord stopped by the watchdog")
         assert app.proc.returncode == 0
         took = time.time() - quiet_at
         assert took >= 3, f"stopped {took:.1f} s after the last activity: before the idle time"
@@ -217,7 +216,7 @@ def jupyter(tmp_path: Path) -> Iterator[str]:
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, 90, 0.3, what="jupyter server up")
+        wait_until(up, 90, 0.3, what="jupyter server up")
         yield base
     finally:
         proc.terminate()
@@ -264,7 +263,7 @@ def test_a_busy_jupyter_kernel_keeps_the_pod_alive(jupyter: str, tmp_path: Path)
         detail = {s["name"]: s["detail"] for s in _state(state_path)["signals"]}  # type: ignore[index]
         assert detail["jupyter"] == "1 kernel(s), 1 busy"
         httpx.post(f"{jupyter}/api/kernels/{kernel['id']}/interrupt", headers=auth, timeout=30)
-        [rec] = wait_for(lambda: _records(timings), 60, 0.2, what="dry-run stop record")
+        [rec] = wait_until(lambda: _records(timings), 60, 0.2, what="dry-run stop record")
         assert rec["status"] == "dry_run" and "jupyter quiet" in rec["reason"]
     finally:
         dog.terminate()
@@ -280,7 +279,7 @@ def test_runpod_api_stops_the_localpod_pod_after_uploading_pending_artifacts(
         tmp_path: Path) -> None:
     server = LocalPodServer(Account(RecordsBackend(), {RUNPOD_ACCOUNT_KEY}, boot_polls=0))
     server.start()
-    hub = HubEmulator(tmp_path / "hub", tokens=frozenset({hf_helpers.CANARY})).start()
+    hub = HubEmulator(tmp_path / "hub", tokens=frozenset({CANARY})).start()
     try:
         pod = server.account.create_pod(
             {"name": "wd", "image": "i", "gpu_id": "NVIDIA A40", "gpu_count": 1,
@@ -299,14 +298,14 @@ def test_runpod_api_stops_the_localpod_pod_after_uploading_pending_artifacts(
             tmp_path, AUTOSTOP_ACTION="runpod_api",
             **{k: v for k, v in pod.injected_env("", server.url).items()
                if k.startswith("RUNPOD_")},
-            HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_TOKEN=hf_helpers.CANARY,
+            HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_TOKEN=CANARY,
             HF_REPO_ID="acme/pod-artifacts", HF_SYNC_STATE_DIR=str(state_dir),
             HF_HOME=str(tmp_path / "hf_home"), AUTOSTOP_SYNC_FLUSH_SECONDS="60")
         log = tmp_path / "watchdog.log"
         dog = _start_watchdog(env, log)
         try:
-            wait_for(lambda: server.account.pods[pod.id].status == "EXITED", 90, 0.2,
-                     what="pod EXITED through the API")
+            wait_until(lambda: server.account.pods[pod.id].status == "EXITED", 90, 0.2,
+                       what="pod EXITED through the API")
         finally:
             dog.terminate()
             dog.wait(15)
@@ -322,7 +321,7 @@ def test_runpod_api_stops_the_localpod_pod_after_uploading_pending_artifacts(
         assert f"/v2/pods/{pod.id}/action" in paths and all(
             r["method"] != "DELETE" for r in server.account.requests)
         text = log.read_text() + (tmp_path / "timings.jsonl").read_text()
-        assert pod.pod_key not in text and hf_helpers.CANARY not in text
+        assert pod.pod_key not in text and CANARY not in text
     finally:
         hub.stop()
         server.stop()

@@ -21,17 +21,12 @@ from host_tools.emulators.hubemu import HubEmulator
 from host_tools.emulators.localpod import Account, LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.engine import Engine
-from tests import hf_helpers
-from tests.helpers import wait_until
+from tests.utils import wait_until
+from tests.utils.hubemu import CANARY
 
 ACCOUNT_KEY = "rpk_LIFECYCLE_CANARY_0b7e3c5a9d"
 HF_REPO = "acme/pod-artifacts"
 TIMINGS = "/workspace/timings/runpod_phase_times.jsonl"
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubEmulator]:
-    yield from hf_helpers.run_hub(tmp_path)
 
 
 @pytest.fixture
@@ -70,7 +65,7 @@ def test_idle_pod_stops_itself_through_the_api_after_uploading_pending_artifacts
         "START_JUPYTER": "0", "START_IDLE_WATCHDOG": "1", "AUTOSTOP_ACTION": "runpod_api",
         "AUTOSTOP_IDLE_MINUTES": "0.5", "AUTOSTOP_POLL_SECONDS": "2",
         "AUTOSTOP_WARN_MINUTES": "0", "AUTOSTOP_SYNC_FLUSH_SECONDS": "60",
-        "START_HF_SYNC": "1", "HF_ENDPOINT": hub.url, "HF_TOKEN": hf_helpers.CANARY,
+        "START_HF_SYNC": "1", "HF_ENDPOINT": hub.url, "HF_TOKEN": CANARY,
         "HF_REPO_ID": HF_REPO, "HF_HUB_DISABLE_XET": "1",
         "HF_SYNC_SOURCE_DIR": "/workspace/artifacts", "HF_SYNC_DEBOUNCE_SECONDS": "1",
         "RUNPOD_PHASE_TIMING_LOG": TIMINGS,
@@ -131,5 +126,5 @@ def test_idle_pod_stops_itself_through_the_api_after_uploading_pending_artifacts
     assert any(r["path"] == f"/v2/pods/{pod_id}/action" for r in requests)
     assert all(r["method"] != "DELETE" for r in requests)
     assert pod_id in localpod.account.pods and record.status == "EXITED"
-    assert hf_helpers.CANARY not in cat.stdout and record.pod_key not in cat.stdout
+    assert CANARY not in cat.stdout and record.pod_key not in cat.stdout
     print(f"pod stopped itself {stopped_after:.1f} s after its create: {stop['reason']}")

@@ -1,7 +1,7 @@
 """The harness of the `provision.py cycle` and `smoke` tests (test_podjobs_cycle.py,
 test_podjobs_smoke.py): localpod in records-only mode, a fake `ssh` (Env.remote) that answers like
 the pod would, a fake HTTP client for the public /healthz, and a canary API key that never shows.
-A test module takes the fixtures with `h = podjobs_harness.h` (and localpod, banner_port).
+Loaded as a pytest plugin by tests/conftest.py: a test takes the harness as the fixture `h`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,7 @@ import pytest
 from host_tools.emulators.localpod import LocalPodServer, RecordsBackend
 from host_tools.podjobs import PRESET
 from host_tools.provision import main
-from tests import localpod_fixture
-from tests.localpod_fixture import CANARY, CliEnv, make_cli_env
-
-localpod = localpod_fixture.localpod
-banner_port = localpod_fixture.banner_port
+from tests.utils.localpod import CANARY, CliEnv, make_cli_env
 
 GPU = ["--template-name", "chessbot-appliance", "--gpu-type-id", "NVIDIA RTX A4000"]
 POD_TIMING = {"ts_epoch_ms": 1, "source": "runpod_train_preset", "run_id": "r1", "phase": "train",

@@ -17,7 +17,7 @@ from appliance.datasets.rows import (
 )
 from appliance.model import vocab
 from appliance.training.batching import IGNORE, GameDataset, bucketed_batches, collate
-from tests.helpers import write_rows
+from tests.utils.datasets import write_rows
 
 GAME = ["e2e4", "e7e5", "g1f3", "b8c6", "f1b5", "a7a6", "b5a4", "g8f6", "e1g1", "f8e7"]
 

@@ -11,7 +11,7 @@ import pytest
 from appliance.model.checkpoint import save_checkpoint
 from appliance.model.network import ModelConfig, MovePredictor
 from appliance.training import evaluate
-from tests.helpers import make_dataset, write_rows
+from tests.utils.datasets import make_dataset, write_rows
 
 OPENING = ["e2e4", "e7e5", "g1f3", "b8c6", "f1b5", "a7a6"]
 

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
 
 from appliance.training import gpu_check
-from tests.helpers import make_dataset
+from tests.utils.datasets import make_dataset
+
+
+@pytest.fixture(autouse=True)
+def no_gpu_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's GPUs do not count: CUDA is not visible and nvidia-smi is not found."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check, "shutil", SimpleNamespace(which=lambda name: None))
 
 
 def test_gpu_check_code_path_on_cpu(tmp_path: Path, capsys):

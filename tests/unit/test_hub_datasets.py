@@ -18,7 +18,7 @@ from appliance.datasets import fetch, publish
 from appliance.datasets.manifest import check_name, check_prefix, default_version, parse_checksums
 from appliance.datasets.rows import DatasetError
 from appliance.training import preset
-from tests.helpers import make_dataset, write_rows
+from tests.utils.datasets import make_dataset, write_rows
 
 GAME = "game_jsonl_runtime_splice_v1"
 LEGACY = "splice_rows_legacy"

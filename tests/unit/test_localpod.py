@@ -13,11 +13,9 @@ import pytest
 
 from host_tools.emulators.localpod import Account, Fault, LocalPodServer, RecordsBackend
 from host_tools.emulators.localpod.containers import ContainerBackend
-from tests import localpod_fixture
-from tests.helpers import wait_until
-from tests.localpod_fixture import CANARY
+from tests.utils import wait_until
+from tests.utils.localpod import CANARY
 
-localpod = localpod_fixture.localpod
 pytestmark = pytest.mark.timeout(60)
 
 

@@ -14,7 +14,7 @@ import appliance.atomic
 from appliance.model import features, vocab
 from appliance.model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from appliance.model.network import ModelConfig, MovePredictor, count_parameters
-from tests.helpers import random_game
+from tests.utils.datasets import random_game
 
 
 def test_vocabulary_size_order_and_specials():

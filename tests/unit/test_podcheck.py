@@ -265,8 +265,8 @@ def test_wait_healthy_times_out_with_the_last_answer(api: Api) -> None:
                                '{"status": "no_model"})')
 
 
-def test_wait_healthy_nothing_listening() -> None:
-    url = "http://127.0.0.1:1/healthz"
+def test_wait_healthy_nothing_listening(refused_port: int) -> None:
+    url = f"http://127.0.0.1:{refused_port}/healthz"
     with pytest.raises(CheckFailed) as info:
         wait_healthy(url, 0.3)
     assert str(info.value) == f"{url} not healthy after 0 s (last: ConnectError)"

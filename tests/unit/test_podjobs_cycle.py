@@ -13,8 +13,6 @@ import pytest
 
 from host_tools.emulators.localpod import Fault
 from host_tools.podjobs import PRESET
-from tests.localpod_fixture import CANARY
-from tests.unit import podjobs_harness
 from tests.unit.podjobs_harness import (
     GPU,
     POD_STATUS,
@@ -27,10 +25,7 @@ from tests.unit.podjobs_harness import (
     ssh_prefix,
     table_rows,
 )
-
-localpod = podjobs_harness.localpod
-banner_port = podjobs_harness.banner_port
-h = podjobs_harness.h
+from tests.utils.localpod import CANARY
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,12 +10,7 @@ import re
 import httpx
 import pytest
 
-from tests.unit import podjobs_harness
 from tests.unit.podjobs_harness import CHECKS_OK, GPU, Harness, table_rows
-
-localpod = podjobs_harness.localpod
-banner_port = podjobs_harness.banner_port
-h = podjobs_harness.h
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,11 +11,7 @@ from host_tools.cli import CliError
 from host_tools.emulators.localpod import LocalPodServer
 from host_tools.pod_args import create_request, provision_options, wait_request
 from host_tools.pods import DEFAULT_PORTS, CreateRequest, WaitRequest, create_pod, wait_ready
-from tests import localpod_fixture
-from tests.localpod_fixture import make_cli_env
-
-localpod = localpod_fixture.localpod
-banner_port = localpod_fixture.banner_port
+from tests.utils.localpod import make_cli_env
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,7 @@ import pytest
 
 from appliance import settings
 from appliance.training import preset
-from tests.helpers import make_dataset
+from tests.utils.datasets import make_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,11 +12,7 @@ import pytest
 
 from host_tools.emulators.localpod import Fault, LocalPodServer
 from host_tools.provision import main
-from tests import localpod_fixture
-from tests.localpod_fixture import CANARY, CliEnv, make_cli_env
-
-localpod = localpod_fixture.localpod
-banner_port = localpod_fixture.banner_port
+from tests.utils.localpod import CANARY, CliEnv, make_cli_env
 
 pytestmark = pytest.mark.timeout(60)
 

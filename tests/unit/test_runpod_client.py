@@ -28,7 +28,7 @@ from appliance.runpod import (
     strip_api_key,
 )
 from appliance.settings import RunpodSettings
-from tests.localpod_fixture import CANARY
+from tests.utils.localpod import CANARY
 
 REST = "https://rest.example.test/v2"
 GQL = "https://gql.example.test/graphql"

@@ -14,7 +14,7 @@ from appliance.datasets.rows import SpliceConfig, encode_row
 from appliance.model.checkpoint import load_model, read_checkpoint
 from appliance.training import options, train
 from appliance.training.batching import collate
-from tests.helpers import make_dataset, write_rows
+from tests.utils.datasets import make_dataset, write_rows
 
 TINY = ["--embed-dim", "16", "--hidden-dim", "24", "--batch-size", "8", "--seed", "5",
         "--runtime-min-context", "2"]

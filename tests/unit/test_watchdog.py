@@ -50,10 +50,8 @@ from appliance.watchdog.signals import (
     write_keepalive,
 )
 from host_tools.emulators.localpod import Fault, LocalPodServer
-from tests import localpod_fixture
-from tests.localpod_fixture import CANARY
+from tests.utils.localpod import CANARY
 
-localpod = localpod_fixture.localpod
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_800_000_000.0
 
@@ -638,6 +636,36 @@ def pod_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield tmp_path
 
 
+@pytest.fixture
+def no_machine_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signals `--explain` builds, each reading a fake instead of this machine's GPUs, TCP
+    connections, processes and Jupyter port: a training run or an SSH session here must not
+    change the answer."""
+    build_signals = cli.build_signals
+
+    def no_gpu() -> list[GpuSample]:
+        raise NvmlUnavailable("no NVML in this test")
+
+    def refused(url: str, **kwargs: Any) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    def built(cfg: cli.Config) -> list[Any]:
+        signals = build_signals(cfg)
+        for sig in signals:
+            if isinstance(sig, GpuSignal):
+                sig.sampler = no_gpu
+            elif isinstance(sig, SshSignal):
+                sig.connections = list
+            elif isinstance(sig, JupyterSignal):
+                sig.http_get = refused
+            elif isinstance(sig, ProcessSignal):
+                sig.lister = list
+        return signals
+
+    monkeypatch.setattr(cli, "build_signals", built)
+
+
+@pytest.mark.usefixtures("no_machine_sources")
 def test_keepalive_command_and_explain_json(pod_env: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["keepalive", "2h"]) == 0

@@ -1,11 +1,11 @@
-"""Helpers for the HF tests: environment for huggingface_hub against the local Hub emulator (set
-before huggingface_hub is imported), an emulator fixture and a canary token that must never leak.
+"""Plugin for the HF tests: the environment huggingface_hub needs against the local Hub emulator
+(set here, before anything imports huggingface_hub: this plugin loads first), the `hub` fixture and
+a canary token that must never leak.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,16 +15,19 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+import pytest  # noqa: E402
+
 from host_tools.emulators.hubemu import HubEmulator  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CANARY = "hf_CANARY_9f8e7d6c5b4a3f2e1d0c"
 OTHER_TOKEN = "hf_other_token_not_accepted_1234"
 
 
-def run_hub(tmp_path: Path) -> Iterator[HubEmulator]:
-    """Body of a `hub` fixture: an emulator that accepts only the canary token for writes and
-    private repos, with small tree pages so listings paginate."""
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubEmulator]:
+    """An emulator that accepts only the canary token for writes and private repos, with small
+    tree pages so listings paginate."""
     emu = HubEmulator(tmp_path / "hub", tree_page_size=4, tokens=frozenset({CANARY})).start()
     try:
         yield emu
@@ -50,10 +53,6 @@ def hf_env(hub: HubEmulator, tmp_path: Path, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return {k: v for k, v in env.items() if v != ""}
-
-
-def python() -> str:
-    return sys.executable
 
 
 def assert_no_canary(*texts: str) -> None:

@@ -1,5 +1,6 @@
 """Test and benchmark harness for the pod runtime: a temporary root, the runner account, an
 appliance booted for real (bootstrap -> supervisord) on loopback ports, and SSH as runner.
+(The git repositories, wheels and venvs such a pod installs from are in tests.utils.repos.)
 
 Roots live under /var/lib/appliance-tests, not /tmp: sshd's StrictModes refuses an
 authorized_keys file below a world-writable directory.
@@ -7,51 +8,27 @@ authorized_keys file below a world-writable directory.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
-import time
 import xmlrpc.client
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.runtime.health import supervisor_proxy
+from tests.utils import free_port, wait_until
 
 ROOT_BASE = Path(os.environ.get("APPLIANCE_TEST_ROOT_BASE", "/var/lib/appliance-tests"))
 USER = "runner"
 PYTHON = Path(sys.executable)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
-             what: str = "condition") -> Any:
-    """Poll until `predicate()` is truthy; return its value or fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not met within {timeout:g} s")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_root(prefix: str = "root-") -> Path:
@@ -184,14 +161,14 @@ class Appliance:
         return self.socket.exists()
 
     def wait_running(self, names: list[str], timeout: float = 90) -> dict[str, dict[str, Any]]:
-        wait_for(self.booted_or_died, timeout, what="supervisord socket")
+        wait_until(self.booted_or_died, timeout, 0.2, what="supervisord socket")
 
-        def all_running() -> dict[str, dict[str, Any]] | None:
+        def all_running() -> dict[str, dict[str, Any]]:
             infos = self.infos()
             ok = all(infos.get(n, {}).get("statename") == "RUNNING" for n in names)
-            return infos if ok else None
+            return infos if ok else {}
 
-        return wait_for(all_running, timeout, what=f"{', '.join(names)} RUNNING")  # type: ignore[no-any-return]
+        return wait_until(all_running, timeout, 0.2, what=f"{', '.join(names)} RUNNING")
 
     def trust_host_keys(self) -> None:
         port = self.env["SSH_PORT"]
@@ -214,8 +191,8 @@ class Appliance:
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     def wait_login(self, timeout: float = 30) -> None:
-        wait_for(lambda: self.ssh("true", timeout=15).returncode == 0, timeout, interval=0.3,
-                 what="ssh login as runner")
+        wait_until(lambda: self.ssh("true", timeout=15).returncode == 0, timeout, interval=0.3,
+                   what="ssh login as runner")
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM supervisord (it stops every program), then make sure nothing is left."""
@@ -251,79 +228,3 @@ def pids_mentioning(text: str) -> list[int]:
 
 def remove_root(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
-
-
-# -- git repositories and Python environments made by the tests ---------------------------------
-
-def git(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
-    return subprocess.run(["git", "-c", "init.defaultBranch=main", "-c", "safe.directory=*",
-                           *args], cwd=cwd, env=env,
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-def commit_files(repo: Path, files: Mapping[str, str], message: str) -> str:
-    for name, text in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text)
-    git("add", *files, cwd=repo)
-    git("commit", "-q", "-m", message, cwd=repo)
-    give_to_runner(repo)
-    return git("rev-parse", "--short", "HEAD", cwd=repo)
-
-
-def give_to_runner(path: Path) -> None:
-    """git refuses to serve a local repository owned by another user ("dubious ownership"),
-    and the pod's git runs as runner: a test's source repository belongs to runner."""
-    pw = pwd.getpwnam(USER)
-    for d, _, names in os.walk(path):
-        os.chown(d, pw.pw_uid, pw.pw_gid)
-        for n in names:
-            os.lchown(os.path.join(d, n), pw.pw_uid, pw.pw_gid)
-
-
-def make_source_repo(path: Path, files: Mapping[str, str]) -> str:
-    """A repository with one commit on main; returns its file:// URL."""
-    path.mkdir(parents=True)
-    git("init", "-q", cwd=path)
-    commit_files(path, files, "first")
-    return f"file://{path}"
-
-
-def make_wheel(out_dir: Path, name: str = "tinypkg", version: str = "0.1") -> Path:
-    """A minimal pure-Python wheel, so pip installs something real with no index."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f"VERSION = {version!r}\n",
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
-                         "Tag: py3-none-any\n",
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    wheel = out_dir / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in files.items():
-            zf.writestr(path, text)
-    return wheel
-
-
-def make_venv(path: Path, see_project: bool) -> Path:
-    """A fresh venv (fast: no pip of its own); with `see_project`, this project's venv (pip,
-    torch, jupyterlab, appliance) is on its path too, while installs land in the new venv."""
-    subprocess.run([str(PYTHON), "-m", "venv", "--without-pip", str(path)], check=True)
-    python = path / "bin" / "python"
-    if see_project:
-        purelib = subprocess.run([str(python), "-c",
-                                  "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 check=True, capture_output=True, text=True).stdout.strip()
-        project = sysconfig.get_paths()["purelib"]
-        Path(purelib, "_project_venv.pth").write_text(
-            f"import site; site.addsitedir({project!r})\n")
-    return python

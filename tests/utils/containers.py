@@ -1,4 +1,5 @@
-"""Container tier fixtures: the image built once per run, tracked containers, SSH as runner.
+"""Plugin for the container and lifecycle tiers: the engine, the image built once per run, the
+SSH client key, and `containers` (tracked containers: SSH as runner, always removed).
 
 Modelled on jupyter/docker-stacks' tests: everything a test starts is removed by its fixture,
 host ports are free ports on 127.0.0.1, readiness is polled with a deadline.
@@ -18,8 +19,7 @@ import pytest
 
 from host_tools.engine import Engine, EngineError, detect_engine
 from host_tools.image import build
-from tests.helpers import wait_until
-from tests.runtime_helpers import free_port
+from tests.utils import free_port, wait_until
 
 TEST_REPO = "localhost/chessbot-appliance-test"
 TEST_TAG = "current"

@@ -1,11 +1,9 @@
-"""Shared test helpers: small deterministic datasets and polling with a deadline."""
+"""Small deterministic datasets for the tests: random legal games, row files, a dataset dir."""
 
 from __future__ import annotations
 
 import json
 import random
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import chess
@@ -13,7 +11,7 @@ import chess
 
 def random_game(rng: random.Random, max_plies: int = 60) -> list[str]:
     board = chess.Board()
-    moves = []
+    moves: list[str] = []
     while not board.is_game_over() and len(moves) < max_plies:
         move = rng.choice(list(board.legal_moves))
         moves.append(move.uci())
@@ -37,17 +35,7 @@ def make_dataset(root: Path, train_games: int = 24, val_games: int = 8, seed: in
     (root / "stats.json").write_text(json.dumps({
         "dataset_format": "game_jsonl_runtime_splice_v1",
         "train_rows": train_games, "val_rows": val_games,
-        "created_by": {"tool": "tests.helpers.make_dataset", "seed": seed},
+        "created_by": {"tool": "tests.utils.datasets.make_dataset", "seed": seed},
     }))
     return root
 
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")

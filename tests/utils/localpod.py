@@ -1,5 +1,6 @@
-"""Fixtures for tests against localpod in records-only mode: a server per test, a canary API key,
-and a CLI environment that never sleeps and never reads the real keyring.
+"""Plugin for tests against localpod in records-only mode: the `localpod` fixture (a server per
+test, a canary API key), `banner_port` (a loopback sshd stand-in), and a CLI environment that
+never sleeps and never reads the real keyring.
 """
 
 from __future__ import annotations
