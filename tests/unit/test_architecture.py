@@ -9,6 +9,7 @@ importing file, the line and the forbidden module.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,3 +156,37 @@ def test_walker_honours_exceptions_and_words() -> None:
     assert violations(runpod, "appliance/runpod/rest.py",
                       "'''Talks to RunPod.'''\nURL = 'http://LocalPod'\n") == [
         "appliance/runpod/rest.py:2: mentions 'localpod'"]
+
+
+def documented_parts() -> list[str]:
+    """The paths the parts table of docs/ARCHITECTURE.md names, with `{a,b}` and module lists
+    (`` `bootstrap`, `config` `` after a package) expanded."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    table = text.split("## The parts", 1)[1].split("\n## ", 1)[0]
+    paths: list[str] = []
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        first, owns = line.split(" | ")[0:2]
+        for spec in re.findall(r"`([^`]+)`", first):
+            head, _, rest = spec.partition("{")
+            names, _, tail = rest.partition("}")
+            paths += [head + n + tail for n in names.split(",")] if rest else [spec]
+        if first.endswith("runtime/`"):
+            paths += [f"appliance/runtime/{m}.py" for m in re.findall(r"`(\w+)`", owns)
+                      if m != "templates"]
+    return paths
+
+
+def test_every_part_the_architecture_names_exists() -> None:
+    parts = documented_parts()
+    assert len(parts) > 30
+    missing = [p for p in parts if not (ROOT / p).exists()]
+    assert missing == []
+
+
+def test_every_package_is_in_the_architecture() -> None:
+    named = "\n".join(documented_parts())
+    packages = sorted(str(p.parent.relative_to(ROOT)) + "/" for p in ROOT.glob("*/*/__init__.py")
+                      if p.parts[-3] in ("appliance", "host_tools"))
+    assert [p for p in packages if p not in named] == []
