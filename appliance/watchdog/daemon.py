@@ -17,7 +17,7 @@ from appliance.retry import backoff_delay
 from appliance.timing import TimingLog
 from appliance.watchdog.actions import Action, Outcome, SyncGate
 from appliance.watchdog.decision import Decision, Tracker, snapshot, write_state
-from appliance.watchdog.signals import Reading, Signal, _span, read_safely
+from appliance.watchdog.signals import Reading, Signal, duration, read_safely
 
 log = logging.getLogger("appliance.watchdog")
 TIMING_SOURCE = "idle_watchdog"
@@ -64,11 +64,11 @@ class Watchdog:
             self.phase, self.note = "watching", ""
         elif d.warn:
             self.phase = "warned"
-            msg = (f"chess-bot pod: idle for {_span(d.idle_s)} (no SSH session, busy notebook, "
+            msg = (f"chess-bot pod: idle for {duration(d.idle_s)} (no SSH session, busy notebook, "
                    f"training process, GPU load, inference traffic or keep-alive). It will be "
-                   f"stopped ({self.action.name}) in {_span(d.left_s)}. Any activity cancels "
+                   f"stopped ({self.action.name}) in {duration(d.left_s)}. Any activity cancels "
                    f"this; `python -m appliance.watchdog keepalive 2h` keeps it up.")
-            log.info("warning sent: stop (%s) in %s", self.action.name, _span(d.left_s))
+            log.info("warning sent: stop (%s) in %s", self.action.name, duration(d.left_s))
             self.notify(msg)
         elif d.act and now >= self.hold_until and not self.stopped:
             outcome = self._stop(d, readings)
@@ -87,7 +87,7 @@ class Watchdog:
 
     def _reason(self, d: Decision, readings: list[Reading]) -> str:
         quiet = "; ".join(f"{r.name} {r.state}" for r in readings)
-        return (f"idle {_span(d.idle_s)} (AUTOSTOP_IDLE_MINUTES={self.tracker.idle_s / 60:g}): "
+        return (f"idle {duration(d.idle_s)} (AUTOSTOP_IDLE_MINUTES={self.tracker.idle_s / 60:g}): "
                 f"{quiet}")
 
     def _stop(self, d: Decision, readings: list[Reading]) -> Outcome:
@@ -132,8 +132,8 @@ class Watchdog:
             self.failures += 1
             delay = backoff_delay(self.failures - 1, self.poll_s, 900.0)
             self.hold_until = self.clock() + delay
-            self.phase, self.note = "holding", f"stop failed, retry in {_span(delay)}"
-            log.error("%s; retrying in %s", outcome.detail, _span(delay))
+            self.phase, self.note = "holding", f"stop failed, retry in {duration(delay)}"
+            log.error("%s; retrying in %s", outcome.detail, duration(delay))
         return outcome
 
     def _write_state(self, d: Decision, readings: list[Reading]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.atomic import atomic_write_json
-from appliance.watchdog.signals import Reading, _clock, _span
+from appliance.watchdog.signals import Reading, clock_time, duration
 
 STATE_FILE = "watchdog.json"
 
@@ -114,9 +114,9 @@ def summary_line(state: dict[str, Any]) -> str:
     if active:
         return f"idle watchdog: active ({', '.join(active)}); stop after " \
                f"{float(state.get('idle_minutes', 0)):g} idle min ({action}){note}"
-    return (f"idle watchdog: idle {_span(float(state.get('idle_s', 0)))}, "
+    return (f"idle watchdog: idle {duration(float(state.get('idle_s', 0)))}, "
             f"{state.get('phase', 'watching')}, stop ({action}) in "
-            f"{_span(float(state.get('left_s', 0)))}{note}")
+            f"{duration(float(state.get('left_s', 0)))}{note}")
 
 
 def render_table(state: dict[str, Any]) -> str:
@@ -125,7 +125,7 @@ def render_table(state: dict[str, Any]) -> str:
     for s in state["signals"]:
         seen = s.get("last_seen_epoch")
         when = "-" if seen is None else (
-            "now" if s["state"] == "active" else f"{_clock(seen)} ({_span(now - seen)} ago)")
+            "now" if s["state"] == "active" else f"{clock_time(seen)} ({duration(now - seen)} ago)")
         lines.append(f"{s['name']:<10} {s['state']:<11} {when:<20} {s['detail']}")
     lines.append(summary_line(state))
     return "\n".join(lines)

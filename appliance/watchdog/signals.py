@@ -21,7 +21,6 @@ from appliance.atomic import atomic_write_json
 from appliance.sync.status import SyncStatus, read_status
 
 State = Literal["active", "quiet", "unavailable", "error"]
-SIGNAL_NAMES = ("gpu", "ssh", "jupyter", "heartbeat", "processes", "sync", "keepalive")
 KEEPALIVE_MAX_BYTES = 4096
 
 
@@ -252,7 +251,7 @@ class HeartbeatSignal:
             return Reading(self.name, "quiet", f"no request yet ({self.path} absent)")
         mtime = min(mtime, now)
         state: State = "active" if now - mtime <= self.recent_s else "quiet"
-        return Reading(self.name, state, f"last /infer request at {_clock(mtime)}", mtime)
+        return Reading(self.name, state, f"last /infer request at {clock_time(mtime)}", mtime)
 
 
 def write_keepalive(path: Path, until_epoch: float, now: float) -> None:
@@ -301,12 +300,12 @@ class KeepaliveSignal:
         until = keepalive_until(self.path)
         if until is not None:
             if until > now:
-                return Reading(self.name, "active", f"until {_clock(until)} "
-                               f"({_span(until - now)} left)", now)
-            return Reading(self.name, "quiet", f"expired at {_clock(until)}", until)
+                return Reading(self.name, "active", f"until {clock_time(until)} "
+                               f"({duration(until - now)} left)", now)
+            return Reading(self.name, "quiet", f"expired at {clock_time(until)}", until)
         mtime = min(mtime, now)
         state: State = "active" if now - mtime <= self.recent_s else "quiet"
-        return Reading(self.name, state, f"{self.path} touched at {_clock(mtime)}", mtime)
+        return Reading(self.name, state, f"{self.path} touched at {clock_time(mtime)}", mtime)
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -401,11 +400,13 @@ class SyncSignal:
 # -- formatting -----------------------------------------------------------------------------------
 
 
-def _clock(epoch: float) -> str:
+def clock_time(epoch: float) -> str:
+    """Local wall-clock time of an epoch, HH:MM:SS, for messages."""
     return datetime.fromtimestamp(epoch).strftime("%H:%M:%S")
 
 
-def _span(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A short human duration: 45s, 3m07s, 2h05m."""
     s = max(0, int(round(seconds)))
     h, rest = divmod(s, 3600)
     m, s = divmod(rest, 60)

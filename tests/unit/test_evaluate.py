@@ -12,6 +12,7 @@ from appliance.model.checkpoint import save_checkpoint
 from appliance.model.network import ModelConfig, MovePredictor
 from appliance.training import evaluate
 from tests.utils.datasets import make_dataset, write_rows
+from tests.utils.training import run_trainer, trainer_args
 
 OPENING = ["e2e4", "e7e5", "g1f3", "b8c6", "f1b5", "a7a6"]
 
@@ -61,9 +62,8 @@ def test_unseen_prefix_falls_back_to_frequent_legal_move(tmp_path: Path, model_p
 
 
 def test_table_output_and_training_files_from_checkpoint(tmp_path: Path, capsys):
-    from tests.unit.test_train import _args, _run
     ds = make_dataset(tmp_path / "ds", train_games=6, val_games=3)
-    _run(_args(ds, tmp_path / "out", "--epochs", "1"))
+    run_trainer(trainer_args(ds, tmp_path / "out", "--epochs", "1"))
     assert evaluate.main(["--model", str(tmp_path / "out" / "model_best.pt"), "--data",
                           str(ds / "val.jsonl")]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -9,32 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from appliance import settings
 from appliance.datasets.rows import SpliceConfig, encode_row
 from appliance.model.checkpoint import load_model, read_checkpoint
-from appliance.training import options, train
+from appliance.training import train
 from appliance.training.batching import collate
 from tests.utils.datasets import make_dataset, write_rows
-
-TINY = ["--embed-dim", "16", "--hidden-dim", "24", "--batch-size", "8", "--seed", "5",
-        "--runtime-min-context", "2"]
-
-
-def _args(ds: Path, out: Path, *extra: str) -> list[str]:
-    return ["--train", str(ds / "train.jsonl"), "--val", str(ds / "val.jsonl"),
-            "--output-dir", str(out), *TINY, *extra]
-
-
-def _run(argv: list[str], **kw) -> dict:
-    args = options.build_parser().parse_args(argv)
-    return train.Trainer(args, settings.DistributedEnv()).run(**kw)
+from tests.utils.training import run_trainer, trainer_args
 
 
 def test_training_writes_checkpoints_metrics_and_progress(tmp_path: Path):
     ds = make_dataset(tmp_path / "ds")
     out = tmp_path / "out"
     progress = tmp_path / "progress.jsonl"
-    metrics = _run(_args(ds, out, "--epochs", "2", "--progress-jsonl-out", str(progress)))
+    metrics = run_trainer(trainer_args(ds, out, "--epochs", "2",
+                                       "--progress-jsonl-out", str(progress)))
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint_last.pt", "metrics.json", "model_best.pt"]
     on_disk = json.loads((out / "metrics.json").read_text())
@@ -54,7 +42,7 @@ def test_training_writes_checkpoints_metrics_and_progress(tmp_path: Path):
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path):
     ds = make_dataset(tmp_path / "ds")
     full = tmp_path / "full"
-    _run(_args(ds, full, "--epochs", "3", "--runtime-max-samples-per-game", "5"))
+    run_trainer(trainer_args(ds, full, "--epochs", "3", "--runtime-max-samples-per-game", "5"))
 
     part = tmp_path / "part"
 
@@ -63,10 +51,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _run(_args(ds, part, "--epochs", "3", "--runtime-max-samples-per-game", "5"),
+        run_trainer(trainer_args(ds, part, "--epochs", "3", "--runtime-max-samples-per-game", "5"),
              on_epoch_end=interrupt)
     assert read_checkpoint(part / "checkpoint_last.pt")["train_state"]["progress"]["epoch"] == 2
-    _run(_args(ds, part, "--epochs", "3", "--runtime-max-samples-per-game", "5", "--resume"))
+    run_trainer(trainer_args(ds, part, "--epochs", "3", "--runtime-max-samples-per-game", "5",
+                             "--resume"))
     a = read_checkpoint(full / "checkpoint_last.pt")
     b = read_checkpoint(part / "checkpoint_last.pt")
     for key, tensor in a["state_dict"].items():
@@ -78,7 +67,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path: Path):
 
 def test_early_stopping(tmp_path: Path):
     ds = make_dataset(tmp_path / "ds", train_games=8, val_games=4)
-    metrics = _run(_args(ds, tmp_path / "out", "--epochs", "30", "--lr", "0.05",
+    metrics = run_trainer(trainer_args(ds, tmp_path / "out", "--epochs", "30", "--lr", "0.05",
                          "--early-stopping-patience", "1"))
     assert metrics["stopped_early"] is True
     assert metrics["epochs_run"] == metrics["best_epoch"] + 1
@@ -104,7 +93,7 @@ def test_legacy_rows_train(tmp_path: Path):
     rows = [{"context": moves[:i], "target": moves[i]} for i in range(1, 6)]
     write_rows(tmp_path / "train.jsonl", rows)
     write_rows(tmp_path / "val.jsonl", rows[:2])
-    metrics = _run(_args(tmp_path, tmp_path / "out", "--epochs", "1"))
+    metrics = run_trainer(trainer_args(tmp_path, tmp_path / "out", "--epochs", "1"))
     assert metrics["train_targets"] == 5 and metrics["val_targets"] == 2
     assert metrics["dataset_formats"] == {"splice_rows_legacy": 7}
 
@@ -120,13 +109,13 @@ def _main(capsys, argv: list[str]) -> tuple[int, str]:
 def test_bad_input_gives_one_clear_error(tmp_path: Path, capsys):
     ds = make_dataset(tmp_path / "ds", train_games=4, val_games=2)
     out = str(tmp_path / "out")
-    assert _main(capsys, _args(ds, tmp_path / "o", "--epochs", "0")) == (
+    assert _main(capsys, trainer_args(ds, tmp_path / "o", "--epochs", "0")) == (
         2, "python -m appliance.training.train: error: argument --epochs: must be >= 1, got 0")
-    assert _main(capsys, _args(ds, tmp_path / "o", "--lr", "abc"))[1].endswith(
+    assert _main(capsys, trainer_args(ds, tmp_path / "o", "--lr", "abc"))[1].endswith(
         "argument --lr: expected a number, got 'abc'")
-    assert _main(capsys, _args(ds, tmp_path / "o", "--lr", "0"))[1].endswith(
+    assert _main(capsys, trainer_args(ds, tmp_path / "o", "--lr", "0"))[1].endswith(
         "argument --lr: must be > 0, got 0")
-    assert _main(capsys, _args(ds, tmp_path / "o", "--batch-size", "2.5"))[1].endswith(
+    assert _main(capsys, trainer_args(ds, tmp_path / "o", "--batch-size", "2.5"))[1].endswith(
         "argument --batch-size: expected an integer, got '2.5'")
     code, err = _main(capsys, ["--train", str(tmp_path / "none.jsonl"), "--val",
                                str(ds / "val.jsonl"), "--output-dir", out])
@@ -135,13 +124,13 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path, capsys):
     code, err = _main(capsys, ["--train", str(tmp_path / "empty.jsonl"), "--val",
                                str(ds / "val.jsonl"), "--output-dir", out])
     assert (code, err) == (2, f"error: {tmp_path / 'empty.jsonl'}: dataset is empty (no rows)")
-    code, err = _main(capsys, _args(ds, tmp_path / "o", "--runtime-min-context", "500"))
+    code, err = _main(capsys, trainer_args(ds, tmp_path / "o", "--runtime-min-context", "500"))
     assert code == 2 and err.startswith("error: no training targets: every position was excluded")
-    code, err = _main(capsys, _args(ds, tmp_path / "o", "--device", "cuda"))
+    code, err = _main(capsys, trainer_args(ds, tmp_path / "o", "--device", "cuda"))
     assert (code, err) == (2, "error: --device cuda: CUDA is not available on this machine")
-    code, err = _main(capsys, _args(ds, tmp_path / "o", "--device", "tpu"))
+    code, err = _main(capsys, trainer_args(ds, tmp_path / "o", "--device", "tpu"))
     assert (code, err) == (2, "error: --device 'tpu': expected auto, cpu, cuda or cuda:N")
-    code, err = _main(capsys, _args(ds, tmp_path / "fresh", "--resume"))
+    code, err = _main(capsys, trainer_args(ds, tmp_path / "fresh", "--resume"))
     assert (code, err) == (
         2, f"error: --resume: {tmp_path / 'fresh' / 'checkpoint_last.pt'}: checkpoint not found")
 
@@ -149,6 +138,6 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path, capsys):
 def test_dataloader_workers_give_the_same_result(tmp_path: Path):
     ds = make_dataset(tmp_path / "ds", train_games=12, val_games=4)
     extra = ["--epochs", "2", "--runtime-max-samples-per-game", "4"]
-    a = _run(_args(ds, tmp_path / "w0", *extra))
-    b = _run(_args(ds, tmp_path / "w2", *extra, "--num-workers", "2"))
+    a = run_trainer(trainer_args(ds, tmp_path / "w0", *extra))
+    b = run_trainer(trainer_args(ds, tmp_path / "w2", *extra, "--num-workers", "2"))
     assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
