@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from appliance.runpod import Pod, PodSpec, RunpodClient, RunpodError
+from appliance.runpod import GpuType, Pod, PodSpec, RunpodClient, RunpodError
 from host_tools.cli import CliError
 from host_tools.emulators.localpod import Fault, LocalPodServer
 from host_tools.pod_args import create_request, provision_options, wait_request
@@ -17,6 +17,7 @@ from host_tools.pods import (
     MARKER_ENV,
     CreateRequest,
     WaitRequest,
+    cheapest_cloud,
     create_pod,
     created_epoch,
     wait_ready,
@@ -189,3 +190,15 @@ def test_the_template_env_is_sent_under_the_request_env(localpod: LocalPodServer
     assert warnings[1] == ("warning: the env of template public00001 is unknown (it is not "
                            "among this account's templates); the pod is sent only --env and "
                            "the create marker")
+
+
+def test_cheapest_cloud_is_the_cloud_whose_price_is_checked() -> None:
+    def gpu(secure: float | None, community: float | None) -> GpuType:
+        return GpuType("g", "g", 24, secure is not None, community is not None, secure,
+                       community, "HIGH")
+
+    assert cheapest_cloud(gpu(0.32, 0.17), "ALL") == ("COMMUNITY", 0.17)
+    assert cheapest_cloud(gpu(0.32, 0.17), "SECURE") == ("SECURE", 0.32)
+    assert cheapest_cloud(gpu(0.30, 0.30), "ALL") == ("SECURE", 0.30)  # a tie: secure
+    assert cheapest_cloud(gpu(0.40, None), "ALL") == ("SECURE", 0.40)
+    assert cheapest_cloud(gpu(0.40, None), "COMMUNITY") is None
