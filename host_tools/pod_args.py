@@ -79,11 +79,12 @@ def waiting(sp: argparse.ArgumentParser) -> None:
 
 def filters(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cloud", choices=["secure", "community", "all"], default="all",
-                    help="which cloud's prices count (default %(default)s)")
+                    help="the cloud pods go on; all: each GPU type on the cheaper one "
+                    "(default %(default)s)")
     sp.add_argument("--min-memory", type=int, default=0, metavar="GB",
                     help="minimum GPU memory")
     sp.add_argument("--max-price", type=float, metavar="USD",
-                    help="maximum price per GPU-hour")
+                    help="maximum price per GPU-hour, in the cloud the pod is created in")
     sp.add_argument("--gpu-count", type=int, default=1, metavar="N", help="GPUs per pod")
 
 
@@ -103,11 +104,13 @@ def provision_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--name", help="pod name (default chessbot-<time>)")
     sp.add_argument("--ports", default=",".join(DEFAULT_PORTS), help="default %(default)s")
     sp.add_argument("--env", action="append", metavar="K=V",
-                    help="extra environment for the pod (repeatable); none is sent otherwise")
+                    help="extra environment for the pod (repeatable), on top of the "
+                    "template's; provision adds APPLIANCE_CREATE_MARKER")
     sp.add_argument("--env-file", type=Path, metavar="FILE", help="K=V lines (# comments)")
     sp.add_argument("--disk-gb", type=int, default=30, help="container disk (default 30)")
     sp.add_argument("--volume-gb", type=int, default=20,
                     help="/workspace volume, kept on stop (default 20)")
     sp.add_argument("--half-created", choices=["adopt", "remove"], default="adopt",
-                    help="when create fails but the pod exists: keep using it or terminate it")
+                    help="when create fails but the pod exists (found by this request's "
+                    "marker, never by name alone): keep using it or terminate it")
     waiting(sp)

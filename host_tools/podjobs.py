@@ -3,7 +3,9 @@
 cycle: provision -> wait for SSH -> (upload a dataset) -> the training preset in the pod -> copy
 the artifacts back -> stop, terminate or keep the pod. Each phase is timed into the phase-timing
 log (source=host_cycle) with the pod's own preset phases. On a failure the pod is cleaned up unless
---keep-on-failure: terminated, or only stopped when it may hold artifacts not copied back.
+--keep-on-failure: terminated, or only stopped when it may hold artifacts not copied back. Only the
+pod this run created is ever cleaned up: it is known by id, and after a failed create by the
+request's marker (pods.create_pod), never by its name.
 
 smoke: SSH, the inference API's /healthz from this machine, then
 `python -m appliance.runtime.podcheck` in the pod (supervisorctl status, /healthz, /infer,

@@ -35,14 +35,16 @@ from host_tools.pods import (
 
 
 def cmd_gpu_search(env: Env, args: argparse.Namespace) -> int:
+    """Each GPU type at the price of the cloud `provision` with the same --cloud would create it
+    in (for "all" the cheaper one); --max-price applies to that price."""
     with env.client_factory() as client:
         gpus = client.list_gpus(cloud=args.cloud.upper(), gpu_count=args.gpu_count)
     ranked = filter_gpus(gpus, args.cloud.upper(), args.min_memory, args.max_price,
                          args.include_unavailable)
-    data = [{**g.to_dict(), "rank": i, "price": p} for i, (g, p) in enumerate(ranked, 1)]
-    rows = [[str(i), g.id, f"{g.memory_gb} GB", price(p),
-             "+".join(c for c, ok in (("secure", g.secure), ("community", g.community)) if ok),
-             g.availability] for i, (g, p) in enumerate(ranked, 1)]
+    data = [{**g.to_dict(), "rank": i, "price": o.price, "cloud": o.cloud}
+            for i, (g, o) in enumerate(ranked, 1)]
+    rows = [[str(i), g.id, f"{g.memory_gb} GB", price(o.price), o.cloud.lower(),
+             g.availability] for i, (g, o) in enumerate(ranked, 1)]
     text = table(rows, ["#", "GPU TYPE ID", "MEMORY", "PRICE", "CLOUD", "AVAILABILITY"]) \
         if rows else "no GPU type matches these filters"
     emit(env, args.json, data, text)

@@ -123,12 +123,10 @@ class RunpodClient:
         assert isinstance(pod, Pod)
         return pod
 
-    def find_pods_by_name(self, name: str) -> list[Pod]:
-        return [p for p in self.list_pods() if p.name == name and p.status != "TERMINATED"]
-
     def create_pod(self, spec: PodSpec) -> Pod:
         """POST /v2/pods. A 5xx is not retried: RunPod may have created the pod before failing,
-        so the caller looks it up by name (`find_pods_by_name`) instead of creating a twin."""
+        so the caller looks for it (by a marker the spec's env carries: names are not unique)
+        instead of creating a twin."""
         return self._rest.create_pod(spec)
 
     def stop_pod(self, pod_id: str) -> Pod | None:

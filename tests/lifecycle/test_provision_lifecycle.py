@@ -1,6 +1,7 @@
 """The workstation CLI against localpod running real containers of our image (host network):
 provision --wait -> ssh -> smoke -> stop -> start (volume kept, host key unchanged) -> terminate,
-and cycle end to end. Only the OpenSSH client's key and known-hosts file are the test's own.
+cycle end to end, and a failed create that never touches a pod which only shares its name. Only
+the OpenSSH client's key and known-hosts file are the test's own.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.cli import Env
-from host_tools.emulators.localpod import Account, LocalPodServer
+from host_tools.emulators.localpod import Account, Fault, LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.engine import Engine
 from host_tools.provision import main
@@ -164,3 +165,44 @@ def test_cycle_trains_in_the_pod_and_brings_the_artifacts_back(
     pod_phases = [r["phase"] for r in records if r["source"] == "runpod_train_preset"]
     assert pod_phases[:2] == ["resolve_dataset_paths", "train_baseline"]
     assert {r["run_id"] for r in records} == {"lc-cycle"}
+
+
+def test_a_failed_create_never_touches_a_pod_that_only_shares_its_name(
+        engine: Engine, localpod: LocalPodServer) -> None:
+    code, out, err, _ = cli("provision", "--wait", "--json", "--name", "lc-same", *POD_ARGS)
+    assert code == 0, err
+    other = json.loads(out)["id"]
+    container, volume = ContainerBackend.names(localpod.account.pods[other])
+    left_alone = (f"pod {other} is also named 'lc-same', but it does not carry this request's "
+                  "marker: left alone")
+
+    # The create fails and creates nothing: the pod named alike is neither removed nor adopted.
+    for mode in ("remove", "adopt"):
+        localpod.account.faults.append(Fault(r"^POST /v2/pods$", status=500))
+        code, out, err, _ = cli("provision", "--name", "lc-same", *POD_ARGS,
+                                "--half-created", mode)
+        assert (code, out) == (1, ""), err
+        assert err.splitlines()[-2:] == [left_alone, (
+            "error: create pod 'lc-same': Something went wrong. Please try again later or "
+            "contact support. (HTTP 500); RunPod failed on its side; try again later; no pod "
+            "carries this request's marker, so nothing it created bills; no other pod was "
+            "touched")]
+
+    # The create fails after creating: our own pod is found by its marker and removed.
+    localpod.account.faults.append(Fault(r"^CREATE ", kind="create_then_500"))
+    code, out, err, _ = cli("provision", "--name", "lc-same", *POD_ARGS, "--half-created",
+                            "remove")
+    ours = next(p for p in localpod.account.pods.values() if p.id != other)
+    assert code == 1 and left_alone in err, err
+    assert err.splitlines()[-1].endswith(f"the half-created pod {ours.id} (it carries this "
+                                         "request's marker) was terminated")
+    assert ours.status == "TERMINATED"
+    assert not any(exists(engine, kind, name) for kind, name in zip(
+        ("container", "volume"), ContainerBackend.names(ours), strict=True))
+
+    # The pod named alike still runs on its volume, and answers over SSH.
+    assert exists(engine, "container", container) and exists(engine, "volume", volume)
+    code, out, err, _ = cli("status", "--json", other)
+    assert (code, json.loads(out)["status"]) == (0, "RUNNING"), err
+    code, _, err, ssh_out = cli("ssh", other, "--", "id -un")
+    assert (code, ssh_out[0]) == (0, "runner\n"), err

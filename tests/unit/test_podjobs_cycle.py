@@ -268,6 +268,59 @@ def test_cycle_cleanup_failure_keeps_the_original_error(h: Harness) -> None:
     assert h.phases()[-1] == ("cleanup_stop", "error")
 
 
+# -- cycle: only its own pod, never one that merely shares its name -------------------------------
+
+
+def same_name_pod(h: Harness) -> str:
+    """A pod named like the cycle's, created earlier by another command."""
+    code, cli = h.run("provision", "--json", *GPU, "--name", "chessbot-r1")
+    assert code == 0, cli.err
+    return str(json.loads(cli.out)["id"])
+
+
+@pytest.mark.parametrize("mode", ["adopt", "remove"])
+def test_cycle_failed_create_leaves_a_same_name_pod_alone(h: Harness, mode: str) -> None:
+    other = same_name_pod(h)
+    h.server.account.faults.append(Fault(r"^POST /v2/pods$", status=500))
+    code, cli = cycle(h, "--half-created", mode)
+    assert code == 1
+    assert cli.err.splitlines()[-2:] == [
+        f"pod {other} is also named 'chessbot-r1', but it does not carry this request's "
+        "marker: left alone",
+        "error: create pod 'chessbot-r1': Something went wrong. Please try again later or "
+        "contact support. (HTTP 500); RunPod failed on its side; try again later; no pod "
+        "carries this request's marker, so nothing it created bills; no other pod was touched"]
+    assert h.phases() == [("provision", "error")]
+    assert h.only_pod().id == other and h.only_pod().status == "RUNNING"
+    assert h.backend.events == [("start", other)]
+    assert h.pod.calls == []
+    h.assert_no_canary()
+
+
+@pytest.mark.parametrize(("failure", "cleanup"), [("upload", "terminate"), ("train", "stop")])
+def test_cycle_cleanup_acts_only_on_its_own_pod(h: Harness, failure: str, cleanup: str) -> None:
+    other = same_name_pod(h)
+    h.server.account.faults.append(Fault(r"^CREATE ", kind="create_then_500"))
+    extra: list[str] = []
+    if failure == "upload":
+        h.pod.upload_code = 2
+        extra = ["--dataset", str(make_dataset(h.tmp / "ds", "train.jsonl", "val.jsonl"))]
+    else:
+        h.pod.train_code = 3
+    code, cli = cycle(h, *extra)
+    assert code == 1
+    ours = next(p for p in h.server.account.pods.values() if p.id != other)
+    assert (f"pod {ours.id} was created despite the error (it carries this request's marker); "
+            "continuing with it") in cli.err
+    assert h.phases()[-1] == (f"cleanup_{cleanup}", "ok")
+    assert {p.id: p.status for p in h.server.account.pods.values()} == {
+        other: "RUNNING", ours.id: POD_STATUS[cleanup]}
+    assert h.backend.events == [("start", other), ("start", ours.id),
+                                ("remove" if cleanup == "terminate" else "stop", ours.id)]
+    assert all(argv[:-1] == ssh_prefix(h, ours.id) for argv, _, _ in h.pod.calls)
+    h.assert_no_canary()
+
+
 # -- cycle: bad input -----------------------------------------------------------------------------
 
 
