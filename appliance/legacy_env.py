@@ -128,10 +128,11 @@ OLD_VARIABLES: tuple[OldVariable, ...] = (
     OldVariable("IDLE_WATCHDOG_VERBOSE", "AUTOSTOP_LOG_LEVEL", "verbose idle watchdog logs (1)",
                 "1: INFO, 0: WARNING", _verbose_to_level),
     OldVariable("HF_REPO_TYPE", "HF_REPO_TYPE", "repo type artifact sync uploads to (model)",
-                "kept: model or dataset"),
+                "kept: artifact sync uploads to a repo of this type (model or dataset)"),
     # -- no effect --
     OldVariable("VENV_DIR", None, "the Python environment of the services and of pip",
-                "the services and pip use APPLIANCE_PYTHON (the image sets its own venv's)"),
+                "the services and pip use APPLIANCE_PYTHON (the image sets it to its venv's "
+                "python)"),
     OldVariable("HF_HUB_ENABLE_HF_TRANSFER", None, "hf_transfer downloads (1)",
                 "huggingface_hub 1.0 and later no longer use hf_transfer (large files go "
                 "through hf_xet)"),
@@ -170,7 +171,7 @@ class Outcome:
                 return f"{old} read as {new} unset (its default)"
             return f"{old} read as {new}={shown(new, self.value)}"
         if self.status == "kept":
-            return f"{old} read as before ({self.old.effect})"
+            return f"{old} {self.old.effect}"
         if self.status == "ignored":
             return (f"{old} ignored: {self.winner}={shown(self.winner, self.winner_value)} is "
                     "set and wins")
