@@ -86,9 +86,9 @@ OLD_VARIABLES: tuple[OldVariable, ...] = (
     OldVariable("INFERENCE_API_PORT", "INFERENCE_PORT", "inference API port (8000)",
                 "same meaning"),
     OldVariable("INFERENCE_API_MODEL_PATH", "INFERENCE_MODEL_PATH",
-                "checkpoint to serve; latest = the newest *.pt under $REPO_DIR/artifacts (latest)",
-                "latest: left unset, which means the newest *.pt; a relative path is taken "
-                "under REPO_DIR as before", _model_path),
+                "checkpoint to serve; latest = the newest `*.pt` under $REPO_DIR/artifacts "
+                "(latest)", "latest: left unset, which means the newest `*.pt`; a relative path is "
+                "taken under REPO_DIR as before", _model_path),
     OldVariable("INFERENCE_API_DEVICE", "INFERENCE_DEVICE", "auto, cpu or cuda (auto)",
                 "same meaning"),
     OldVariable("ACTIVITY_HEARTBEAT_FILE", "INFERENCE_HEARTBEAT_FILE",
