@@ -3,20 +3,24 @@
 RunPod templates written for the predecessor keep working: each old name is read as a variable of
 this appliance (its unit converted), honoured through a variable added for its behaviour, or
 reported as having no effect, with the reason. `translate` says what became of each old name that
-is set (pure: a mapping in, outcomes out). `appliance.settings` feeds the values to every settings
-class, below the new names (a new name that is set wins; it imports this module where it reads
-the environment, since this one uses its secret-name rule); the bootstrap logs one line per outcome;
-`appliance.runtime.envdoc` renders OLD_VARIABLES as the migration table.
+is set (pure: a mapping in, outcomes out). `PredecessorSource` feeds the values to every settings
+class of `appliance.settings`, below the new names (a new name that is set wins; that module
+imports this one where it reads the environment, as this one reads its classes); the bootstrap
+logs one line per outcome; `appliance.runtime.envdoc` renders OLD_VARIABLES as the migration table.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
-from appliance.settings import is_secret_name
+from pydantic.fields import FieldInfo
+from pydantic_settings import PydanticBaseSettingsSource
+
+from appliance.settings import PathSettings, SettingsError, is_secret_name
 
 Convert = Callable[[str, str], str | None]  # (old value, REPO_DIR) -> new value, None = unset
 
@@ -234,3 +238,30 @@ def translate(environ: Mapping[str, str], repo_dir: str) -> list[Outcome]:
             taken.setdefault(var.new, (var.name, value))
             out.append(Outcome(var, raw, "read", value))
     return out
+
+
+def outcomes(environ: Mapping[str, str] | None = None) -> list[Outcome]:
+    """`translate` of `environ` (default: the process's) with its REPO_DIR or the default one."""
+    env = os.environ if environ is None else environ
+    default = PathSettings.model_fields["REPO_DIR"].get_default(call_default_factory=True)
+    return translate(env, env.get("REPO_DIR") or str(default))
+
+
+class PredecessorSource(PydanticBaseSettingsSource):
+    """The old names of a settings class's fields, converted: the last source before the
+    defaults. A bad old value is named as such."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ gives every value at once
+
+    def __call__(self) -> dict[str, Any]:
+        out, problems = {}, []
+        for o in outcomes():
+            if o.old.new in self.settings_cls.model_fields:
+                if o.status == "bad":
+                    problems.append(o.error())
+                elif o.status == "read" and o.value is not None:
+                    out[o.old.new] = o.value
+        if problems:
+            raise SettingsError("bad environment: " + "; ".join(problems))
+        return out

@@ -9,53 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError
-from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
-if TYPE_CHECKING:
-    from appliance.legacy_env import Outcome
 
 DEFAULT_REPO_DIR = Path(__file__).resolve().parents[1]
 
 
 class SettingsError(ValueError):
     """A bad environment variable, named, with the form it should have."""
-
-
-class _PredecessorSource(PydanticBaseSettingsSource):
-    """The predecessor's names for this class's fields, converted; the lowest source but the
-    defaults, so a new name that is set wins. A bad old value is named as such."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # __call__ gives every value at once
-
-    def __call__(self) -> dict[str, Any]:
-        out, problems = {}, []
-        for o in predecessor_outcomes():
-            if o.old.new in self.settings_cls.model_fields:
-                if o.status == "bad":
-                    problems.append(o.error())
-                elif o.status == "read" and o.value is not None:
-                    out[o.old.new] = o.value
-        if problems:
-            raise SettingsError("bad environment: " + "; ".join(problems))
-        return out
-
-
-def predecessor_outcomes(environ: Mapping[str, str] | None = None) -> list[Outcome]:
-    """What becomes of each of the predecessor's variables set in `environ` (default: the
-    process's), see appliance.legacy_env."""
-    from appliance import legacy_env  # it uses this module's secret-name rule
-
-    env = os.environ if environ is None else environ
-    repo_dir = env.get("REPO_DIR") or str(PathSettings.model_fields["REPO_DIR"].default)
-    return legacy_env.translate(env, repo_dir)
 
 
 class _Env(BaseSettings):
@@ -67,8 +32,11 @@ class _Env(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The predecessor's names come last, so a new name that is set wins."""
+        from appliance.legacy_env import PredecessorSource  # it reads this module's classes
+
         return (init_settings, env_settings, dotenv_settings, file_secret_settings,
-                _PredecessorSource(settings_cls))
+                PredecessorSource(settings_cls))
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -185,7 +153,7 @@ class HfSettings(_Env):
     )
     HF_REPO_ID: str | None = Field(
         None, pattern=REPO_ID_PATTERN,
-        description="Model repo that artifact sync uploads to" + _REPO_ID_DOC,
+        description="Repo (of HF_REPO_TYPE) that artifact sync uploads to" + _REPO_ID_DOC,
     )
     HF_REPO_TYPE: Literal["model", "dataset"] = Field(
         "model", description="Type of HF_REPO_ID: model or dataset."
@@ -497,8 +465,10 @@ def load(cls: type[S]) -> S:
             return cls(_secrets_dir=secrets_dir)
         return cls()
     except ValidationError as exc:
+        from appliance.legacy_env import outcomes
+
         problems = []
-        read_as = {o.old.new: o for o in predecessor_outcomes()
+        read_as = {o.old.new: o for o in outcomes()
                    if o.status == "read" and o.old.new and not os.environ.get(o.old.new)}
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"])

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from appliance import settings
+from appliance import legacy_env, settings
 from appliance.atomic import atomic_write_json
 from appliance.redact import Redactor
 from appliance.runtime.config import (
@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     secret_vals = cfg.secret_values()
     layout = Layout.of(cfg.runtime)
     redact = boot_redactor([*secret_vals.values(), url_password(cfg.repo.REPO_URL)])
-    old_vars = [o.line() for o in settings.predecessor_outcomes(env)]
+    old_vars = [o.line() for o in legacy_env.outcomes(env)]
     if args.render_only is not None:
         for line in old_vars:
             print(f"{PREFIX}: {redact(line)}", file=sys.stderr, flush=True)

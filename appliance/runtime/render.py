@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from appliance import settings
+from appliance import legacy_env, settings
 from appliance.runtime.config import (
     HOST_KEY_TYPES,
     LOGIN_SHELL,
@@ -244,7 +244,7 @@ def shell_env(environ: Mapping[str, str], layout: Layout,
     """The allow-listed environment for login shells: no secret, ever. The predecessor's
     variables appear under the names they are read as."""
     declared = {name for klass in settings.pod_settings_classes() for name in klass.model_fields}
-    merged = {o.old.new: o.value for o in settings.predecessor_outcomes(environ)
+    merged = {o.old.new: o.value for o in legacy_env.outcomes(environ)
               if o.status == "read" and o.old.new and o.value is not None}
     merged.update({k: v for k, v in environ.items() if v})
     out: dict[str, str] = {}

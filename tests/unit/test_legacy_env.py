@@ -277,12 +277,12 @@ def test_a_new_name_that_is_set_wins_and_the_line_says_so(clean_env):
     clean_env.setenv("INFERENCE_API_PORT", "8000")
     clean_env.setenv("INFERENCE_PORT", "8000")
     assert settings.load(settings.WatchdogSettings).AUTOSTOP_IDLE_MINUTES == 30.0
-    assert [o.line() for o in settings.predecessor_outcomes()] == [
+    assert [o.line() for o in legacy_env.outcomes()] == [
         "INFERENCE_API_PORT=8000 read as INFERENCE_PORT=8000",  # both say the same
         "IDLE_TIMEOUT_SECONDS=3600 ignored: AUTOSTOP_IDLE_MINUTES=30 is set and wins",
     ]
     clean_env.setenv("AUTOSTOP_IDLE_MINUTES", "60.0")
-    assert settings.predecessor_outcomes()[1].line() == (
+    assert legacy_env.outcomes()[1].line() == (
         "IDLE_TIMEOUT_SECONDS=3600 read as AUTOSTOP_IDLE_MINUTES=60")
 
 
@@ -306,11 +306,11 @@ def test_the_bootstrap_logs_one_line_per_old_name(clean_env, tmp_path):
     clean_env.setenv("START_IDLE_WATCHDOG", "1")
     env = dict(os.environ)
     clean_env.setenv("AUTOSTOP_IDLE_MINUTES", "30")
-    lines = [o.line() for o in settings.predecessor_outcomes()]
+    lines = [o.line() for o in legacy_env.outcomes()]
     assert lines == ["IDLE_TIMEOUT_SECONDS=3600 ignored: AUTOSTOP_IDLE_MINUTES=30 is set and wins",
                      "VENV_DIR=/opt/venvs/chessbot has no effect: the services and pip use "
                      "APPLIANCE_PYTHON (the image sets it to its venv's python)"]
-    assert [o.line() for o in settings.predecessor_outcomes(env)][0] == (
+    assert [o.line() for o in legacy_env.outcomes(env)][0] == (
         "IDLE_TIMEOUT_SECONDS=3600 read as AUTOSTOP_IDLE_MINUTES=60")
 
 
