@@ -56,13 +56,15 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_service_logging(program: str, redact: Redactor, stream: IO[str]) -> None:
-    """Root logging for a supervisord program: one redacted line per record on `stream`."""
+def setup_service_logging(program: str, redact: Redactor, stream: IO[str],
+                          level: str = "INFO") -> None:
+    """Root logging for a supervisord program: one redacted line per record on `stream`, from
+    `level` (a logging level name) up."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {program} %(levelname)s %(message)s"))
     handler.addFilter(RedactingFilter(redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(level)
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,7 +1,8 @@
 """The env contract: every environment variable the pod reads, typed, with default and doc.
 
 Env is read here and nowhere else. `load(cls)` turns a bad value into a SettingsError that names
-the variable and the expected form.
+the variable and the expected form. The predecessor's names (appliance.legacy_env) are read too,
+below the new ones, by every settings class.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_REPO_DIR = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,21 @@ class SettingsError(ValueError):
 
 class _Env(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The predecessor's names come last, so a new name that is set wins."""
+        from appliance.legacy_env import PredecessorSource  # it reads this module's classes
+
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings,
+                PredecessorSource(settings_cls))
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class PathSettings(_Env):
@@ -83,6 +99,14 @@ class InferenceSettings(_Env):
     INFERENCE_DEVICE: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto (CUDA when available), cpu or cuda."
     )
+    INFERENCE_HOST: str = Field(
+        "", pattern=r"^[0-9A-Za-z.:-]*$",
+        description="Address the inference API listens on; default APPLIANCE_BIND_HOST.",
+    )
+    INFERENCE_TOPK_DEFAULT: int = Field(
+        5, ge=1, le=50, description="Ranked moves /infer returns when the request gives no topk."
+    )
+    INFERENCE_LOG_LEVEL: LogLevel = Field("INFO", description="The inference API's log level.")
     INFERENCE_API_TOKEN: SecretStr | None = Field(
         None, description="When set, /infer* and /metrics need 'Authorization: Bearer <token>'."
     )
@@ -106,6 +130,9 @@ class InferenceSettings(_Env):
         10.0, gt=0, description="While no model can be loaded, look again this often."
     )
 
+    def listen_host(self, bind_host: str) -> str:
+        return self.INFERENCE_HOST or bind_host
+
 
 REPO_ID_PATTERN = r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$"
 _REPO_ID_DOC = " (owner/name)"
@@ -126,7 +153,10 @@ class HfSettings(_Env):
     )
     HF_REPO_ID: str | None = Field(
         None, pattern=REPO_ID_PATTERN,
-        description="Model repo that artifact sync uploads to" + _REPO_ID_DOC,
+        description="Repo (of HF_REPO_TYPE) that artifact sync uploads to" + _REPO_ID_DOC,
+    )
+    HF_REPO_TYPE: Literal["model", "dataset"] = Field(
+        "model", description="Type of HF_REPO_ID: model or dataset."
     )
     HF_SYNC_SOURCE_DIR: Path | None = Field(
         None, description="Directory artifact sync watches; default $REPO_DIR/artifacts."
@@ -147,6 +177,7 @@ class HfSettings(_Env):
     HF_SYNC_POLL_SECONDS: float = Field(
         10.0, gt=0, le=3600, description="Scan interval of the polling fallback."
     )
+    HF_SYNC_LOG_LEVEL: LogLevel = Field("INFO", description="The artifact sync's log level.")
     HF_DATASET_REPO_ID: str | None = Field(
         None, pattern=REPO_ID_PATTERN,
         description="Dataset repo for publish/fetch" + _REPO_ID_DOC,
@@ -306,6 +337,10 @@ class WatchdogSettings(_Env):
     AUTOSTOP_GPU_UTIL_PERCENT: float = Field(
         5.0, ge=0, le=100, description="GPU utilisation above this counts as activity."
     )
+    AUTOSTOP_GPU_MEM_MB: float | None = Field(
+        None, ge=0, description="GPU memory in use (MiB) at or above this counts as activity; "
+        "unset: it does not (an idle inference server keeps its weights resident)."
+    )
     AUTOSTOP_PROCESS_PATTERNS: str = Field(
         "appliance.training", description="Comma-separated command-line substrings of processes "
         "that count as activity."
@@ -322,6 +357,7 @@ class WatchdogSettings(_Env):
         None, description="Keep-alive file (touch it, or `python -m appliance.watchdog keepalive "
         "2h`); default $WORKSPACE_DIR/.autostop-keepalive."
     )
+    AUTOSTOP_LOG_LEVEL: LogLevel = Field("INFO", description="The idle watchdog's log level.")
 
 
 class RunpodSettings(_Env):
@@ -429,12 +465,19 @@ def load(cls: type[S]) -> S:
             return cls(_secrets_dir=secrets_dir)
         return cls()
     except ValidationError as exc:
+        from appliance.legacy_env import outcomes
+
         problems = []
+        read_as = {o.old.new: o for o in outcomes()
+                   if o.status == "read" and o.old.new and not os.environ.get(o.old.new)}
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"])
             field = cls.model_fields.get(name)
             doc = f" ({field.description})" if field and field.description else ""
             secret = any(w in name for w in ("TOKEN", "KEY", "PASSWORD", "SECRET"))
             shown = "<redacted>" if secret else repr(err.get("input"))
+            if name in read_as:  # the value came from the predecessor's name: name that one
+                problems.append(f"{read_as[name].named(err.get('input'))}: {err['msg']}{doc}")
+                continue
             problems.append(f"{name}={shown}: {err['msg']}{doc}")
         raise SettingsError("bad environment: " + "; ".join(problems)) from None

@@ -8,12 +8,22 @@ from collections.abc import Iterator
 
 import pytest
 
+from appliance.legacy_env import OLD_VARIABLES
+
 pytest_plugins = [
     "tests.utils.hubemu",  # first: it sets huggingface_hub's environment before its import
     "tests.utils.localpod",
     "tests.utils.containers",
     "tests.unit.podjobs_harness",
 ]
+
+
+@pytest.fixture(autouse=True)
+def no_predecessor_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The predecessor's names (OUTPUT_PATH, VENV_DIR, ...) in the shell never reach a test: every
+    settings class reads them."""
+    for var in OLD_VARIABLES:
+        monkeypatch.delenv(var.name, raising=False)
 
 
 @pytest.fixture

@@ -19,20 +19,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description="Serve the chess move model over HTTP.")
     p.add_argument("--model", type=Path, help="checkpoint (default: INFERENCE_MODEL_PATH, else "
                    "the newest *.pt under $REPO_DIR/artifacts/)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--host", help="address to listen on (default: INFERENCE_HOST, else 0.0.0.0)")
     p.add_argument("--port", type=int, help="port (default: INFERENCE_PORT, 8000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="default: INFERENCE_DEVICE (auto = CUDA when available)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
     try:
         cfg = settings.load(settings.InferenceSettings)
         paths = settings.load(settings.PathSettings)
     except settings.SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=cfg.INFERENCE_LOG_LEVEL, format="%(asctime)s %(levelname)s "
+                        "%(name)s: %(message)s")
     port = args.port if args.port is not None else cfg.INFERENCE_PORT
     if not 0 <= port <= 65535:
         print(f"error: --port {port}: expected 0..65535", file=sys.stderr)
@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     service = Service(cfg, args.model or cfg.INFERENCE_MODEL_PATH, paths.REPO_DIR,
                       args.device or cfg.INFERENCE_DEVICE, progress=True)
     app = create_app(service)
-    uvicorn.run(app, host=args.host, port=port, log_level="info", access_log=args.access_log)
+    uvicorn.run(app, host=args.host or cfg.listen_host("0.0.0.0"), port=port,
+                log_level=cfg.INFERENCE_LOG_LEVEL.lower(), access_log=args.access_log)
     return 0
 
 

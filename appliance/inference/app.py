@@ -349,7 +349,8 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     async def infer(req: InferRequest) -> dict[str, Any]:
         predictor = service.ready_predictor()
         t0 = time.perf_counter()
-        prepared = await run_in_threadpool(predictor.prepare, req.moves, req.fen, req.topk)
+        prepared = await run_in_threadpool(predictor.prepare, req.moves, req.fen,
+                                           req.topk or service.cfg.INFERENCE_TOPK_DEFAULT)
         [result] = await service.batcher.submit([prepared])
         return {**result.to_dict(), "device": str(predictor.device),
                 "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}
@@ -368,7 +369,8 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
             out = []
             for i, p in enumerate(req.positions):
                 try:
-                    out.append(predictor.prepare(p.moves, p.fen, p.topk))
+                    out.append(predictor.prepare(p.moves, p.fen,
+                                                 p.topk or service.cfg.INFERENCE_TOPK_DEFAULT))
                 except InputError as exc:
                     raise InputError(f"positions[{i}]: {exc}") from None
             return out

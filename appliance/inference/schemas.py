@@ -21,7 +21,8 @@ class InferRequest(BaseModel):
 
     moves: list[str] = Field(default_factory=list, description="UCI moves played so far.")
     fen: str | None = Field(None, description="Starting position (default: the standard one).")
-    topk: int = Field(5, ge=1, le=TOPK_MAX, description="How many ranked moves to return.")
+    topk: int | None = Field(None, ge=1, le=TOPK_MAX, description="How many ranked moves to "
+                             "return; default INFERENCE_TOPK_DEFAULT (5).")
 
     @field_validator("moves", mode="before")
     @classmethod
@@ -40,6 +41,8 @@ class InferRequest(BaseModel):
     @field_validator("topk", mode="before")
     @classmethod
     def _topk(cls, v: Any) -> Any:
+        if v is None:
+            return v
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= TOPK_MAX:
             raise ValueError(f"must be an integer from 1 to {TOPK_MAX}")
         return v

@@ -3,7 +3,8 @@
 `python -m appliance.runtime.bootstrap` times each step into the phase log
 (source=runpod_entrypoint), logs it in one line and ends in os.execve(supervisord);
 `--render-only DIR` only writes the rendered files (supervisord.conf, conf.d/, sshd_config,
-...) into DIR and changes nothing else.
+...) into DIR and changes nothing else. Both say, one line each, what became of the predecessor's
+variables that are set (appliance.legacy_env).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from appliance import settings
+from appliance import legacy_env, settings
 from appliance.atomic import atomic_write_json
 from appliance.redact import Redactor
 from appliance.runtime.config import (
@@ -343,7 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     secret_vals = cfg.secret_values()
     layout = Layout.of(cfg.runtime)
     redact = boot_redactor([*secret_vals.values(), url_password(cfg.repo.REPO_URL)])
+    old_vars = [o.line() for o in legacy_env.outcomes(env)]
     if args.render_only is not None:
+        for line in old_vars:
+            print(f"{PREFIX}: {redact(line)}", file=sys.stderr, flush=True)
         try:
             written = render_only(cfg, layout, env, args.render_only,
                                   frozenset(secret_vals))
@@ -364,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     timing.record("validate_settings", "ok", int((time.monotonic() - started) * 1000))
     log(f"validate_settings: {len(settings.pod_settings_classes())} settings groups valid; run "
         f"{run_id}; phase log {cfg.paths.timing_log}")
+    for line in old_vars:
+        log(line)
     boot = Bootstrap(cfg, layout, env, log, timing, secret_vals)
     try:
         boot.step("prepare_dirs", boot.prepare_dirs)

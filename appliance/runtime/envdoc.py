@@ -1,6 +1,8 @@
 """The pod's env docs generated from appliance/settings.py: image/env.example (every variable,
 its default and doc, ready to paste into a RunPod template) and the Markdown table rendering that
-docs/ENVIRONMENT.md uses for the pod's and (host_tools/envdoc.py) the workstation's variables.
+docs/ENVIRONMENT.md uses for the pod's and (host_tools/envdoc.py) the workstation's variables;
+and the migration table of the predecessor's variables (appliance/legacy_env.py) that
+docs/ENVIRONMENT.md and the README show.
 
 `python -m appliance.runtime.envdoc` rewrites image/env.example; `--check` fails when it is stale.
 `python -m host_tools.envdoc` writes docs/ENVIRONMENT.md and image/env.example together.
@@ -17,7 +19,7 @@ from pathlib import Path
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from appliance import settings
+from appliance import legacy_env, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / "image" / "env.example"
@@ -69,6 +71,17 @@ def markdown_table(groups: Groups) -> str:
             label = f"**{group}**: " if i == 0 else ""
             cell = doc.replace("|", "\\|")
             lines.append(f"| `{name}` | {shown} | {label}{cell} |")
+    return "\n".join(lines)
+
+
+def migration_table() -> str:
+    """The predecessor's variables: what each meant there and how it is read here."""
+    lines = ["| predecessor's variable | read here as | meaning there | here |",
+             "| --- | --- | --- | --- |"]
+    for v in legacy_env.OLD_VARIABLES:
+        new = "no effect" if v.new is None else f"`{v.new}`"
+        there, here = (t.replace("|", "\\|") for t in (v.meaning, v.effect))
+        lines.append(f"| `{v.name}` | {new} | {there} | {here} |")
     return "\n".join(lines)
 
 

@@ -157,7 +157,7 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
             raise CheckFailed("not RUNNING: " + ", ".join(f"{p} {s}" for p, s in bad.items()))
         out["detail"] = "RUNNING: " + " ".join(sorted(states))
 
-    api = local_url(bind, inference.INFERENCE_PORT, "")
+    api = local_url(inference.listen_host(bind), inference.INFERENCE_PORT, "")
     served: dict[str, Any] | None = None
     no_model = False
     with checks.run("healthz") as out:

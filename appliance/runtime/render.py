@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from appliance import settings
+from appliance import legacy_env, settings
 from appliance.runtime.config import (
     HOST_KEY_TYPES,
     LOGIN_SHELL,
@@ -176,7 +176,8 @@ def program_conf(name: str, cfg: PodConfig, layout: Layout, secret_names: frozen
         return _template("sshd.conf", command=_command(args, name), log_dir=log_dir)
     if name == "inference":
         inf = cfg.inference
-        args = [py, "-m", "appliance.inference", "--host", host, "--port", str(inf.INFERENCE_PORT)]
+        args = [py, "-m", "appliance.inference", "--host", inf.listen_host(host),
+                "--port", str(inf.INFERENCE_PORT)]
         if inf.INFERENCE_MODEL_PATH is not None:
             args += ["--model", str(inf.INFERENCE_MODEL_PATH)]
         args += ["--device", inf.INFERENCE_DEVICE]
@@ -240,14 +241,18 @@ def supervisorctl_shim(layout: Layout) -> str:
 
 def shell_env(environ: Mapping[str, str], layout: Layout,
               secret_names: frozenset[str]) -> dict[str, str]:
-    """The allow-listed environment for login shells: no secret, ever."""
+    """The allow-listed environment for login shells: no secret, ever. The predecessor's
+    variables appear under the names they are read as."""
     declared = {name for klass in settings.pod_settings_classes() for name in klass.model_fields}
+    merged = {o.old.new: o.value for o in legacy_env.outcomes(environ)
+              if o.status == "read" and o.old.new and o.value is not None}
+    merged.update({k: v for k, v in environ.items() if v})
     out: dict[str, str] = {}
-    for name in sorted(environ):
+    for name in sorted(merged):
         allowed = name in declared or name.startswith("RUNPOD_") or name in EXTRA_SHELL_VARS
-        if not allowed or settings.is_secret_name(name) or not environ[name]:
+        if not allowed or settings.is_secret_name(name):
             continue
-        out[name] = strip_credentials(environ[name]) if name == "REPO_URL" else environ[name]
+        out[name] = strip_credentials(merged[name]) if name == "REPO_URL" else merged[name]
     out["HF_HOME"] = str(layout.hf_home)
     out["APPLIANCE_SECRETS_DIR"] = str(layout.secrets_dir)
     out.update(_hf_token_path(layout, secret_names))

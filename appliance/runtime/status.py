@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         left_out=dict(boot.get("left_out") or {}),
         records=layout.fatal_dir,
         timing_log=cfg.paths.timing_log,
-        inference_url=local_url(cfg.runtime.APPLIANCE_BIND_HOST,
+        inference_url=local_url(cfg.inference.listen_host(cfg.runtime.APPLIANCE_BIND_HOST),
                                 cfg.inference.INFERENCE_PORT, "/healthz"),
         timeout=args.timeout,
     )

@@ -36,8 +36,8 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", type=Path, metavar="DIR",
                    help="directory to sync (default HF_SYNC_SOURCE_DIR, else $REPO_DIR/artifacts)")
     p.add_argument("--repo", metavar="OWNER/NAME", help="repo to upload to (default HF_REPO_ID)")
-    p.add_argument("--repo-type", choices=("model", "dataset"), default="model",
-                   help="type of that repo (default %(default)s)")
+    p.add_argument("--repo-type", choices=("model", "dataset"),
+                   help="type of that repo (default HF_REPO_TYPE, model)")
     p.add_argument("--patterns", nargs="+", metavar="GLOB",
                    help="file-name globs, space or comma separated (default HF_SYNC_PATTERNS, "
                    "'*.pt,*.json'); hidden and *.tmp files are never synced")
@@ -90,7 +90,7 @@ def _job(args: argparse.Namespace, cfg: settings.HfSettings, repo_dir: Path) -> 
     return SyncJob(
         source=(args.source or cfg.sync_source_dir(repo_dir)).absolute(),
         repo_id=repo, patterns=tuple(patterns), state_dir=cfg.sync_state_dir(repo_dir),
-        repo_type=args.repo_type, endpoint=cfg.HF_ENDPOINT.rstrip("/"),
+        repo_type=args.repo_type or cfg.HF_REPO_TYPE, endpoint=cfg.HF_ENDPOINT.rstrip("/"),
     )
 
 
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{where}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     redact = Redactor([token])
-    setup_service_logging("hf-sync", redact, sys.stderr)
+    setup_service_logging("hf-sync", redact, sys.stderr, cfg.HF_SYNC_LOG_LEVEL)
     try:
         job = _job(args, cfg, paths.REPO_DIR)
         # The watcher retries on its own schedule, so each of its uploads is a single attempt.

@@ -120,7 +120,7 @@ def build_signals(cfg: Config) -> list[Signal]:
     jupyter_url = local_url(cfg.runtime.APPLIANCE_BIND_HOST, cfg.jupyter.JUPYTER_PORT, "")
     patterns = [p.strip() for p in wd.AUTOSTOP_PROCESS_PATTERNS.split(",")]
     return [
-        GpuSignal(wd.AUTOSTOP_GPU_UTIL_PERCENT),
+        GpuSignal(wd.AUTOSTOP_GPU_UTIL_PERCENT, mem_threshold_mb=wd.AUTOSTOP_GPU_MEM_MB),
         SshSignal(cfg.ssh.SSH_PORT),
         JupyterSignal(jupyter_url, lambda: cfg.jupyter.token),
         HeartbeatSignal(cfg.inference.INFERENCE_HEARTBEAT_FILE, wd.AUTOSTOP_POLL_SECONDS),
@@ -170,7 +170,8 @@ def build(cfg: Config, now: float) -> Watchdog:
 
 
 def _run(cfg: Config) -> int:
-    setup_service_logging("idle-watchdog", Redactor(cfg.secrets), sys.stdout)
+    setup_service_logging("idle-watchdog", Redactor(cfg.secrets), sys.stdout,
+                          cfg.wd.AUTOSTOP_LOG_LEVEL)
     dog = build(cfg, time.time())
     stop = threading.Event()
 

@@ -93,14 +93,17 @@ def nvml_samples() -> list[GpuSample]:
 
 
 class GpuSignal:
-    """Active while any GPU's utilisation is above the threshold. Memory is shown but does not
-    count: an idle inference server keeps its weights resident for days."""
+    """Active while any GPU's utilisation is above the threshold. Memory is shown but counts only
+    with a memory threshold (AUTOSTOP_GPU_MEM_MB, the predecessor's IDLE_GPU_MEM_MB_THRESHOLD):
+    an idle inference server keeps its weights resident for days."""
 
     name = "gpu"
 
     def __init__(self, threshold_percent: float,
-                 sampler: Callable[[], list[GpuSample]] = nvml_samples) -> None:
+                 sampler: Callable[[], list[GpuSample]] = nvml_samples,
+                 mem_threshold_mb: float | None = None) -> None:
         self.threshold = threshold_percent
+        self.mem_threshold = mem_threshold_mb
         self.sampler = sampler
         self.unavailable: str | None = None
 
@@ -115,11 +118,15 @@ class GpuSignal:
         if not samples:
             self.unavailable = "NVML reports no GPU"
             return Reading(self.name, "unavailable", self.unavailable)
-        busy = [s for s in samples if s.util_percent > self.threshold]
+        mem = self.mem_threshold
+        busy = [s for s in samples if s.util_percent > self.threshold
+                or (mem is not None and s.mem_used_mb >= mem)]
         detail = ", ".join(f"gpu{s.index} {s.util_percent:.0f}% {s.mem_used_mb:.0f}/"
                            f"{s.mem_total_mb:.0f} MiB" for s in samples)
-        return Reading(self.name, "active" if busy else "quiet",
-                       f"{detail} (busy above {self.threshold:g}%)")
+        rule = f"busy above {self.threshold:g}%"
+        if mem is not None:
+            rule += f" or from {mem:g} MiB in use"
+        return Reading(self.name, "active" if busy else "quiet", f"{detail} ({rule})")
 
 
 # -- ssh ------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import settings
+from appliance import legacy_env, settings
 from appliance.runtime import envdoc
 from host_tools import envdoc as host_envdoc
 from host_tools.settings import host_settings_classes
@@ -19,6 +19,25 @@ def test_environment_doc_and_env_example_are_up_to_date():
         "docs/ENVIRONMENT.md is stale: run `python -m host_tools.envdoc`")
     assert envdoc.ENV_EXAMPLE.read_text(encoding="utf-8") == envdoc.env_example(), (
         "image/env.example is stale: run `python -m host_tools.envdoc`")
+
+
+def test_readme_and_environment_doc_hold_the_migration_table():
+    readme = host_envdoc.README.read_text(encoding="utf-8")
+    assert readme == host_envdoc.with_migration(readme), (
+        "README.md's migration table is stale: run `python -m host_tools.envdoc`")
+    assert host_envdoc.migration_block() in readme
+    doc = host_envdoc.ENVIRONMENT.read_text(encoding="utf-8")
+    _, migration = doc.split("## From the predecessor")
+    for var in legacy_env.OLD_VARIABLES:
+        assert f"| `{var.name}` |" in migration
+    table = envdoc.migration_table().splitlines()
+    assert table[0] == "| predecessor's variable | read here as | meaning there | here |"
+    assert ("| `IDLE_TIMEOUT_SECONDS` | `AUTOSTOP_IDLE_MINUTES` | idle seconds before the stop "
+            "(3600) | seconds / 60 |") in table
+    assert ("| `VENV_DIR` | no effect | the Python environment of the services and of pip | "
+            "the services and pip use APPLIANCE_PYTHON (the image sets it to its venv's "
+            "python) |") in table
+    assert len(table) == 2 + len(legacy_env.OLD_VARIABLES)
 
 
 def test_environment_doc_has_both_tables():
@@ -68,6 +87,7 @@ def test_host_envdoc_writes_both_files_and_keeps_the_text_around_the_block(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     doc, example = tmp_path / "docs" / "ENVIRONMENT.md", tmp_path / "env.example"
     monkeypatch.setattr(host_envdoc, "ENVIRONMENT", doc)
+    monkeypatch.setattr(host_envdoc, "README", tmp_path / "README.md")  # none: not written
     monkeypatch.setattr(envdoc, "ENV_EXAMPLE", example)
     monkeypatch.setattr(envdoc, "ROOT", tmp_path)
     assert host_envdoc.main(["--check"]) == 1
@@ -81,6 +101,12 @@ def test_host_envdoc_writes_both_files_and_keeps_the_text_around_the_block(
     assert host_envdoc.main([]) == 0
     assert doc.read_text() == f"# Mine\n\n{host_envdoc.tables()}\nafter\n"
     assert host_envdoc.main(["--check"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# R\n{host_envdoc.MIGRATION_BEGIN}\nold\n{host_envdoc.MIGRATION_END}\n")
+    assert host_envdoc.main(["--check"]) == 1
+    assert capsys.readouterr().err == ("stale: README.md; run `python -m host_tools.envdoc`\n")
+    assert host_envdoc.main([]) == 0
+    assert readme.read_text() == f"# R\n{host_envdoc.migration_block()}\n"
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="no .* section to fill in"):
         host_envdoc.main([])
