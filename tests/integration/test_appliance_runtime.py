@@ -69,6 +69,7 @@ def pod() -> Iterator[Appliance]:
     app.start()
     try:
         app.wait_running(PROGRAMS, timeout=180)
+        app.wait_listening()
         app.trust_host_keys()
         app.wait_login()
         yield app

@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -169,6 +170,20 @@ class Appliance:
             return infos if ok else {}
 
         return wait_until(all_running, timeout, 0.2, what=f"{', '.join(names)} RUNNING")
+
+    def wait_listening(self, variables: tuple[str, ...] = ("JUPYTER_PORT", "INFERENCE_PORT"),
+                       timeout: float = 90) -> None:
+        """Wait until the programs behind these port variables accept connections: supervisord
+        says RUNNING after `startsecs`, which a loaded machine can pass before the port is bound."""
+        def listening() -> bool:
+            for name in variables:
+                try:
+                    socket.create_connection(("127.0.0.1", int(self.env[name])), 1).close()
+                except OSError:
+                    return False
+            return True
+
+        wait_until(listening, timeout, 0.2, what=f"{', '.join(variables)} listening")
 
     def trust_host_keys(self) -> None:
         port = self.env["SSH_PORT"]
