@@ -1,9 +1,9 @@
 """Phase-timing records: one JSON line per timed phase, appended to the timing log.
 
-Fields: ts_epoch_ms, source, run_id, phase, status, elapsed_ms, and exit_code when a phase ran a
-process, reason when a decision needs explaining (the idle watchdog's stops), and what a
-phase is about (`program` of a service_start). `phase()`
-times a block and records "ok" or "error" however the block ends.
+Fields: ts_epoch_ms, source, run_id, phase, status, elapsed_ms; exit_code when a phase ran a
+process, reason when a decision needs explaining (the idle watchdog's stops), and what a phase is
+about (`program` of a service_start). `phase()` times a block and records "ok" or "error"
+however the block ends.
 """
 
 from __future__ import annotations
