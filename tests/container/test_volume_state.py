@@ -105,7 +105,7 @@ def test_state_outlives_the_container(containers: TrackedContainers, engine: Eng
     assert (status, body["status"], body["model_path"]) == (200, "ok", MODEL), body
 
 
-def _bare_repo(tmp_path: Path) -> Path:
+def _bare_repo(tmp_path: Path) -> tuple[Path, str]:
     """This tree's HEAD as a bare repository, plus one commit whose `appliance` package notes
     every process that imports it, so the test can see which code runs."""
     work = tmp_path / "work"
@@ -120,18 +120,18 @@ def _bare_repo(tmp_path: Path) -> Path:
                    check=True)
     bare = tmp_path / "chess-bot.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    head = subprocess.run(["git", "-C", str(bare), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
     # The pod's git runs as runner (uid 1000) and refuses a repository owned by someone else.
     subprocess.run(["chown", "-R", "1000:1000", str(bare)], check=True)
-    return bare
+    return bare, head
 
 
 def test_repo_url_alone_is_cloned_onto_the_volume_and_run(containers: TrackedContainers,
                                                           tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the bare repository is given to the pod's uid 1000 (needs root)")
-    bare = _bare_repo(tmp_path)
-    head = subprocess.run(["git", "-C", str(bare), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    bare, head = _bare_repo(tmp_path)
     pod = containers.run({"REPO_URL": "file:///srv/chess-bot.git", "START_JUPYTER": "0"},
                          mounts=(f"{bare}:/srv/chess-bot.git:ro",))
     boot = pod.exec("cat", "/workspace/.appliance/logs/bootstrap.log").stdout
