@@ -230,11 +230,9 @@ class Bootstrap:
         if given:
             self.log(f"repo_sync: {', '.join(map(str, given))} given to {self.layout.user}")
         notes, code = [], 0
-        if not repo.REPO_URL:
-            pass
-        elif not repo.CLONE_REPO_ON_START:
+        if repo.REPO_URL and not repo.CLONE_REPO_ON_START:
             notes.append(f"CLONE_REPO_ON_START=0: {repo_dir} left as it is")
-        else:
+        elif repo.REPO_URL:
             try:
                 outcome = prepare_checkout(repo.REPO_URL, repo.REPO_REF, repo_dir,
                                            pull=repo.GIT_AUTO_PULL, run_as=self.layout.user)
