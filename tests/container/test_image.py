@@ -59,6 +59,8 @@ def pod(containers: TrackedContainers) -> Pod:
 @pytest.fixture(scope="module")
 def trained(pod: Pod) -> dict:
     """The preset trains over SSH as runner; `supervisorctl restart inference` picks it up."""
+    # RUNNING means up for startsecs; uvicorn may still be importing torch on a busy host.
+    wait_until(lambda: http(pod.url(8000, "/healthz"))[0] != 0, 120, 0.5, what="API answers")
     status, body = http(pod.url(8000, "/healthz"))
     assert status == 503 and body["status"] == "no_model", body
     proc = pod.ssh(f"{TINY_TRAIN} python -m appliance.training.preset", timeout=600)
