@@ -19,6 +19,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 DEFAULT_REPO_DIR = Path(__file__).resolve().parents[1]
 
 
+def holds_checkout(path: Path) -> bool:
+    """A project checkout: a git work tree, or a mounted copy with its requirements.txt."""
+    return (path / ".git").exists() or (path / "requirements.txt").is_file()
+
+
 class SettingsError(ValueError):
     """A bad environment variable, named, with the form it should have."""
 
@@ -43,7 +48,14 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class PathSettings(_Env):
-    REPO_DIR: Path = Field(DEFAULT_REPO_DIR, description="Checkout of this project in the pod.")
+    REPO_DIR: Path = Field(
+        DEFAULT_REPO_DIR, description="The pod's state root (artifacts, timing log, sync state, "
+        "dataset cache) and where REPO_URL is cloned; the image sets /workspace/chess-bot."
+    )
+    APPLIANCE_CODE_DIR: Path = Field(
+        DEFAULT_REPO_DIR, description="The code baked in the image (sample data, scripts), used "
+        "where REPO_DIR holds no checkout; the image sets /opt/chessbot."
+    )
     RUNPOD_PHASE_TIMING_LOG: Path | None = Field(
         None,
         description="Phase-timing JSONL log; default $REPO_DIR/artifacts/timings/"
@@ -52,9 +64,19 @@ class PathSettings(_Env):
     RUN_ID: str = Field("", description="Identifier written into every phase-timing record.")
 
     @property
+    def state_root(self) -> Path:
+        """Where the pod's state goes, whichever code runs: REPO_DIR (on the volume)."""
+        return self.REPO_DIR
+
+    @property
+    def code_dir(self) -> Path:
+        """Where the code is: the checkout in REPO_DIR, else the code baked in the image."""
+        return self.REPO_DIR if holds_checkout(self.REPO_DIR) else self.APPLIANCE_CODE_DIR
+
+    @property
     def timing_log(self) -> Path:
         return self.RUNPOD_PHASE_TIMING_LOG or (
-            self.REPO_DIR / "artifacts" / "timings" / "runpod_phase_times.jsonl"
+            self.state_root / "artifacts" / "timings" / "runpod_phase_times.jsonl"
         )
 
 

@@ -1,15 +1,16 @@
 """Phase-timing records: one JSON line per timed phase, appended to the timing log.
 
-Fields: ts_epoch_ms, source, run_id, phase, status, elapsed_ms, and exit_code when a phase ran a
-process, and reason when a decision needs explaining (the idle watchdog's stops). `phase()`
-times a block and records "ok" or "error" however the block ends.
+Fields: ts_epoch_ms, source, run_id, phase, status, elapsed_ms; exit_code when a phase ran a
+process, reason when a decision needs explaining (the idle watchdog's stops), and what a phase is
+about (`program` of a service_start). `phase()` times a block and records "ok" or "error"
+however the block ends.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +23,7 @@ class TimingLog:
 
     def record(
         self, phase: str, status: str, elapsed_ms: int, exit_code: int | None = None,
-        reason: str | None = None,
+        reason: str | None = None, extra: Mapping[str, str | int] | None = None,
     ) -> dict[str, object]:
         rec: dict[str, object] = {
             "ts_epoch_ms": int(time.time() * 1000),
@@ -36,6 +37,7 @@ class TimingLog:
             rec["exit_code"] = exit_code
         if reason is not None:
             rec["reason"] = reason
+        rec.update(extra or {})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")

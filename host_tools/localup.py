@@ -32,7 +32,9 @@ CONFIG_DIR = ROOT / "config" / "local-pod"
 CONTAINER = "chessbot-local"
 # (container port, preferred host port): 22 on the host is usually the host's own sshd.
 PORTS = {"ssh": (22, 2222), "jupyter": (8888, 8888), "api": (8000, 8000)}
-MODEL_DIR = "/workspace/artifacts/local-up"
+# The image's state root is REPO_DIR=/workspace/chess-bot (on the volume); its code with the
+# sample data is APPLIANCE_CODE_DIR=/opt/chessbot.
+MODEL_DIR = "/workspace/chess-bot/artifacts/local-up"
 SAMPLE_DIR = "/opt/chessbot/data/sample"
 # Seconds of training, not a good model: enough for /infer to answer.
 TINY_TRAIN_ENV = {

@@ -389,7 +389,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--remote-root", default="/workspace/cycle",
                     help="runs live under REMOTE_ROOT/RUN_ID in the pod (default %(default)s)")
     sp.add_argument("--pod-repo-dir", default="/opt/chessbot",
-                    help="the project in the pod, for its sample data (default %(default)s)")
+                    help="the code in the pod, for its sample data (default %(default)s, the "
+                    "image's APPLIANCE_CODE_DIR)")
     sp.add_argument("--user", default=SSH_USER, help=argparse.SUPPRESS)
 
     sp = add("smoke", "check a pod end to end: SSH, supervisorctl status, /healthz, /infer, "
@@ -397,6 +398,6 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("pod", nargs="?", help="pod id (default: provision one, terminate after)")
     provision_options(sp)
     sp.add_argument("--dataset", metavar="POD_DIR",
-                    help="dataset dir in the pod (default $REPO_DIR/data/sample)")
+                    help="dataset dir in the pod (default data/sample of the code it runs)")
     sp.add_argument("--user", default=SSH_USER, help=argparse.SUPPRESS)
 

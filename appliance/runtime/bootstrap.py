@@ -42,7 +42,14 @@ from appliance.runtime.render import (
     shell_env,
     sshd_config,
 )
-from appliance.runtime.repo import RepoError, prepare_checkout, sync_requirements
+from appliance.runtime.repo import (
+    RepoError,
+    checkout_pythonpath,
+    code_choice,
+    prepare_checkout,
+    prepare_state_root,
+    sync_requirements,
+)
 from appliance.runtime.ssh_setup import (
     SetupError,
     ensure_account,
@@ -107,7 +114,8 @@ def torch_importable(python: Path) -> tuple[bool, str]:
 
 class Bootstrap:
     def __init__(self, cfg: PodConfig, layout: Layout, environ: Mapping[str, str],
-                 log: BootLog, timing: TimingLog, secret_vals: Mapping[str, str]) -> None:
+                 log: BootLog, timing: TimingLog, secret_vals: Mapping[str, str],
+                 started_ms: int | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
         self.environ = environ
@@ -119,6 +127,8 @@ class Bootstrap:
         self.fingerprints: list[str] = []
         self.left_out: dict[str, str] = {}
         self.rendered: dict[str, Rendered] = {}
+        self.pythonpath: Path | None = None
+        self.started_ms = int(time.time() * 1000) if started_ms is None else started_ms
 
     def step(self, phase: str, fn: Callable[[], str | tuple[str, int]]) -> None:
         """Run one step timed into the phase log; (summary, exit code) marks a soft failure."""
@@ -212,18 +222,32 @@ class Bootstrap:
 
     # -- 4 -----------------------------------------------------------------------------------
     def repo(self) -> str | tuple[str, int]:
-        repo = self.cfg.repo
-        repo_dir = self.cfg.paths.REPO_DIR
-        if not repo.REPO_URL:
-            return f"REPO_URL empty: using the code in {repo_dir}"
-        if not repo.CLONE_REPO_ON_START:
-            return f"CLONE_REPO_ON_START=0: {repo_dir} left as it is"
+        repo, paths = self.cfg.repo, self.cfg.paths
+        repo_dir = paths.REPO_DIR
         try:
-            outcome = prepare_checkout(repo.REPO_URL, repo.REPO_REF, repo_dir,
-                                       pull=repo.GIT_AUTO_PULL, run_as=self.layout.user)
-        except (RepoError, OSError) as exc:
-            return f"{exc}; going on with what is in {repo_dir}", 1
-        return f"{outcome.action}: {outcome.detail}"
+            given = prepare_state_root(paths, self.layout.user)
+        except OSError as exc:
+            return f"state root {paths.state_root} cannot be prepared: {exc}", 1
+        if given:
+            self.log(f"repo_sync: {', '.join(map(str, given))} given to {self.layout.user}")
+        notes, code = [], 0
+        if repo.REPO_URL and not repo.CLONE_REPO_ON_START:
+            notes.append(f"CLONE_REPO_ON_START=0: {repo_dir} left as it is")
+        elif repo.REPO_URL:
+            try:
+                outcome = prepare_checkout(repo.REPO_URL, repo.REPO_REF, repo_dir,
+                                           pull=repo.GIT_AUTO_PULL, run_as=self.layout.user)
+                notes.append(f"{outcome.action}: {outcome.detail}")
+            except (RepoError, OSError) as exc:
+                notes.append(f"{exc}; going on with what is in {repo_dir}")
+                code = 1
+        notes.append(code_choice(paths, repo.REPO_URL).detail)
+        self.pythonpath = checkout_pythonpath(paths)
+        if self.pythonpath is not None:
+            notes.append(f"services import it ahead of the image's (PYTHONPATH={self.pythonpath})")
+        notes.append(f"state under {paths.state_root}")
+        summary = "; ".join(notes)
+        return (summary, code) if code else summary
 
     def requirements(self) -> str | tuple[str, int]:
         repo = self.cfg.repo
@@ -277,7 +301,9 @@ class Bootstrap:
         install_supervisor(lay, self.rendered)
         record = {"programs": list(p.programs), "left_out": self.left_out,
                   "run_id": self.timing.run_id, "ssh_host_keys": self.fingerprints,
-                  "supervisord_conf": str(lay.supervisord_conf)}
+                  "supervisord_conf": str(lay.supervisord_conf),
+                  # the service_start records: elapsed since this, into the same phase log
+                  "started_epoch_ms": self.started_ms, "timing_log": str(self.timing.path)}
         atomic_write_json(lay.boot_record, record, mode=0o644)
         for note in notes:
             self.log(f"jupyter: {note}")
@@ -305,6 +331,9 @@ class Bootstrap:
         path = env.get("PATH", ":".join(SYSTEM_PATH))
         if venv_bin not in path.split(":"):
             env["PATH"] = f"{venv_bin}:{path}"
+        if self.pythonpath is not None:
+            env["PYTHONPATH"] = ":".join(
+                [str(self.pythonpath), *filter(None, env.get("PYTHONPATH", "").split(":"))])
         return env
 
     def give_timing_log(self) -> None:
@@ -336,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     env = dict(os.environ)
     started = time.monotonic()
+    started_ms = int(time.time() * 1000)
     try:
         cfg = PodConfig.load()
     except settings.SettingsError as exc:
@@ -370,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{run_id}; phase log {cfg.paths.timing_log}")
     for line in old_vars:
         log(line)
-    boot = Bootstrap(cfg, layout, env, log, timing, secret_vals)
+    boot = Bootstrap(cfg, layout, env, log, timing, secret_vals, started_ms)
     try:
         boot.step("prepare_dirs", boot.prepare_dirs)
         boot.step("runner_account", boot.account)

@@ -189,12 +189,12 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
             out["detail"] = (f"200 with the token, 403 without; kernels "
                              f"{resp.json().get('kernels')}")
 
-    smoke_dir = paths.REPO_DIR / "artifacts" / f".smoke-{uuid.uuid4().hex[:8]}"
+    smoke_dir = paths.state_root / "artifacts" / f".smoke-{uuid.uuid4().hex[:8]}"
     restarted = False
     try:
         with checks.run("train_epoch") as out:
-            out["detail"] = train_epoch(paths.REPO_DIR, smoke_dir,
-                                        dataset or paths.REPO_DIR / "data" / "sample",
+            out["detail"] = train_epoch(paths.code_dir, smoke_dir,
+                                        dataset or paths.code_dir / "data" / "sample",
                                         train_timeout)
         with checks.run("infer") as out:
             token = (inference.INFERENCE_API_TOKEN.get_secret_value()
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m appliance.runtime.podcheck",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--dataset", type=Path, help="dir with train.jsonl and val.jsonl "
-                   "(default $REPO_DIR/data/sample)")
+                   "(default data/sample of the code the pod runs)")
     p.add_argument("--train-timeout", type=float, default=600)
     args = p.parse_args(argv)
 

@@ -1,13 +1,19 @@
-"""The pod's project checkout: clone or fast-forward REPO_DIR, and the requirements hash stamp.
+"""The pod's project checkout: which code runs, clone or fast-forward REPO_DIR, the state root,
+and the requirements hash stamp.
 
-git runs as the owner of REPO_DIR, never prompts, and its messages never show URL credentials;
-`pip install -r` runs only when requirements.txt's hash differs from the stamp (or when forced).
+REPO_DIR is the pod's state root on the volume and the place REPO_URL is cloned into; with no
+checkout there and no REPO_URL the code baked in the image runs (nothing is copied). A clone into
+a REPO_DIR that already holds files (the state of earlier runs) keeps every one of them: git
+refuses to overwrite any, and the attempt is undone. git runs as the owner of REPO_DIR, never
+prompts, and its messages never show URL credentials; `pip install -r` runs only when
+requirements.txt's hash differs from the stamp (or when forced).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +22,7 @@ from typing import Any
 
 from appliance.atomic import atomic_write, sha256_file
 from appliance.runtime.config import strip_credentials
+from appliance.settings import PathSettings, holds_checkout
 
 GIT_TIMEOUT_S = 600
 PIP_TIMEOUT_S = 3600
@@ -79,7 +86,8 @@ def prepare_checkout(url: str, ref: str, repo_dir: Path, *, pull: bool,
     """Clone `url` into `repo_dir`, or fast-forward the checkout already there.
 
     An existing REPO_DIR that is not a git checkout: empty -> clone into it; holding a
-    requirements.txt -> a mounted checkout, left alone; anything else -> left alone.
+    requirements.txt -> a mounted checkout, left alone; holding other files (the pod's state)
+    -> the clone is made around them, or refused naming the files it would overwrite.
     """
     shown = strip_credentials(url)
     if repo_dir.exists() and not repo_dir.is_dir():
@@ -89,11 +97,10 @@ def prepare_checkout(url: str, ref: str, repo_dir: Path, *, pull: bool,
             return Outcome("skipped", f"{repo_dir} is a checkout; GIT_AUTO_PULL=0 leaves it as is")
         return _pull(Git(url, _owner(repo_dir) or run_as), ref, repo_dir)
     if repo_dir.is_dir() and any(repo_dir.iterdir()):
-        if (repo_dir / "requirements.txt").exists():
+        if holds_checkout(repo_dir):
             return Outcome("skipped", f"{repo_dir} is not a git checkout but holds "
                            "requirements.txt: used as a mounted checkout")
-        return Outcome("skipped", f"{repo_dir} is not empty and not a git checkout: not cloning "
-                       f"{shown} over it")
+        return _clone_around(Git(url, _owner(repo_dir) or run_as), ref, repo_dir)
     repo_dir.mkdir(parents=True, exist_ok=True)
     if run_as is not None and os.geteuid() == 0:
         pw = pwd.getpwnam(run_as)
@@ -104,6 +111,45 @@ def prepare_checkout(url: str, ref: str, repo_dir: Path, *, pull: bool,
         git("checkout", "--quiet", ref, cwd=repo_dir)
     return Outcome("cloned", f"{shown} at {ref or 'default branch'} ({git.head(repo_dir)}) into "
                    f"{repo_dir}")
+
+
+def _clone_around(git: Git, ref: str, repo_dir: Path) -> Outcome:
+    """A clone into a non-empty dir: init, fetch, check out; git overwrites no file there
+    (ignored ones included), and on any failure the .git made here is removed again."""
+    shown = strip_credentials(git.url)
+    kept = sorted(p.name for p in repo_dir.iterdir())
+    git("init", "--quiet", str(repo_dir))
+    try:
+        git("remote", "add", "origin", git.url, cwd=repo_dir)
+        git("fetch", "--quiet", "--tags", "origin", cwd=repo_dir)
+        branch = ref or _default_branch(git, repo_dir)
+        is_branch = git("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{branch}",
+                        cwd=repo_dir, check=False).returncode == 0
+        target = (["-b", branch, "--track", f"origin/{branch}"] if is_branch
+                  else ["--detach", branch])
+        proc = git("checkout", "--quiet", "--no-overwrite-ignore", *target, cwd=repo_dir,
+                   check=False)
+        if proc.returncode != 0:
+            clash = [line.strip() for line in proc.stderr.splitlines()
+                     if line.startswith(("\t", " "))]
+            why = (f"it would overwrite {', '.join(clash)}" if clash
+                   else git._scrub(proc.stderr) or f"exit {proc.returncode}")
+            raise RepoError(f"not cloning {shown} into {repo_dir}, which holds "
+                            f"{', '.join(kept)}: {why}; move those away or set REPO_DIR to "
+                            "another dir")
+    except BaseException:
+        shutil.rmtree(repo_dir / ".git", ignore_errors=True)
+        raise
+    return Outcome("cloned", f"{shown} at {ref or 'default branch'} ({git.head(repo_dir)}) into "
+                   f"{repo_dir}, keeping what was there ({', '.join(kept)})")
+
+
+def _default_branch(git: Git, repo: Path) -> str:
+    out = git("ls-remote", "--symref", "origin", "HEAD", cwd=repo).stdout
+    for line in out.splitlines():
+        if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
+            return line.removeprefix("ref: refs/heads/").removesuffix("\tHEAD")
+    raise RepoError(f"{strip_credentials(git.url)} names no default branch: set REPO_REF")
 
 
 def _pull(git: Git, ref: str, repo: Path) -> Outcome:
@@ -130,6 +176,49 @@ def _pull(git: Git, ref: str, repo: Path) -> Outcome:
     if after == before:
         return Outcome("up to date", f"{repo} at {after}")
     return Outcome("pulled", f"{repo} {before} -> {after}")
+
+
+# -- which code runs, where the state goes ----------------------------------------------------
+
+def code_choice(paths: PathSettings, url: str) -> Outcome:
+    """Which code the pod runs, said once in the bootstrap log."""
+    if holds_checkout(paths.REPO_DIR):
+        return Outcome("checkout", f"code from the checkout in {paths.REPO_DIR}")
+    if url:
+        return Outcome("image code", f"{paths.REPO_DIR} holds no checkout (REPO_URL was not "
+                       f"cloned): using the code baked in the image at "
+                       f"{paths.APPLIANCE_CODE_DIR}")
+    return Outcome("image code", f"{paths.REPO_DIR} holds no checkout and REPO_URL is empty: "
+                   f"using the code baked in the image at {paths.APPLIANCE_CODE_DIR} (nothing "
+                   "copied)")
+
+
+def checkout_pythonpath(paths: PathSettings) -> Path | None:
+    """The checkout whose `appliance` package the services import ahead of the image's."""
+    code = paths.code_dir
+    if code == paths.APPLIANCE_CODE_DIR or not (code / "appliance" / "__init__.py").is_file():
+        return None
+    return code
+
+
+def prepare_state_root(paths: PathSettings, user: str) -> list[Path]:
+    """REPO_DIR, its artifacts/ and the phase log's dir exist and belong to `user` where root
+    made them (the bootstrap logs phases before the account exists), so that `user` can train
+    there. Returns the dirs given to `user`."""
+    pw = pwd.getpwnam(user)
+    root = paths.state_root
+    dirs = [root, root / "artifacts"]
+    log_dir = paths.timing_log.parent
+    if log_dir.is_relative_to(root):
+        parts = log_dir.relative_to(root).parts
+        dirs += [root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
+    given = []
+    for d in dict.fromkeys(dirs):
+        d.mkdir(parents=True, exist_ok=True)
+        if d.stat().st_uid == 0 and pw.pw_uid != 0:
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+            given.append(d)
+    return given
 
 
 # -- requirements ------------------------------------------------------------------------------

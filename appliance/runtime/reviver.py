@@ -3,6 +3,7 @@
 supervisord never leaves FATAL by itself. This listener writes one JSON record per program under
 --records, and after --cooldown seconds calls startProcess; after --max-revives revivals in a row
 that did not last (sshd: no limit) it leaves the program alone. stdout is the event protocol.
+It also hands every event to the observers given to `run` (the service start times).
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from typing import IO, Protocol
 
 from appliance import settings
 from appliance.atomic import atomic_write_json
+from appliance.runtime.config import Layout
 from appliance.runtime.health import supervisor_proxy
+from appliance.runtime.service_timing import ServiceStarts
 
 ALREADY_STARTED = 60  # supervisor.xmlrpc.Faults
 
 
 class Starter(Protocol):
     def __call__(self, name: str) -> None: ...
+
+
+Observer = Callable[[str, dict[str, str]], None]
 
 
 @dataclass
@@ -123,7 +129,8 @@ def parse_body(payload: str) -> dict[str, str]:
     return dict(tok.split(":", 1) for tok in first.split() if ":" in tok)
 
 
-def run(reviver: Reviver, stdin: IO[str], stdout: IO[str], once: bool = False) -> None:
+def run(reviver: Reviver, stdin: IO[str], stdout: IO[str], once: bool = False,
+        observers: Sequence[Observer] = ()) -> None:
     """The listener protocol: READY, read one header + payload, answer RESULT 2 OK."""
     while True:
         stdout.write("READY\n")
@@ -133,11 +140,13 @@ def run(reviver: Reviver, stdin: IO[str], stdout: IO[str], once: bool = False) -
             return
         header = dict(tok.split(":", 1) for tok in line.split() if ":" in tok)
         payload = stdin.read(int(header.get("len", "0")))
-        try:
-            reviver.handle(header.get("eventname", ""), parse_body(payload))
-        except Exception as exc:  # one bad event must not stop the listener
-            print(f"fatal-reviver: error handling {header.get('eventname')}: {exc!r}",
-                  file=reviver.log, flush=True)
+        event, body = header.get("eventname", ""), parse_body(payload)
+        for handle in (reviver.handle, *observers):
+            try:
+                handle(event, body)
+            except Exception as exc:  # one bad event must not stop the listener
+                print(f"fatal-reviver: error handling {event}: {exc!r}", file=reviver.log,
+                      flush=True)
         stdout.write("RESULT 2\nOK")
         stdout.flush()
         if once:
@@ -164,7 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reviver = Reviver(start, args.records, args.cooldown, args.max_revives,
                       frozenset(args.uncapped))
-    run(reviver, sys.stdin, sys.stdout)
+    observers: list[Observer] = []
+    try:
+        layout = Layout.of(settings.load(settings.RuntimeSettings))
+    except settings.SettingsError as exc:
+        print(f"fatal-reviver: service starts not timed: {exc}", file=sys.stderr, flush=True)
+    else:
+        starts = ServiceStarts.from_boot_record(layout.boot_record,
+                                                layout.appliance_run / "service-starts")
+        if starts is not None:
+            observers.append(starts.handle)
+    run(reviver, sys.stdin, sys.stdout, observers=observers)
     return 0
 
 

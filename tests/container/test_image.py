@@ -26,8 +26,10 @@ from tests.utils.containers import Pod, TrackedContainers
 
 API_TOKEN = "api-" + uuid.uuid4().hex
 JUPYTER_TOKEN = "jt-" + uuid.uuid4().hex
+# The sample data is in the code baked in the image; the model goes to the state root.
 TINY_TRAIN = ("TRAIN_DATASET_DIR=/opt/chessbot/data/sample TRAIN_EPOCHS=1 TRAIN_BATCH_SIZE=64 "
-              "TRAIN_OUTPUT_DIR=/opt/chessbot/artifacts/ct TRAIN_RUNTIME_MAX_SAMPLES_PER_GAME=4 "
+              "TRAIN_OUTPUT_DIR=/workspace/chess-bot/artifacts/ct "
+              "TRAIN_RUNTIME_MAX_SAMPLES_PER_GAME=4 "
               "TRAIN_EXTRA_ARGS='--embed-dim 32 --hidden-dim 64 --num-layers 1 "
               "--max-steps-per-epoch 10'")
 
@@ -57,11 +59,13 @@ def pod(containers: TrackedContainers) -> Pod:
 @pytest.fixture(scope="module")
 def trained(pod: Pod) -> dict:
     """The preset trains over SSH as runner; `supervisorctl restart inference` picks it up."""
+    # RUNNING means up for startsecs; uvicorn may still be importing torch on a busy host.
+    wait_until(lambda: http(pod.url(8000, "/healthz"))[0] != 0, 120, 0.5, what="API answers")
     status, body = http(pod.url(8000, "/healthz"))
     assert status == 503 and body["status"] == "no_model", body
     proc = pod.ssh(f"{TINY_TRAIN} python -m appliance.training.preset", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert pod.ssh("ls /opt/chessbot/artifacts/ct/model_best.pt").returncode == 0
+    assert pod.ssh("ls /workspace/chess-bot/artifacts/ct/model_best.pt").returncode == 0
     proc = pod.ssh("supervisorctl restart inference")
     assert "inference: started" in proc.stdout, proc.stdout + proc.stderr
     wait_until(lambda: http(pod.url(8000, "/healthz"))[0] == 200, 120, 0.5)
@@ -101,7 +105,7 @@ def test_root_and_password_logins_fail(pod: Pod) -> None:
 
 def test_healthz_and_infer_through_published_port(pod: Pod, trained: dict) -> None:
     assert trained["status"] == "ok"
-    assert trained["model_path"] == "/opt/chessbot/artifacts/ct/model_best.pt"
+    assert trained["model_path"] == "/workspace/chess-bot/artifacts/ct/model_best.pt"
     body = {"moves": ["e2e4", "e7e5"], "topk": 3}
     status, out = http(pod.url(8000, "/infer"), body,
                        {"Authorization": f"Bearer {API_TOKEN}"})

@@ -222,7 +222,7 @@ def test_secrets_never_leak(pod: Appliance):
 
 def test_phase_timing_records_are_json_lines_with_the_documented_fields(pod: Appliance):
     lines = Path(pod.env["RUNPOD_PHASE_TIMING_LOG"]).read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    records = [r for r in map(json.loads, lines) if r["source"] != "runpod_services"]
     assert [r["phase"] for r in records] == PHASES
     for r in records:
         assert set(r) - {"exit_code"} == {"ts_epoch_ms", "source", "run_id", "phase", "status",
@@ -231,6 +231,37 @@ def test_phase_timing_records_are_json_lines_with_the_documented_fields(pod: App
         assert isinstance(r["ts_epoch_ms"], int) and r["ts_epoch_ms"] > 1.7e12
         assert isinstance(r["elapsed_ms"], int) and r["elapsed_ms"] >= 0
     assert len({r["run_id"] for r in records}) == 1
+
+
+def test_each_program_start_is_timed_once_since_the_bootstrap_began(pod: Appliance):
+    boot = json.loads((Path(pod.env["APPLIANCE_RUN_DIR"]) / "appliance" /
+                       "bootstrap.json").read_text())
+    log = Path(pod.env["RUNPOD_PHASE_TIMING_LOG"])
+    assert boot["timing_log"] == str(log)
+
+    def starts() -> list[dict]:
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        return [r for r in rows if r["source"] == "runpod_services"]
+
+    wanted = set(PROGRAMS)  # the listener's own RUNNING reaches it too, buffered
+    rows = wait_until(lambda: starts() if wanted <= {r["program"] for r in starts()} else [],
+                      30, 0.2, what="service_start records")
+    assert sorted(r["program"] for r in rows) == sorted(wanted)
+    exec_at = next(json.loads(line) for line in log.read_text().splitlines()
+                   if json.loads(line)["phase"] == "exec_supervisord")["ts_epoch_ms"]
+    for r in rows:
+        assert set(r) == {"ts_epoch_ms", "source", "run_id", "phase", "status", "elapsed_ms",
+                          "program"}
+        assert (r["phase"], r["status"], r["run_id"]) == ("service_start", "ok", boot["run_id"])
+        # elapsed counts from the bootstrap's start: past its own end, and it matches the clock
+        assert r["elapsed_ms"] >= exec_at - boot["started_epoch_ms"]
+        assert 0 <= r["ts_epoch_ms"] - boot["started_epoch_ms"] - r["elapsed_ms"] <= 50
+    # a program that ends and is started again is no second start
+    pid = pod.infos()["sshd"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: pod.infos().get("sshd", {}).get("pid") not in (None, 0, pid)
+               and pod.infos()["sshd"]["statename"] == "RUNNING", 60, 0.2, what="sshd back")
+    assert [r["program"] for r in starts()].count("sshd") == 1
 
 
 def _echo(session: subprocess.Popen[str], text: str, timeout: float = 10) -> str:

@@ -21,7 +21,14 @@ from tests.utils.appliance import (
     remove_root,
     run_bootstrap,
 )
-from tests.utils.repos import commit_files, git, make_source_repo, make_venv, make_wheel
+from tests.utils.repos import (
+    commit_files,
+    git,
+    give_to_runner,
+    make_source_repo,
+    make_venv,
+    make_wheel,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: git runs as runner")
 
@@ -99,14 +106,43 @@ def test_non_git_dir_with_requirements_is_a_mounted_checkout(root: Path,
     assert sorted(p.name for p in dest.iterdir()) == ["requirements.txt"]
 
 
-def test_other_non_git_dir_is_left_alone(root: Path, source: tuple[Path, str]):
-    _, url = source
-    dest = root / "other"
-    dest.mkdir()
+def test_a_dir_holding_state_is_cloned_around_keeping_every_file(root: Path,
+                                                                  source: tuple[Path, str]):
+    src, url = source
+    dest = root / "state"
+    (dest / "artifacts" / "timings").mkdir(parents=True)
+    (dest / "artifacts" / "timings" / "log.jsonl").write_text("{}\n")
     (dest / "notes.txt").write_text("mine\n")
+    give_to_runner(dest)
+    head = git("rev-parse", "--short", "HEAD", cwd=src)
     assert prepare_checkout(url, "", dest, pull=True, run_as=USER) == Outcome(
-        "skipped", f"{dest} is not empty and not a git checkout: not cloning {url} over it")
-    assert sorted(p.name for p in dest.iterdir()) == ["notes.txt"]
+        "cloned", f"{url} at default branch ({head}) into {dest}, keeping what was there "
+        "(artifacts, notes.txt)")
+    assert (dest / "app.py").read_text() == "print(1)\n"
+    assert (dest / "notes.txt").read_text() == "mine\n"
+    assert (dest / "artifacts" / "timings" / "log.jsonl").read_text() == "{}\n"
+    assert git("symbolic-ref", "--short", "HEAD", cwd=dest) == "main"
+    assert git("rev-parse", "--abbrev-ref", "@{u}", cwd=dest) == "origin/main"
+    # the next start fast-forwards it like any clone
+    assert prepare_checkout(url, "", dest, pull=True, run_as=USER) == Outcome(
+        "up to date", f"{dest} at {head}")
+
+
+def test_a_clone_that_would_overwrite_a_file_is_refused_and_undone(root: Path,
+                                                                   source: tuple[Path, str]):
+    _, url = source
+    dest = root / "clash"
+    dest.mkdir()
+    (dest / "app.py").write_text("my own app\n")
+    (dest / "notes.txt").write_text("mine\n")
+    give_to_runner(dest)
+    with pytest.raises(RepoError) as err:
+        prepare_checkout(url, "", dest, pull=True, run_as=USER)
+    assert str(err.value) == (
+        f"not cloning {url} into {dest}, which holds app.py, notes.txt: it would overwrite "
+        "app.py; move those away or set REPO_DIR to another dir")
+    assert sorted(p.name for p in dest.iterdir()) == ["app.py", "notes.txt"]
+    assert (dest / "app.py").read_text() == "my own app\n"
 
 
 def test_unreachable_url_fails_without_showing_the_credentials(root: Path):
@@ -199,7 +235,7 @@ def test_bootstrap_log_hides_repo_url_credentials(root: Path):
                    SYNC_REQUIREMENTS_ON_START="0")
     proc = run_bootstrap(env, "--no-exec")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "repo_sync: git clone failed (exit 128): " in proc.stdout
+    assert "repo_sync: git fetch failed (exit 128): " in proc.stdout
     assert f"; going on with what is in {work}/repo" in proc.stdout
     assert "canary-url-secret" not in proc.stdout + proc.stderr
     assert "canary-url-secret" not in (work / "workspace/.appliance/logs/bootstrap.log").read_text()

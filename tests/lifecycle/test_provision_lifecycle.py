@@ -109,7 +109,7 @@ def test_provision_ssh_smoke_stop_start_terminate(engine: Engine, localpod: Loca
                     "cleanup": "PASS", "healthz_public": "PASS"}, out
     assert out.endswith("smoke: PASS\n")
     # The smoke left nothing behind: its model is gone and the API is back to "no model".
-    code, _, _, ssh_out = cli("ssh", pod_id, "--", "ls -A /opt/chessbot/artifacts; "
+    code, _, _, ssh_out = cli("ssh", pod_id, "--", "ls -A /workspace/chess-bot/artifacts; "
                               "python -m appliance.runtime.status --json")
     assert code == 0 and ".smoke-" not in ssh_out[0], ssh_out
 

@@ -287,7 +287,7 @@ def test_local_pod_probes_and_tiny_training(fake_run: FakeRun) -> None:
     fake_run.respond = lambda argv: (0, "", "")
     assert pod.has_model() is True
     assert fake_run.calls[-1] == ["docker", "exec", "p1", "test", "-f",
-                                  "/workspace/artifacts/local-up/model_best.pt"]
+                                  "/workspace/chess-bot/artifacts/local-up/model_best.pt"]
     fake_run.respond = lambda argv: (1, "", "")
     assert pod.has_model() is False
     fake_run.calls.clear()
@@ -326,7 +326,7 @@ def test_local_pod_start_keeps_secrets_out_of_argv(tmp_path: Path, fake_run: Fak
     assert env.read_text().splitlines() == [
         "PUBLIC_KEY=ssh-ed25519 AAAA me", f"JUPYTER_TOKEN={jupyter}",
         f"INFERENCE_API_TOKEN={api}",
-        "INFERENCE_MODEL_PATH=/workspace/artifacts/local-up/model_best.pt",
+        "INFERENCE_MODEL_PATH=/workspace/chess-bot/artifacts/local-up/model_best.pt",
         "INFERENCE_MODEL_RESCAN_SECONDS=2"]
     assert file_mode(env) == 0o600
     argv_text = " ".join(" ".join(c) for c in fake_run.calls)

@@ -386,6 +386,8 @@ def pod(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pod:
                  "RUNPOD_PHASE_TIMING_LOG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("REPO_DIR", str(fake.repo))
+    # REPO_DIR holds no checkout: the code (and its sample data) is the image's.
+    monkeypatch.setenv("APPLIANCE_CODE_DIR", str(fake.repo.parent / "code"))
     monkeypatch.setenv("APPLIANCE_BIND_HOST", "127.0.0.1")
     monkeypatch.setenv("INFERENCE_PORT", str(api.port))
     monkeypatch.setenv("JUPYTER_PORT", str(api.port))
@@ -412,13 +414,14 @@ def test_run_checks_without_a_model_serves_the_smoke_model_and_restores(pod: Pod
     emitted: list[Check] = []
     results = podcheck.run_checks(emitted.append, restart_timeout=10)
     ((repo_dir, smoke_dir, dataset, timeout),) = pod.trained
-    assert (repo_dir, dataset, timeout) == (pod.repo, pod.repo / "data" / "sample", 600)
+    code = pod.repo.parent / "code"
+    assert (repo_dir, dataset, timeout) == (code, code / "data" / "sample", 600)
     assert smoke_dir.parent == pod.repo / "artifacts" and smoke_dir.name.startswith(".smoke-")
     assert rows(results) == [
         ("supervisorctl", PASS, "RUNNING: inference jupyter sshd"),
         ("healthz", PASS, "503 no_model (the smoke trains one for /infer)"),
         ("jupyter_api", PASS, "200 with the token, 403 without; kernels 2"),
-        ("train_epoch", PASS, f"1 epoch on {pod.repo / 'data' / 'sample'}"),
+        ("train_epoch", PASS, f"1 epoch on {pod.repo.parent / 'code' / 'data' / 'sample'}"),
         ("infer", PASS, "best_legal b8c6 after e2e4 e7e5 g1f3 (smoke model model_best.pt)"),
         ("cleanup", PASS, f"removed {smoke_dir}; inference restarted without the smoke model")]
     assert emitted == results
@@ -446,7 +449,7 @@ def test_run_checks_waits_for_starting_programs(pod: Pod) -> None:
         ("supervisorctl", PASS, "RUNNING: sshd"),
         ("healthz", SKIP, "no inference program in this pod"),
         ("jupyter_api", SKIP, "no jupyter program in this pod"),
-        ("train_epoch", PASS, f"1 epoch on {pod.repo / 'data' / 'sample'}"),
+        ("train_epoch", PASS, f"1 epoch on {pod.repo.parent / 'code' / 'data' / 'sample'}"),
         ("infer", SKIP, "no inference program in this pod"),
         ("cleanup", PASS, f"removed {pod.trained[0][1]}")]
     assert pod.api.seen == []

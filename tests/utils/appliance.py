@@ -104,6 +104,9 @@ def base_env(root: Path, **extra: str) -> dict[str, str]:
         "START_HF_SYNC": "0",
         "START_IDLE_WATCHDOG": "0",
     }
+    # A worktree run with PYTHONPATH=<worktree> boots that tree's code, not the installed one.
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env.update(extra)
     return env
 

@@ -111,7 +111,8 @@ class TrackedContainers:
     made: list[tuple[str, str]] = field(default_factory=list)
 
     def run(self, env: dict[str, str] | None = None, volume: str | None = None,
-            wait: bool = True) -> Pod:
+            wait: bool = True, mounts: tuple[str, ...] = ()) -> Pod:
+        """`mounts`: more `-v SRC:DST[:OPTS]` specs besides the /workspace volume."""
         name = f"chessbot-test-{uuid.uuid4().hex[:8]}"
         volume = volume or f"{name}-ws"
         self.made.append((name, volume))
@@ -119,7 +120,7 @@ class TrackedContainers:
         env = {"PUBLIC_KEY": self.key.with_suffix(".pub").read_text().strip(),
                "INFERENCE_MODEL_RESCAN_SECONDS": "1", **(env or {})}
         argv = self.engine.cmd("run", "-d", "--name", name, "-v", f"{volume}:/workspace",
-                               *self.engine.run_flags)
+                               *(a for m in mounts for a in ("-v", m)), *self.engine.run_flags)
         for inner, outer in ports.items():
             argv += ["-p", f"127.0.0.1:{outer}:{inner}"]
         for k in env:
