@@ -104,7 +104,8 @@ def test_graphql_schema_errors_are_400(localpod: LocalPodServer) -> None:
 def test_rest_validation_and_auth(localpod: LocalPodServer) -> None:
     auth = {"Authorization": f"Bearer {CANARY}"}
     assert httpx.get(f"{localpod.rest_url}/pods").json() == {
-        "title": "Unauthorized", "status": 401, "detail": "missing bearer token"}
+        "type": "about:blank", "title": "Unauthorized", "status": 401,
+        "detail": "missing bearer token"}
     bad = httpx.post(f"{localpod.rest_url}/pods", headers=auth,
                      json={"name": "n", "image": "i", "gpu": {"id": "NVIDIA A40"}, "bogus": 1})
     assert (bad.status_code, bad.json()["detail"]) == (
