@@ -44,13 +44,24 @@ def bearer(request: Request) -> str | None:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
+def declared_query(dependant: Any) -> set[str]:
+    """The query parameters a route (its dependencies included) declares."""
+    return {p.alias for p in dependant.query_params}.union(
+        *(declared_query(d) for d in dependant.dependencies))
+
+
 def caller(request: Request) -> str:
-    """The caller's scope ("account" or a pod id): 401 without a valid key; then an injected
-    fault matching "METHOD /path" answers instead of the route."""
+    """The caller's scope ("account" or a pod id): 401 without a valid key, 422 for a query
+    parameter the route does not know; then an injected fault matching "METHOD /path" answers
+    instead of the route."""
     acc, key = account(request), bearer(request)
     scope = acc.key_scope(key)
     if scope is None:
         raise ApiError(401, "missing bearer token" if not key else "invalid token")
+    unknown = sorted(set(request.query_params) - declared_query(request.scope["route"].dependant))
+    if unknown:
+        raise ApiError(422, f"Request validation failed: unknown query parameter "
+                       f"{unknown[0][:100]!r}")
     if (fault := acc.take_fault(f"{request.method} {request.url.path}")) is not None:
         raise fault.error(graphql=False)
     return scope
@@ -282,6 +293,14 @@ def list_cpus(scope: Scope, include: CatalogQuery = None, product: CatalogQuery 
     listed(include, "include", ("AVAILABILITY",), max_items=1)
     listed(product, "product", ("POD", "SERVERLESS"))
     return {"cpus": []}  # CPU pods are not emulated
+
+
+@router.get("/catalog/cpus/{id}", response_model=models.CpuType)
+def get_cpu(id: str, scope: Scope, include: CatalogQuery = None,  # noqa: A002
+            product: CatalogQuery = None,
+            vcpuCount: Annotated[int | None, Query(ge=2)] = None) -> Any:
+    account_only(scope)
+    raise ApiError(404, "resource not found (localpod emulates no CPU types)")
 
 
 @router.get("/catalog/templates", response_model=models.ListTemplatesResponse)
