@@ -1,8 +1,9 @@
-"""localpod against RunPod's own OpenAPI document for REST v2 (tests/fixtures/runpod_openapi_v2.json,
-structure only): a bounded schemathesis run over pods, templates, the GPU and data-center catalog
-and the account's SSH keys (zero server errors, answers and status codes as the document lists
-them, what it refuses refused), plus localpod's real answers along a pod's life checked against
-the document's response schemas.
+"""localpod against RunPod's own OpenAPI document for REST v2
+(tests/fixtures/runpod_openapi_v2.json, structure only): a bounded schemathesis run over pods,
+templates, the GPU, CPU and data-center catalog and the account's SSH keys (no server errors,
+answers, headers and status codes as the document lists them, invalid requests refused, 405
+with Allow for unlisted methods), plus localpod's real answers along a pod's life checked
+against the document's response schemas.
 """
 
 from __future__ import annotations

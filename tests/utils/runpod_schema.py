@@ -25,9 +25,10 @@ def conforms(value: Any, schema: str | dict[str, Any]) -> None:
     (or an inline schema whose $refs point into the document)."""
     if isinstance(schema, str):
         schema = {"$ref": f"#/components/schemas/{schema}"}
-    jsonschema.Draft202012Validator(
-        {"$ref": "urn:runpod" + schema["$ref"]} if "$ref" in schema else schema,
-        registry=REGISTRY, format_checker=jsonschema.FormatChecker()).validate(value)
+    # The document's refs are relative to it: point them at its registered copy.
+    absolute = json.loads(json.dumps(schema).replace('"#/components/', '"urn:runpod#/components/'))
+    jsonschema.Draft202012Validator(absolute, registry=REGISTRY,
+                                    format_checker=jsonschema.FormatChecker()).validate(value)
 
 
 def operation(method: str, path: str) -> tuple[str, dict[str, Any]]:

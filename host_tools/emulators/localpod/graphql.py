@@ -54,8 +54,9 @@ def pod_graphql(pod: PodRecord) -> dict[str, Any]:
 
 def gpu_graphql(g: GpuStock) -> dict[str, Any]:
     def lowest(args: dict[str, Any]) -> dict[str, Any] | None:
-        inp = args.get("input") if isinstance(args.get("input"), dict) else {}
-        count = inp.get("gpuCount") if isinstance(inp.get("gpuCount"), int) else 1
+        given = args.get("input")
+        inp: dict[str, Any] = given if isinstance(given, dict) else {}
+        count = inp["gpuCount"] if isinstance(inp.get("gpuCount"), int) else 1
         secure = inp.get("secureCloud")
         price = g.secure_price if secure else g.community_price if secure is False else min(
             p for p in (g.secure_price, g.community_price, 99.0) if p is not None)

@@ -32,7 +32,6 @@ from host_tools.emulators.localpod.state import Account, ApiError
 
 MAX_BODY = 1 << 20
 CONTROL = ControlRoute("/_localpod", added_status=201, cleared_status=204, cleared_body=None)
-RATE_LIMIT, RATE_WINDOW_S = 2000, 10  # requests per window, as RunPod's RateLimit-Policy says
 
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None,
@@ -60,7 +59,7 @@ class RateLimiter:
     """A fixed window per server: RunPod's RateLimit / RateLimit-Policy headers, and 429 with
     Retry-After beyond the limit."""
 
-    def __init__(self, limit: int = RATE_LIMIT, window_s: int = RATE_WINDOW_S) -> None:
+    def __init__(self, limit: int, window_s: int) -> None:
         self.limit, self.window_s = limit, window_s
         self.lock = threading.Lock()
         self.start, self.used = time.monotonic(), 0
@@ -82,7 +81,7 @@ class RateLimiter:
 
 def allowed_methods(app: FastAPI, path: str) -> str:
     methods = {m for r in [*app.routes, *router.routes]
-               if isinstance(r, APIRoute) and r.path_regex.match(path) for m in r.methods}
+               if isinstance(r, APIRoute) and r.path_regex.match(path) for m in r.methods or ()}
     return ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
 
 
@@ -112,7 +111,7 @@ def create_app(acc: Account) -> FastAPI:
                   redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.account = acc
     app.include_router(router)
-    limiter = RateLimiter()
+    limiter = RateLimiter(*acc.rate_limit)
 
     @app.exception_handler(HttpError)
     async def http_error(request: Request, exc: HttpError) -> Response:

@@ -20,6 +20,7 @@ NO_CAPACITY = ("There are no longer any instances available with the requested s
 NO_FREE_GPUS = "There are not enough free GPUs on the host machine to start this pod."
 SERVER_ERROR = "Something went wrong. Please try again later or contact support."
 DEFAULT_IMAGE = "localhost/chessbot-appliance:latest"
+RATE_LIMIT = (2000, 10)  # REST requests per window of seconds: RunPod's RateLimit-Policy
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
            "ERROR": ["start", "terminate"], "TERMINATED": []}
@@ -256,6 +257,7 @@ class Account(Controls[Fault, dict[str, Any]]):
         self.pods: dict[str, PodRecord] = {}
         self.api_base = ""
         self.control_token = "lpc_" + secrets.token_urlsafe(18)  # for /_localpod/* besides a key
+        self.rate_limit = RATE_LIMIT  # REST requests per window, read when the server is made
 
     # -- auth --
 
