@@ -127,12 +127,14 @@ class GpuType:
 
     @classmethod
     def from_v2(cls, g: dict[str, Any]) -> GpuType:
+        # REST v2 gives a number for both clouds; it is a price only where the GPU is offered.
         price = g.get("price") or {}
+        secure, community = bool(g.get("secure")), bool(g.get("community"))
         return cls(
             id=str(g["id"]), name=str(g.get("name") or g["id"]),
-            memory_gb=int(g.get("memory") or 0), secure=bool(g.get("secure")),
-            community=bool(g.get("community")), secure_price=_float_or_none(price.get("secure")),
-            community_price=_float_or_none(price.get("community")),
+            memory_gb=int(g.get("memory") or 0), secure=secure, community=community,
+            secure_price=_float_or_none(price.get("secure")) if secure else None,
+            community_price=_float_or_none(price.get("community")) if community else None,
             availability=str(g.get("availability") or "UNKNOWN").upper(),
         )
 

@@ -1,6 +1,7 @@
 """What both emulators (localpod, hubemu) are built on: injected faults (matching by regex, use
 counts, the fault-control route), the request log tests read, HTTP plumbing of a handler (bodies,
-JSON answers, bearer tokens) and serving on 127.0.0.1 in a background thread.
+JSON answers, bearer tokens) and serving on 127.0.0.1 in a background thread, either a
+`http.server` handler (EmulatorServer) or an ASGI app under uvicorn (AsgiServer).
 
 Each emulator keeps its own fault and request-record types, since their JSON is part of its
 interface; this module owns how they are matched, consumed, listed and served.
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Generic, Self, TypeVar
+
+import uvicorn
 
 HOST = "127.0.0.1"
 CHUNK = 1 << 20
@@ -46,6 +50,21 @@ class RegexFault:
         return (self.hits < self.times
                 and (self.method is None or self.method == method)
                 and re.search(getattr(self, self.pattern_field), target) is not None)
+
+    def check(self) -> None:
+        """FaultSpecError unless the fault's fields can be used as given (a valid regex, counts
+        that are integers): a bad fault is refused when added, never raised by a later request."""
+        try:
+            re.compile(getattr(self, self.pattern_field))
+        except (re.error, TypeError) as exc:
+            raise FaultSpecError(f"{self.pattern_field!r} is not a regular expression: {exc}") \
+                from None
+        for name in ("times", "hits"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise FaultSpecError(f"{name!r} must be an integer >= 0")
+        if self.method is not None and not isinstance(self.method, str):
+            raise FaultSpecError("'method' must be a string")
 
 
 F = TypeVar("F", bound=RegexFault)
@@ -103,9 +122,11 @@ class Controls(Generic[F, R]):
         if not isinstance(body, dict):
             raise FaultSpecError("the body must be a JSON object of fault fields")
         try:
-            return self.fault_type(**body)
+            fault = self.fault_type(**body)
         except TypeError as exc:
             raise FaultSpecError(str(exc)) from None
+        fault.check()
+        return fault
 
     def record(self, entry: R) -> None:
         with self.lock:
@@ -275,3 +296,55 @@ class EmulatorServer(ThreadingHTTPServer):
         # A client that hangs up mid-answer is normal under fault tests; anything else is shown.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
+
+
+class AsgiServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 (port 0: a free one, bound at construction so
+    `url` is known before `start()`). `start()` serves it in a daemon thread, `stop()` ends it
+    and frees the port; `with server:` does both; `serve_forever()` serves in the calling thread
+    until Ctrl-C. HTTP is h11's, which takes any method token (to answer 405, not a reset)."""
+
+    thread_name = "emulator"
+
+    def __init__(self, app: Any, port: int = 0) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((HOST, port))
+        self._socket.listen(128)
+        self._server = uvicorn.Server(uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", http="h11",
+            timeout_graceful_shutdown=1, timeout_keep_alive=5))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def serve_forever(self) -> None:
+        self._server.run(sockets=[self._socket])
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self.serve_forever, name=self.thread_name,
+                                        daemon=True)
+        self._thread.start()
+        while not self._server.started and self._thread.is_alive():
+            self._thread.join(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (when started) and close the listening socket."""
+        if self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._socket.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

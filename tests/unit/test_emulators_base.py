@@ -70,6 +70,15 @@ def test_faults_from_json_refuse_what_is_not_a_fault() -> None:
     for bad in ({"nope": 1}, None, ["x"]):
         with pytest.raises(FaultSpecError):
             controls.fault_from_json(bad)
+    # Refused when added, so that no later request can fail on them.
+    for bad, message in (({"target": "(x"}, "'target' is not a regular expression: missing ), "
+                          "unterminated subpattern at position 0"),
+                         ({"target": "x", "times": "2"}, "'times' must be an integer >= 0"),
+                         ({"target": "x", "hits": -1}, "'hits' must be an integer >= 0"),
+                         ({"target": "x", "method": 1}, "'method' must be a string")):
+        with pytest.raises(FaultSpecError) as info:
+            controls.fault_from_json(bad)
+        assert str(info.value) == message
 
 
 class DemoHandler(EmulatorHandler):

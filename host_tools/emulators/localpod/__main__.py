@@ -20,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m host_tools.emulators.localpod",
         description="A local RunPod control plane: REST v2 (/v2) and the GraphQL subset "
         "(/graphql) on 127.0.0.1. Faults: POST /_localpod/faults; request log: "
-        "GET /_localpod/requests.",
+        "GET /_localpod/requests (with the account key or the printed control token as "
+        "bearer token).",
     )
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--engine", choices=["podman", "docker"],
@@ -58,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = LocalPodServer(Account(backend, keys, boot_polls=args.boot_polls, image=args.image,
                                     public_key=public_key), args.port)
     print(f"localpod listening: RUNPOD_REST_URL={server.rest_url} "
-          f"RUNPOD_GRAPHQL_URL={server.graphql_url} RUNPOD_API_BASE_URL={server.url}", flush=True)
+          f"RUNPOD_GRAPHQL_URL={server.graphql_url} RUNPOD_API_BASE_URL={server.url}\n"
+          f"localpod controls ({server.url}/_localpod/faults, /_localpod/requests): "
+          f"Authorization: Bearer {server.account.control_token}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     server.stop()  # closes the socket, removes every pod's container and volume

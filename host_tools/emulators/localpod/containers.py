@@ -124,6 +124,10 @@ class ContainerBackend:
             timer.cancel()
             timer.join()
 
+    def logs(self, pod: PodRecord, tail: int) -> list[str]:
+        result = self._run([self.engine, "logs", "--tail", str(tail), self.names(pod)[0]], None)
+        return (result.stdout + result.stderr).splitlines() if result.returncode == 0 else []
+
     def remove(self, pod: PodRecord) -> None:
         container, volume = self.names(pod)
         self._settle(pod)

@@ -54,8 +54,9 @@ def pod_graphql(pod: PodRecord) -> dict[str, Any]:
 
 def gpu_graphql(g: GpuStock) -> dict[str, Any]:
     def lowest(args: dict[str, Any]) -> dict[str, Any] | None:
-        inp = args.get("input") or {}
-        count = int(inp.get("gpuCount") or 1)
+        given = args.get("input")
+        inp: dict[str, Any] = given if isinstance(given, dict) else {}
+        count = inp["gpuCount"] if isinstance(inp.get("gpuCount"), int) else 1
         secure = inp.get("secureCloud")
         price = g.secure_price if secure else g.community_price if secure is False else min(
             p for p in (g.secure_price, g.community_price, 99.0) if p is not None)
@@ -182,13 +183,17 @@ def _create_request(inp: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(400, "name is required")
     if not inp.get("imageName") and not inp.get("templateId"):
         raise ApiError(400, "imageName or templateId is required")
-    cloud = str(inp.get("cloudType") or "ALL")
-    ports = inp.get("ports")
+    cloud = inp.get("cloudType") or "ALL"
+    ports, env = inp.get("ports"), inp.get("env") or []
+    if not isinstance(env, list) or not all(
+            isinstance(e, dict) and set(e) == {"key", "value"} for e in env):
+        raise ApiError(400, "env must be a list of {key, value}")
     return {"name": inp["name"], "image": inp.get("imageName"),
             "template_id": inp.get("templateId"), "gpu_id": inp.get("gpuTypeId") or "",
-            "gpu_count": int(inp.get("gpuCount") or 1),
-            "cloud": "COMMUNITY" if cloud == "COMMUNITY" else "SECURE",
-            "ports": [p.strip() for p in ports.split(",") if p.strip()] if ports else None,
-            "env": {e["key"]: e["value"] for e in inp.get("env") or []},
+            "gpu_count": inp.get("gpuCount"),
+            "cloud": "SECURE" if cloud == "ALL" else cloud,
+            "ports": ([p.strip() for p in ports.split(",") if p.strip()]
+                      if isinstance(ports, str) else ports) or None,
+            "env": {e["key"]: e["value"] for e in env},
             "disk_gb": inp.get("containerDiskInGb"), "volume_gb": inp.get("volumeInGb"),
             "volume_path": inp.get("volumeMountPath")}

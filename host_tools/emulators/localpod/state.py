@@ -5,6 +5,7 @@ plus the faults and request log tests steer (base.Controls); pods run through a 
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 import time
@@ -12,13 +13,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol
 
-from host_tools.emulators.base import HOST, Controls, HttpError, RegexFault
+from host_tools.emulators.base import HOST, Controls, FaultSpecError, HttpError, RegexFault
 
 NO_CAPACITY = ("There are no longer any instances available with the requested specifications. "
                "Please refresh and try again.")
 NO_FREE_GPUS = "There are not enough free GPUs on the host machine to start this pod."
 SERVER_ERROR = "Something went wrong. Please try again later or contact support."
 DEFAULT_IMAGE = "localhost/chessbot-appliance:latest"
+RATE_LIMIT = (2000, 10)  # REST requests per window of seconds: RunPod's RateLimit-Policy
 ACTIONS = {"PROVISIONING": ["stop", "terminate"], "STARTING": ["stop", "terminate"],
            "RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
            "ERROR": ["start", "terminate"], "TERMINATED": []}
@@ -56,16 +58,50 @@ def default_catalog() -> list[GpuStock]:
     ]
 
 
+def template(tid: str, name: str, image: str) -> dict[str, Any]:
+    """A template as REST v2's Template: every field the document requires."""
+    return {"id": tid, "name": name, "image": image, "args": "", "disk": 30,
+            "mounts": {"persistent": {"size": 20, "path": "/workspace"}},
+            "ports": ["22/tcp", "8888/http", "8000/http"], "env": {}, "registry": None,
+            "serverless": False, "public": False, "category": "NVIDIA", "startSsh": True,
+            "startJupyter": False, "allowedCudaVersions": []}
+
+
 def default_templates(image: str) -> list[dict[str, Any]]:
-    def tpl(tid: str, name: str, img: str) -> dict[str, Any]:
-        return {"id": tid, "name": name, "image": img, "ports": ["22/tcp", "8888/http",
-                                                                   "8000/http"],
-                "env": {}, "disk": 30, "mounts": {"persistent": {"size": 20,
-                                                                  "path": "/workspace"}},
-                "args": "", "category": "NVIDIA", "public": False, "serverless": False}
-    return [tpl("chessbotappl1", "chessbot-appliance", image),
-            tpl("chessbotdev01", "chessbot-appliance-dev", image),
-            tpl("torchbase0001", "pytorch-base", "runpod/pytorch:1.0.2-cu1281-torch280")]
+    return [template("chessbotappl1", "chessbot-appliance", image),
+            template("chessbotdev01", "chessbot-appliance-dev", image),
+            template("torchbase0001", "pytorch-base", "runpod/pytorch:1.0.2-cu1281-torch280")]
+
+
+# -- what a pod request may hold (shared by REST's models and GraphQL's create) --
+
+MIN_VOLUME_GB = 10  # RunPod's PersistentMount minimum; 0 (GraphQL) means no volume
+PORT_SPEC = re.compile(r"^([0-9]{1,5})/(tcp|http)$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+
+
+def check_port(spec: str) -> str:
+    """A "<port>/tcp|http" spec with a port 1..65535, else ValueError naming it."""
+    match = PORT_SPEC.match(spec)
+    if match is None or not 1 <= int(match.group(1)) <= 65535:
+        raise ValueError(f"port {spec!r} is not <1..65535>/tcp or <1..65535>/http")
+    return spec
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    for name, value in env.items():
+        if not ENV_NAME.match(name):
+            raise ValueError(f"env name {name!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        if "\0" in value:
+            raise ValueError(f"env {name} holds a NUL character")
+    return env
+
+
+def check_image(image: str) -> str:
+    if not IMAGE.match(image):
+        raise ValueError(f"image {image[:100]!r} is not an image reference")
+    return image
 
 
 @dataclass
@@ -89,6 +125,7 @@ class PodRecord:
     polls_left: int = 0
     mappings: dict[int, int] = field(default_factory=dict)  # private -> public on 127.0.0.1
     price: float = 0.0
+    locked: bool = False
 
     @property
     def actions(self) -> list[str]:
@@ -134,6 +171,9 @@ class PodBackend(Protocol):
     def remove(self, pod: PodRecord) -> None:
         """Remove container and volume."""
 
+    def logs(self, pod: PodRecord, tail: int) -> list[str]:
+        """The last `tail` lines the pod's container wrote (none when it has no container)."""
+
 
 class RecordsBackend:
     """No containers: a pod is RUNNING after `boot_polls` reads. `port_map` pins public ports
@@ -154,6 +194,9 @@ class RecordsBackend:
 
     def remove(self, pod: PodRecord) -> None:
         self.events.append(("remove", pod.id))
+
+    def logs(self, pod: PodRecord, tail: int) -> list[str]:
+        return []  # records only: no container, no output
 
 
 def free_port() -> int:
@@ -176,6 +219,17 @@ class Fault(RegexFault):
     retry_after: str | None = None
     times: int = 1
     hits: int = 0
+
+    def check(self) -> None:
+        super().check()
+        if self.kind not in ("status", "no_capacity", "create_then_500"):
+            raise FaultSpecError("'kind' must be status, no_capacity or create_then_500")
+        if not isinstance(self.status, int) or isinstance(self.status, bool) \
+                or not 400 <= self.status <= 599:
+            raise FaultSpecError("'status' must be an integer from 400 to 599")
+        if not isinstance(self.message, str) or not (
+                self.retry_after is None or isinstance(self.retry_after, str)):
+            raise FaultSpecError("'message' and 'retry_after' must be strings")
 
     def error(self, graphql: bool) -> ApiError:
         """The fault's answer (GraphQL's no-capacity error comes with 200); create_then_500,
@@ -202,6 +256,8 @@ class Account(Controls[Fault, dict[str, Any]]):
         self.catalog_denied = catalog_denied
         self.pods: dict[str, PodRecord] = {}
         self.api_base = ""
+        self.control_token = "lpc_" + secrets.token_urlsafe(18)  # for /_localpod/* besides a key
+        self.rate_limit = RATE_LIMIT  # REST requests per window, read when the server is made
 
     # -- auth --
 
@@ -250,8 +306,12 @@ class Account(Controls[Fault, dict[str, Any]]):
         return pod
 
     def create_pod(self, req: dict[str, Any], scope: str) -> PodRecord:
+        """Create a pod from a request (keys: name, image, template_id, gpu_id, gpu_count,
+        cloud, ports, env, disk_gb, volume_gb, volume_path). Every value is checked before
+        anything changes: a refused request (ApiError 400) leaves the account as it was."""
         if scope != "account":
             raise ApiError(403, "access denied: a pod-scoped key cannot create pods")
+        req = checked_request(req)
         with self.lock:
             gpu_id, count, cloud = req["gpu_id"], req["gpu_count"], req["cloud"]
             stock = self.catalog.get(gpu_id)
@@ -260,23 +320,29 @@ class Account(Controls[Fault, dict[str, Any]]):
             price = stock.community_price if cloud == "COMMUNITY" else stock.secure_price
             if price is None:
                 raise ApiError(400, NO_CAPACITY)
-            if stock.free < count:
+            if count > stock.max_count or stock.free < count:
                 raise ApiError(400, NO_CAPACITY)
             template = None
-            if req.get("template_id"):
+            if req["template_id"]:
                 template = next((t for t in self.templates if t["id"] == req["template_id"]),
                                 None)
                 if template is None:
                     raise ApiError(400, f"template {req['template_id']!r} not found")
-            pod_id = _new_id()
+            image = req["image"] or (template["image"] if template else "")
+            if not image:
+                raise ApiError(400, "the pod needs an image: neither the request nor the "
+                               "template names one")
+            persistent = (template or {}).get("mounts", {}).get("persistent", {})
+            pod_id = new_id()
             pod = PodRecord(
-                id=pod_id, name=req["name"],
-                image=req.get("image") or (template["image"] if template else ""),
+                id=pod_id, name=req["name"], image=image,
                 gpu_id=gpu_id, gpu_count=count, cloud=cloud,
-                ports=list(req.get("ports") or (template["ports"] if template else [])),
-                env={**(template["env"] if template else {}), **(req.get("env") or {})},
-                disk_gb=int(req.get("disk_gb") or 30), volume_gb=int(req.get("volume_gb") or 20),
-                volume_path=req.get("volume_path") or "/workspace",
+                ports=list(req["ports"] if req["ports"] is not None
+                           else (template["ports"] if template else [])),
+                env={**(template["env"] if template else {}), **req["env"]},
+                disk_gb=req["disk_gb"] or (template["disk"] if template else 30),
+                volume_gb=req["volume_gb"] or persistent.get("size") or 20,
+                volume_path=req["volume_path"] or persistent.get("path") or "/workspace",
                 template_id=template["id"] if template else None,
                 pod_key="rpa_pod_" + secrets.token_hex(16), created_at=_now(), price=price,
                 polls_left=self.boot_polls,
@@ -285,6 +351,35 @@ class Account(Controls[Fault, dict[str, Any]]):
             self.pods[pod_id] = pod
             self._boot(pod)
             return pod
+
+    def update_pod(self, pod_id: str, changes: dict[str, Any], scope: str) -> PodRecord:
+        """PATCH: change name, image, env, ports, disk, volume size (grow only) or lock; a pod
+        that runs is reset (its container recreated), as RunPod does."""
+        with self.lock:
+            pod = self._advance(self._get(pod_id, scope))
+            merged = {"name": pod.name, "image": pod.image, "gpu_id": pod.gpu_id,
+                      "gpu_count": pod.gpu_count, "cloud": pod.cloud, "ports": pod.ports,
+                      "env": pod.env, "disk_gb": pod.disk_gb, "volume_gb": pod.volume_gb,
+                      "volume_path": pod.volume_path, **changes}
+            req = checked_request(merged)
+            if req["volume_gb"] < pod.volume_gb:
+                raise ApiError(400, f"the volume can only grow: {pod.volume_gb} GB now, "
+                               f"{req['volume_gb']} GB asked")
+            pod.name, pod.image, pod.ports = req["name"], req["image"], list(req["ports"])
+            pod.env, pod.disk_gb, pod.volume_gb = req["env"], req["disk_gb"], req["volume_gb"]
+            pod.volume_path = req["volume_path"]
+            pod.locked = bool(changes.get("locked", pod.locked))
+            if pod.status in ("PROVISIONING", "STARTING", "RUNNING") and set(changes) - {
+                    "name", "locked"}:
+                self.backend.stop(pod)
+                pod.status, pod.polls_left = "STARTING", self.boot_polls
+                self._boot(pod)
+            return pod
+
+    def pod_logs(self, pod_id: str, scope: str, tail: int) -> list[str]:
+        with self.lock:
+            pod = self._get(pod_id, scope)
+        return self.backend.logs(pod, tail) if pod.status != "EXITED" else []
 
     def _boot(self, pod: PodRecord) -> None:
         pod.mappings = {}
@@ -339,9 +434,62 @@ class Account(Controls[Fault, dict[str, Any]]):
                     self.terminate(pod)
 
 
-def _new_id() -> str:
+def checked_request(req: dict[str, Any]) -> dict[str, Any]:
+    """A create request with every key present and every value of the right type and range;
+    ApiError 400 naming the first that is not (GraphQL's create has no schema in front)."""
+    def fail(message: str) -> ApiError:
+        return ApiError(400, f"invalid pod request: {message}")
+
+    def integer(key: str, minimum: int, default: int | None) -> int | None:
+        value = req.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise fail(f"{key} must be an integer >= {minimum}, not {value!r}")
+        return value
+
+    name, image, template_id = req.get("name"), req.get("image"), req.get("template_id")
+    if not isinstance(name, str) or not name:
+        raise fail("name must be a non-empty string")
+    for key, value in (("image", image), ("template_id", template_id),
+                       ("volume_path", req.get("volume_path"))):
+        if value is not None and not isinstance(value, str):
+            raise fail(f"{key} must be a string")
+    if req.get("volume_path") and not str(req["volume_path"]).startswith("/"):
+        raise fail("volume_path must be an absolute path")
+    if req.get("cloud") not in ("SECURE", "COMMUNITY"):
+        raise fail(f"cloud must be SECURE or COMMUNITY, not {req.get('cloud')!r}")
+    if not isinstance(req.get("gpu_id"), str) or not req["gpu_id"]:
+        raise fail("gpu_id must be a GPU type id")
+    ports, env = req.get("ports"), req.get("env") or {}
+    if ports is not None and not (isinstance(ports, list)
+                                  and all(isinstance(p, str) for p in ports)):
+        raise fail("ports must be a list of \"<port>/tcp|http\" strings")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in env.items()):
+        raise fail("env must map names to strings")
+    volume_gb = integer("volume_gb", 0, 0)
+    if volume_gb and volume_gb < MIN_VOLUME_GB:
+        raise fail(f"the volume must be at least {MIN_VOLUME_GB} GB, not {volume_gb}")
+    try:
+        for spec in ports or []:
+            check_port(spec)
+        check_env(env)
+        if image:
+            check_image(image)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return {"name": name, "image": image or None, "template_id": template_id or None,
+            "gpu_id": req["gpu_id"], "gpu_count": integer("gpu_count", 1, 1),
+            "cloud": req["cloud"], "ports": ports, "env": dict(env),
+            "disk_gb": integer("disk_gb", 1, None), "volume_gb": volume_gb,
+            "volume_path": req.get("volume_path") or None}
+
+
+def new_id(length: int = 14) -> str:
+    """A RunPod-style id: lowercase letters and digits."""
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return "".join(secrets.choice(alphabet) for _ in range(14))
+    return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
 def _now() -> str:

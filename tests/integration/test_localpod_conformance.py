@@ -1,0 +1,97 @@
+"""localpod against RunPod's own OpenAPI document for REST v2
+(tests/fixtures/runpod_openapi_v2.json, structure only): a bounded schemathesis run over pods,
+templates, the GPU, CPU and data-center catalog and the account's SSH keys (no server errors,
+answers, headers and status codes as the document lists them, invalid requests refused, 405
+with Allow for unlisted methods), plus localpod's real answers along a pod's life checked
+against the document's response schemas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+from schemathesis.specs.openapi import checks
+
+from host_tools.emulators.localpod import Account, LocalPodServer, RecordsBackend
+from tests.utils.runpod_schema import DOCUMENT, conforms
+
+pytestmark = pytest.mark.timeout(120)
+KEY = "rpk_conformance_3f9a"
+# The parts localpod emulates; the rest of the document (clusters, serverless, network volumes,
+# registries, billing) is not served (404).
+EMULATED = r"^/v2/(pods|templates|catalog/(gpus|datacenters|cpus|templates)|account/ssh-keys)"
+
+schema = schemathesis.openapi.from_path(DOCUMENT).include(path_regex=EMULATED)
+schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE,
+                                       schemathesis.GenerationMode.NEGATIVE],
+                                max_examples=12, deterministic=True)
+CHECKS = [checks.status_code_conformance, checks.content_type_conformance,
+          checks.response_schema_conformance, checks.response_headers_conformance,
+          checks.negative_data_rejection, checks.unsupported_method,
+          checks.missing_required_header, checks.ignored_auth]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalPodServer]:
+    with LocalPodServer(Account(RecordsBackend(), {KEY})) as running:
+        yield running
+
+
+@schema.parametrize()
+@settings(max_examples=12, deadline=2000, derandomize=True, database=None,
+          phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=list(HealthCheck))
+def test_localpod_conforms_to_runpods_document(case: schemathesis.Case,
+                                               server: LocalPodServer) -> None:
+    response = case.call(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"},
+                         timeout=10)
+    assert response.status_code < 500, f"{case.method} {case.formatted_path}: server error"
+    case.validate_response(response, checks=CHECKS,
+                           headers={"Authorization": f"Bearer {KEY}"})
+
+
+# -- localpod's real answers against the document's schemas --
+
+
+def test_a_pods_life_answers_as_the_document_says(server: LocalPodServer) -> None:
+    with httpx.Client(base_url=f"{server.url}/v2",
+                      headers={"Authorization": f"Bearer {KEY}"}) as api:
+        created = api.post("/pods", json={
+            "name": "conf", "image": "img:1", "gpu": {"id": "NVIDIA RTX A4000", "count": 1},
+            "ports": ["22/tcp", "8888/http"], "env": {"A": "b"}, "cloud": "COMMUNITY",
+            "mounts": {"persistent": {"size": 20, "path": "/workspace"}}})
+        assert created.status_code == 201
+        pod_id = created.json()["id"]
+        assert created.json()["status"] == "PROVISIONING"
+        answers = [(created.json(), "Pod")]
+        for _ in range(3):  # PROVISIONING -> STARTING -> RUNNING
+            answers.append((api.get(f"/pods/{pod_id}").json(), "Pod"))
+        assert answers[-1][0]["status"] == "RUNNING"
+        assert answers[-1][0]["ssh"]["direct"]["port"] == server.account.pods[
+            pod_id].mappings[22]
+        answers.append((api.get("/pods").json(), "ListPodsResponse"))
+        stopped = api.post(f"/pods/{pod_id}/action", json={"action": "stop"})
+        assert stopped.json()["status"] == "EXITED"
+        answers.append((stopped.json(), "Pod"))
+        patched = api.patch(f"/pods/{pod_id}", json={"name": "renamed", "env": {"B": "c"}})
+        assert (patched.status_code, patched.json()["name"], patched.json()["env"]) == (
+            200, "renamed", {"B": "c"})
+        answers.append((patched.json(), "Pod"))
+        answers.append((api.get("/catalog/gpus").json(), "ListGpuTypesResponse"))
+        answers.append((api.get("/catalog/gpus/NVIDIA A40").json(), "GpuType"))
+        answers.append((api.get("/catalog/datacenters", params={
+            "include": "GPU_AVAILABILITY"}).json(), "ListDataCentersResponse"))
+        answers.append((api.get("/templates").json(), "ListTemplatesResponse"))
+        template = api.post("/templates", json={"name": "conf-tpl", "image": "img:2"})
+        assert template.status_code == 201
+        answers.append((template.json(), "Template"))
+        answers.append((api.get("/pods/nosuchpod0000").json(), "ErrorResponse"))
+        answers.append((api.post("/pods", json={"name": "x"}).json(), "ErrorResponse"))
+        deleted = api.delete(f"/pods/{pod_id}")
+        assert (deleted.status_code, deleted.content) == (204, b"")
+    for answer, name in answers:
+        conforms(answer, name)

@@ -1,0 +1,112 @@
+"""RunpodClient's REST requests against RunPod's own OpenAPI document (tests/fixtures/
+runpod_openapi_v2.json): every request it sends, captured on its way to localpod, is a documented
+operation whose query parameters and JSON body validate against the document's schemas.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from appliance.runpod import RunpodClient
+from appliance.runpod.models import PodSpec
+from host_tools.emulators.localpod import LocalPodServer
+from tests.utils.localpod import CANARY
+from tests.utils.runpod_schema import conforms, operation, parameters
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Recording(httpx.HTTPTransport):
+    """The real transport, keeping every request it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return super().handle_request(request)
+
+
+def query_value(raw: str, schema: dict[str, Any], explode: bool) -> Any:
+    """A query string value as the JSON value its schema describes (form style)."""
+    kind = schema.get("type")
+    if kind == "array":
+        return [query_value(v, schema["items"], explode) for v in raw.split(",")]
+    if kind == "integer":
+        return int(raw)
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(raw, raw)
+    return raw
+
+
+def check_request(request: httpx.Request) -> str:
+    """Fail unless `request` is documented and valid; its "METHOD /template"."""
+    path = request.url.path
+    template, op = operation(request.method, path)
+    declared = parameters(template, op)
+    for name, raw in request.url.params.multi_items():
+        assert name in declared, f"{request.method} {path}: undocumented query {name!r}"
+        schema = declared[name]["schema"]
+        conforms(query_value(raw, schema, declared[name].get("explode", True)), schema)
+    body = op.get("requestBody")
+    if body is None:
+        assert not request.content, f"{request.method} {path} sends a body the document lacks"
+    else:
+        assert request.headers["Content-Type"] == "application/json"
+        conforms(json.loads(request.content),
+                 body["content"]["application/json"]["schema"])
+    return f"{request.method} {template}"
+
+
+def test_every_request_the_client_sends_is_documented_and_valid(
+        localpod: LocalPodServer) -> None:
+    recording = Recording()
+    with RunpodClient(CANARY, rest_url=localpod.rest_url, graphql_url=localpod.graphql_url,
+                      transport=recording, keyring_lookup=lambda: None) as client:
+        for cloud in ("ALL", "SECURE", "COMMUNITY"):
+            client.list_gpus(cloud=cloud, gpu_count=2)  # type: ignore[arg-type]
+        client.list_templates()
+        pod = client.create_pod(PodSpec(name="conf", gpu_type_id="NVIDIA RTX A4000",
+                                        image="img:1", env={"A": "b"}, cloud="COMMUNITY"))
+        from_template = client.create_pod(PodSpec(name="tpl", gpu_type_id="NVIDIA A40",
+                                                  template_id="chessbotappl1", ports=[]))
+        client.list_pods()
+        client.get_pod(pod.id)
+        client.get_pod(pod.id)
+        client.stop_pod(pod.id)
+        client.start_pod(pod.id)
+        client.terminate_pod(pod.id)
+        client.terminate_pod(from_template.id)
+    assert all(r["status"] < 400 for r in localpod.account.requests)
+    operations = [check_request(r) for r in recording.sent]
+    assert sorted(set(operations)) == [
+        "GET /v2/catalog/gpus", "GET /v2/pods", "GET /v2/pods/{id}", "GET /v2/templates",
+        "POST /v2/pods", "POST /v2/pods/{id}/action"]
+
+
+def test_the_check_refuses_what_the_document_refuses() -> None:
+    def request(method: str, url: str, **kwargs: Any) -> httpx.Request:
+        return httpx.Request(method, f"http://x{url}", **kwargs)
+
+    refused = [
+        request("POST", "/v2/pods", json={"name": "n", "gpu": {"id": "g", "count": 0},
+                                          "image": "i"}),
+        request("POST", "/v2/pods", json={"name": "n", "image": "i", "ports": "22/tcp"}),
+        request("POST", "/v2/pods", json={"name": "n"}),  # neither image nor templateId
+        request("POST", "/v2/pods", json={"name": "n", "image": "i", "bogus": 1}),
+        request("GET", "/v2/catalog/gpus", params={"include": "EVERYTHING"}),
+        request("POST", "/v2/pods/abc/action", json={"action": "reset"}),
+    ]
+    for bad in refused:
+        with pytest.raises(jsonschema.ValidationError):
+            check_request(bad)
+    with pytest.raises(KeyError, match="PUT /v2/pods is not in RunPod's document"):
+        check_request(request("PUT", "/v2/pods"))
+    with pytest.raises(AssertionError, match="undocumented query 'x'"):
+        check_request(request("GET", "/v2/pods", params={"x": "1"}))
