@@ -21,7 +21,6 @@ import numpy as np
 
 from appliance.model import features, vocab
 
-
 # No game reaches move 10,000: the 75-move rule ends every game before move 8,850.
 MAX_FULLMOVE = 10_000
 MAX_HALFMOVE_CLOCK = 2 * MAX_FULLMOVE
