@@ -67,6 +67,19 @@ def test_inspect_detects_format_and_counts(tmp_path: Path):
      "{d}/val.jsonl:2: broken JSON: Expecting value"),
     (lambda d: (d / "train.jsonl").unlink(),
      "{d}: missing split train.jsonl (a dataset dir needs train.jsonl and val.jsonl)"),
+    (lambda d: (d / "val.jsonl").write_bytes(b'{"moves_uci": ["e2e4"]}\n' + b"[" * 100_000
+                                             + b"]" * 100_000 + b"\n"),
+     "{d}/val.jsonl:2: JSON nested too deeply (a row is a flat object)"),
+    (lambda d: (d / "val.jsonl").write_bytes(b'{"moves_uci": ["e2e4"]}\n\x1f\x8b\x08\x00\xff\n'),
+     "{d}/val.jsonl:2: not UTF-8 text (byte 0x8b at column 2); is this a JSONL file?"),
+    (lambda d: (d / "stats.json").write_text("[" * 100_000), "{d}/stats.json: JSON nested too "
+     "deeply"),
+    (lambda d: (d / "train.jsonl").write_text(json.dumps(
+        {"moves_uci": ["e2e4"], "fen": "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 "
+         "99999999999999999999"}) + "\n"),
+     "{d}/train.jsonl:1: bad FEN 'rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 "
+     "99999999999999999999': full-move number 99999999999999999999 is out of range (1 to "
+     "10,000)"),
 ])
 def test_inspect_bad_datasets(tmp_path: Path, setup, message: str):
     d = make_dataset(tmp_path / "g", 3, 2)
@@ -88,6 +101,13 @@ def test_first_bad_row_is_reported_with_parallel_validation(tmp_path: Path, monk
     assert str(err.value) == (f"{d}/train.jsonl:7: row format splice_rows_legacy differs from "
                               "the dataset's game_jsonl_runtime_splice_v1")
     assert publish.inspect_dataset(d, validate=False).files["train.jsonl"].rows == 20
+    lines[6] = "[" * 100_000
+    lines[8] = "\udcff"
+    (d / "train.jsonl").write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + b"\n")
+    with pytest.raises(DatasetError) as err:
+        publish.inspect_dataset(d, workers=2)
+    assert str(err.value) == (f"{d}/train.jsonl:7: JSON nested too deeply (a row is a flat "
+                              "object)")
 
 
 def test_archive_is_reproducible_and_manifest_complete(tmp_path: Path):
