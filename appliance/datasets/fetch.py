@@ -381,6 +381,13 @@ def read_fetch_manifest(path: Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: fetch manifest not found") from None
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read the fetch manifest: {exc}") from None
+    if isinstance(data, dict) and "schema" not in data and isinstance(
+        data.get("aggregate_by_format"), dict
+    ):
+        # The predecessor's fetch manifest, so its runbooks' reuse mode keeps working.
+        return {"schema": FETCH_SCHEMA, "repo_id": data.get("repo_id"),
+                "prefix": data.get("repo_path_prefix"),
+                "aggregate_by_format": legacy.fetch_buckets(data, str(path))}
     if not isinstance(data, dict) or data.get("schema") != FETCH_SCHEMA or not isinstance(
         data.get("aggregate_by_format"), dict
     ):

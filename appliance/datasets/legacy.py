@@ -9,8 +9,11 @@ Its layout, under the same `<prefix>/<name>/<version>/` folders:
   - `checksums.sha256`: `sha256sum` lines of those same dataset files (not of the archive);
   - the data: `<archive_name>` (a tar.gz holding the dataset dir as `dataset/...`, folders
     included), or every file under `files/<path>`.
-`from_legacy` turns such a manifest into ours (the shape `check_manifest` accepts), so a fetched
-copy is checked and reused the same way whoever published it.
+Its fetch tool's aggregate manifest (no `schema`; `aggregate_by_format` buckets of
+`train_paths` / `val_paths`; `datasets` with `dataset_name`, `version`, `dataset_format`) is read
+by `fetch_buckets`. `from_legacy` turns a version's manifest into ours (the shape
+`check_manifest` accepts), so a fetched copy is checked and reused the same way whoever
+published it.
 """
 
 from __future__ import annotations
@@ -108,3 +111,20 @@ def check_checksums(text: str, files: dict[str, dict[str, Any]], where: str) -> 
     for path, meta in files.items():
         if sums.get(path) != meta["sha256"]:
             raise DatasetError(f"{where}: checksums.sha256 and {MANIFEST} disagree on {path}")
+
+
+def fetch_buckets(data: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Our `aggregate_by_format` buckets from the predecessor's fetch manifest."""
+    datasets = data.get("datasets") if isinstance(data.get("datasets"), list) else []
+    buckets: dict[str, dict[str, Any]] = {}
+    for fmt, b in data["aggregate_by_format"].items():
+        if not (isinstance(b, dict) and all(
+            isinstance(b.get(k), list) and all(isinstance(p, str) for p in b[k])
+            for k in ("train_paths", "val_paths")
+        )):
+            raise DatasetError(f"{where}: aggregate_by_format[{fmt!r}] needs the lists "
+                               "train_paths and val_paths")
+        names = [f"{d.get('dataset_name')}@{d.get('version')}" for d in datasets
+                 if isinstance(d, dict) and str(d.get("dataset_format") or "unknown") == fmt]
+        buckets[fmt] = {"datasets": names, "train": b["train_paths"], "val": b["val_paths"]}
+    return buckets

@@ -239,6 +239,44 @@ def test_reading_a_fetch_manifest(tmp_path: Path):
                               "chessbot-fetch-manifest-v1)")
 
 
+def test_reading_the_predecessors_fetch_manifest(tmp_path: Path):
+    """Its fetch tool's --output-manifest: reused by the preset as ours."""
+    train, val = (tmp_path / "a" / "dataset" / f"{s}.jsonl" for s in ("train", "val"))
+    old = {
+        "repo_id": "o/r", "repo_type": "dataset", "all_latest": True,
+        "repo_path_prefix": "validated_datasets",
+        "datasets": [{"dataset_name": "a", "version": "20260227T044455Z",
+                      "dataset_format": "game_jsonl_runtime_splice_v1",
+                      "train_path": str(train), "val_path": str(val)},
+                     {"dataset_name": "b", "version": "v1", "dataset_format": None}],
+        "aggregate": {"dataset_count": 2, "train_paths": [str(train)], "val_paths": [str(val)]},
+        "aggregate_by_format": {
+            "game_jsonl_runtime_splice_v1": {"dataset_count": 1, "train_paths": [str(train)],
+                                             "val_paths": [str(val)], "train_count": 1,
+                                             "val_count": 1},
+            "unknown": {"dataset_count": 1, "train_paths": [], "val_paths": [],
+                        "train_count": 0, "val_count": 0}},
+    }
+    path = tmp_path / "hf_fetch_manifest.json"
+    path.write_text(json.dumps(old))
+    manifest = fetch.read_fetch_manifest(path)
+    assert manifest["aggregate_by_format"] == {
+        "game_jsonl_runtime_splice_v1": {"datasets": ["a@20260227T044455Z"],
+                                         "train": [str(train)], "val": [str(val)]},
+        "unknown": {"datasets": ["b@v1"], "train": [], "val": []}}
+    train.parent.mkdir(parents=True)
+    write_rows(train, [{"moves": ["e2e4"]}])
+    write_rows(val, [{"moves": ["d2d4"]}])
+    assert preset.select_bucket(manifest, "auto", path) == (
+        "game_jsonl_runtime_splice_v1", [train], [val], ["a@20260227T044455Z"])
+    old["aggregate_by_format"]["unknown"] = {"train_paths": "x"}
+    path.write_text(json.dumps(old))
+    with pytest.raises(DatasetError) as err:
+        fetch.read_fetch_manifest(path)
+    assert str(err.value) == (f"{path}: aggregate_by_format['unknown'] needs the lists "
+                              "train_paths and val_paths")
+
+
 def test_trainer_command_repeats_files_and_drops_splice_flags_for_legacy(monkeypatch):
     monkeypatch.setenv("TRAIN_RUNTIME_MIN_CONTEXT", "4")
     monkeypatch.setenv("TRAIN_EPOCHS", "2")
