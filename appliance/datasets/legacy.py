@@ -115,7 +115,8 @@ def check_checksums(text: str, files: dict[str, dict[str, Any]], where: str) -> 
 
 def fetch_buckets(data: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """Our `aggregate_by_format` buckets from the predecessor's fetch manifest."""
-    datasets = data.get("datasets") if isinstance(data.get("datasets"), list) else []
+    listed = data.get("datasets")
+    datasets: list[Any] = listed if isinstance(listed, list) else []
     buckets: dict[str, dict[str, Any]] = {}
     for fmt, b in data["aggregate_by_format"].items():
         if not (isinstance(b, dict) and all(
