@@ -172,12 +172,17 @@ class _Version:
     def where(self, fname: str) -> str:
         return f"{self.repo_id}/{self.folder}/{fname}"
 
-    def get(self, fname: str) -> Path:
+    def get(self, fname: str, size: int | None = None, sha256: str | None = None) -> Path:
+        """Download `fname`; it must have the size the Hub lists, and `size` and `sha256`
+        when given (else the listed sha256, known for LFS files): hashed once either way."""
         path = self.client.download(self.repo_id, REPO_TYPE, f"{self.folder}/{fname}", self.work,
                                     self.revision)
         listed = self.files.get(fname)
-        if listed is not None:
+        if listed is not None and (sha256 is None or path.stat().st_size != listed.size):
             _check(path, self.where(fname), listed.size, listed.sha256)
+        if sha256 is not None:
+            _check(path, self.where(fname), path.stat().st_size if size is None else size,
+                   sha256)
         return path
 
     def json(self, fname: str) -> Any:
@@ -200,19 +205,15 @@ def _fetch_ours(v: _Version, raw: Any, name: str, version: str, out: Path) -> di
     if archive:
         if ARCHIVE not in sums:
             raise DatasetError(f"{v.where(CHECKSUMS)}: no entry for {ARCHIVE}")
-        path = v.get(ARCHIVE)
         size = archive.get("size") if isinstance(archive, dict) else None
-        _check(path, v.where(ARCHIVE), size if isinstance(size, int) else path.stat().st_size,
-               sums[ARCHIVE])
+        path = v.get(ARCHIVE, size if isinstance(size, int) else None, sums[ARCHIVE])
         extract_archive(path, manifest, out, v.where(ARCHIVE))
         return manifest
     for fname, meta in manifest["files"].items():
         if sums.get(fname) != meta["sha256"]:
-            raise DatasetError(f"{v.where('')[:-1]}: {CHECKSUMS} and {MANIFEST} disagree on "
-                               f"{fname}")
-        path = v.get(fname)
-        _check(path, v.where(fname), meta["size"], meta["sha256"])
-        os.replace(path, out / fname)
+            raise DatasetError(f"{v.repo_id}/{v.folder}: {CHECKSUMS} and {MANIFEST} disagree "
+                               f"on {fname}")
+        os.replace(v.get(fname, meta["size"], meta["sha256"]), out / fname)
     return manifest
 
 
@@ -230,8 +231,7 @@ def _fetch_legacy(v: _Version, raw: dict[str, Any], name: str, version: str, out
         extract_archive(v.get(archive), manifest, out, v.where(archive), root=legacy.ARCHIVE_ROOT)
     else:
         for fname, meta in manifest["files"].items():
-            path = v.get(f"{legacy.FILES_DIR}/{fname}")
-            _check(path, v.where(f"{legacy.FILES_DIR}/{fname}"), meta["size"], meta["sha256"])
+            path = v.get(f"{legacy.FILES_DIR}/{fname}", meta["size"], meta["sha256"])
             (out / fname).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, out / fname)
     if manifest["dataset_format"] is None:
