@@ -59,7 +59,11 @@ READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
 _MOVE = (r"(?:[NBKRQ]?[a-h]?[1-8]?[-x]?[a-h][1-8](?:=?[nbrqkNBRQK])?|[PNBRQK]?@[a-h][1-8]"
          r"|--|Z0|0000|@@@@|O-O(?:-O)?|0-0(?:-0)?)[+#]?")
 _HAS_MOVE = re.compile(r"[a-h][1-8]|[O0]-[O0]|--|Z0|@@@@")
-_TOKEN = re.compile(rf"(?:\d+\.*)?(?:{_MOVE})?(?:[?!]{{1,2}})?|\$\d+|\*|1-0|0-1|1/2-1/2")
+# Evaluation glyphs some exports write as text (+=, -+, ±, ∞, N for a novelty): no moves, and
+# python-chess drops them harmlessly.
+_GLYPHS = r"[-+=/±∓∞]+|N"
+_TOKEN = re.compile(rf"(?:\d+\.*)?(?:{_MOVE})?(?:e\.p\.)?(?:[?!]{{1,2}})?|\$\d+|\*|1-0|0-1"
+                    rf"|1/2-1/2|{_GLYPHS}")
 
 
 @dataclass(frozen=True)

@@ -266,8 +266,9 @@ def test_no_usable_game_shows_counts_and_the_first_five(tmp_path: Path):
 def test_bad_move_text_is_reported_with_line_and_token(tmp_path: Path, movetext: str,
                                                        line: int, token: str):
     pgn = tmp_path / "g.pgn"
-    ok = "[Event \"ok\"]\n\n1. d4 (1. e4?! e5) 1... d5 $1 2. c4+ e6!? 3. exd6?? 1/2-1/2\n\n"
-    pgn.write_text(f'[Event "t"]\n\n{movetext}\n\n' + ok.replace("3. exd6?? ", ""))
+    ok = ('[Event "ok"]\n\n1. d4 (1. e4?! e5) 1... d5 $1 2. c4+ e6!? += 3. cxd5 N ± exd5 '
+          "4. Nc3 ∞ 1/2-1/2\n\n")
+    pgn.write_text(f'[Event "t"]\n\n{movetext}\n\n' + ok)
     stats = _import([pgn], tmp_path / "out")
     assert (stats["games_kept"], stats["skipped_by_reason"]) == (1, {"bad_token": 1})
     assert stats["skipped"] == [{"file": str(pgn), "line": line, "kind": "bad_token",
