@@ -25,7 +25,6 @@ from appliance.datasets.manifest import (
     FORMATS,
     MANIFEST,
     MANIFEST_SCHEMA,
-    NAME_PATTERN,
     SHA256_PATTERN,
     SPLITS,
 )
@@ -42,9 +41,11 @@ def is_legacy(manifest: Any) -> bool:
 
 
 def safe_path(path: Any) -> bool:
-    """A relative path of plain names: no '..', no leading '/', no empty or hidden tricks."""
+    """A relative path that stays inside the folder it is joined to: no leading '/', no '.' or
+    '..' parts, no empty parts, no backslash or NUL (hidden files like `.gitkeep` are fine)."""
     return isinstance(path, str) and bool(path) and all(
-        NAME_PATTERN.fullmatch(part) and part not in (".", "..") for part in path.split("/"))
+        part not in ("", ".", "..") and len(part) <= 255 and not {"\\", "\0"} & set(part)
+        for part in path.split("/"))
 
 
 def from_legacy(manifest: dict[str, Any], name: str, version: str, where: str

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance import settings
-from appliance.datasets import fetch, publish
+from appliance.datasets import fetch, legacy, publish
 from appliance.datasets.manifest import check_name, check_prefix, default_version, parse_checksums
 from appliance.datasets.rows import DatasetError
 from appliance.training import preset
@@ -193,6 +193,76 @@ def test_extraction_refuses_links_and_mismatches(tmp_path: Path):
     with pytest.raises(DatasetError) as err:
         fetch.extract_archive(archive, _manifest(train_jsonl=b"x", val_jsonl=b"y"), out, "A")
     assert str(err.value) == "A: archive lacks val.jsonl"
+
+
+def test_predecessor_archives_extract_under_their_root_and_refuse_tricks(tmp_path: Path):
+    folder = tarfile.TarInfo("dataset")
+    folder.type = tarfile.DIRTYPE
+    sub = tarfile.TarInfo("dataset/cache")
+    sub.type = tarfile.DIRTYPE
+    manifest = {"files": {"train.jsonl": {"sha256": hashlib.sha256(b"t").hexdigest()},
+                          "cache/a.bin": {"sha256": hashlib.sha256(b"a").hexdigest()}}}
+    good = [(folder, b""), (tarfile.TarInfo("dataset/train.jsonl"), b"t"), (sub, b""),
+            (tarfile.TarInfo("dataset/cache/a.bin"), b"a")]
+    out = tmp_path / "out"
+    out.mkdir()
+    fetch.extract_archive(_tar(tmp_path / "g.tar.gz", good), manifest, out, "A", root="dataset")
+    assert (out / "train.jsonl").read_bytes() == b"t"
+    assert (out / "cache" / "a.bin").read_bytes() == b"a"
+    for name in ("train.jsonl", "dataset/../train.jsonl", "other/train.jsonl"):
+        bad = _tar(tmp_path / "b.tar.gz", [(folder, b""), (tarfile.TarInfo(name), b"t")])
+        with pytest.raises(DatasetError) as err:
+            fetch.extract_archive(bad, manifest, tmp_path / "out2", "A", root="dataset")
+        assert str(err.value) == f"A: unexpected archive member {name!r}"
+    escape = tarfile.TarInfo("dataset/../../x")
+    escape.type = tarfile.DIRTYPE
+    with pytest.raises(DatasetError) as err:
+        fetch.extract_archive(_tar(tmp_path / "e.tar.gz", [(escape, b"")]), manifest,
+                              tmp_path / "out2", "A", root="dataset")
+    assert str(err.value) == "A: unexpected archive member 'dataset/../../x'"
+
+
+def _old_manifest(**changes: object) -> dict[str, object]:
+    sha = "a" * 64
+    return {"kind": "chess-bot-validated-dataset", "schema_version": 1, "dataset_name": "d",
+            "version": "v", "dataset_format": "unknown", "stats_json": None,
+            "files": [{"path": p, "size_bytes": 1, "sha256": sha}
+                      for p in ("train.jsonl", "val.jsonl", ".gitkeep")],
+            "distribution": {"mode": "archive", "archive_name": "d_v.tar.gz"}, **changes}
+
+
+def test_predecessor_manifest_is_read_as_ours():
+    ours, archive = legacy.from_legacy(_old_manifest(), "d", "v", "M")
+    assert archive == "d_v.tar.gz"
+    assert ours["files"][".gitkeep"] == {"size": 1, "sha256": "a" * 64}
+    assert (ours["dataset_format"], ours["dataset_format_source"]) == (None, "rows")
+    files_mode = _old_manifest(distribution={"mode": "files", "archive_name": None})
+    assert legacy.from_legacy(files_mode, "d", "v", "M")[1] is None
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"dataset_name": "e"}, "it names 'e' 'v'"),
+    ({"dataset_format": "pgn"}, "dataset_format 'pgn' is unknown"),
+    ({"files": [{"path": "../x", "size_bytes": 1, "sha256": "a" * 64}]},
+     "'files' must list path, size_bytes and sha256 of every file"),
+    ({"files": [{"path": "train.jsonl", "size_bytes": 1, "sha256": "a" * 64}]},
+     "'files' lacks val.jsonl"),
+    ({"distribution": {"mode": "zip"}}, "distribution mode 'zip' is unknown"),
+    ({"distribution": {"mode": "archive", "archive_name": "../x.tar.gz"}},
+     "archive_name '../x.tar.gz' is not a .tar.gz file name"),
+])
+def test_predecessor_manifest_problems(changes: dict[str, object], problem: str):
+    with pytest.raises(DatasetError) as err:
+        legacy.from_legacy(_old_manifest(**changes), "d", "v", "M")
+    assert str(err.value) == f"M: not a manifest of d v: {problem}"
+
+
+def test_versions_sort_by_their_timestamp():
+    names = ["v2", "validated-20251101T000000Z", "20260227T044455Z", "v10",
+             "validated-20260101T000000Z"]
+    assert sorted(names, key=fetch.version_key) == [
+        "v10", "v2", "validated-20251101T000000Z", "validated-20260101T000000Z",
+        "20260227T044455Z"]
 
 
 def _fetch_manifest(tmp_path: Path, formats: dict[str, list[str]]) -> dict[str, object]:
