@@ -221,7 +221,8 @@ class HfSettings(_Env):
         None, description="Aggregate fetch manifest; default <cache dir>/fetch_manifest.json."
     )
     HF_USE_EXISTING_FETCH_MANIFEST: bool = Field(
-        False, description="Preset: reuse HF_DATASET_FETCH_MANIFEST instead of fetching."
+        False, description="Preset: reuse HF_DATASET_FETCH_MANIFEST instead of fetching; "
+        "fetches when that file does not exist."
     )
 
     @property

@@ -156,6 +156,9 @@ def _run_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
         command=recorded_command(MODULE, argv),
         progress=progress_wanted(args.json),
     )
+    if stats["duplicates_removed"]:
+        print(f"datasets build: warning: {stats['duplicates_removed']:,} duplicate games skipped "
+              "(same start position and moves as an earlier game)", file=sys.stderr)
     if args.json:
         _print_json(args.out, time.monotonic() - started, stats)
         return EXIT_OK

@@ -165,12 +165,15 @@ def _add_fetch(sub: SubParsers) -> None:
         "fetch",
         help="versioned dataset(s) on the Hugging Face Hub -> local directories",
         description=(
-            "Download a published version, verify checksums.sha256 and the manifest's sha256 "
-            "of every file, and extract it to DEST/<name>/<version>/ (an already fetched, "
-            "still valid copy is reused). --all-latest fetches the newest version "
-            "(lexicographic) of every dataset under the prefix, all from one commit, and "
-            "writes an aggregate manifest with every train/val path and aggregate_by_format "
-            "buckets. Versions without manifest.json (never fully published) are ignored."
+            "Download a published version, verify the size (and sha256) the Hub lists, "
+            "checksums.sha256 and the manifest's sha256 of every file, and extract it to "
+            "DEST/<name>/<version>/ (an already fetched, still valid copy is reused; a failed "
+            "fetch leaves nothing behind). Versions published by the predecessor's publish "
+            "tool are read too. --all-latest fetches the newest version (by the "
+            "YYYYMMDDTHHMMSSZ in its name, else by name) of every dataset under the prefix, "
+            "all from one commit, and writes an aggregate manifest with every train/val path "
+            "and aggregate_by_format buckets. Versions without manifest.json (never fully "
+            "published) are ignored."
         ),
     )
     which = p.add_mutually_exclusive_group(required=True)

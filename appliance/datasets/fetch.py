@@ -1,60 +1,75 @@
 """Fetch dataset versions from the Hub: list the versions, download one (or the newest complete
-one of each dataset) verified against checksums.sha256 and manifest.json, and write the
-aggregate fetch manifest that training reads (`read_fetch_manifest`).
+one of each dataset) verified against the Hub's listing, checksums.sha256 and manifest.json, and
+write the aggregate fetch manifest that training reads (`read_fetch_manifest`). Versions laid out
+by the predecessor's publish tool are read too (`legacy`); the local copy then carries our
+manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance.atomic import atomic_write_json, sha256_file
+from appliance.datasets import legacy
 from appliance.datasets.manifest import (
     ARCHIVE,
     CHECKSUMS,
     MANIFEST,
     NAME_PATTERN,
     REPO_TYPE,
+    SPLITS,
     check_manifest,
     check_name,
     parse_checksums,
     utc_iso,
 )
-from appliance.datasets.rows import DatasetError
-from appliance.hf import HubClient
+from appliance.datasets.rows import DatasetError, detect_format
+from appliance.hf import HubClient, RemoteFile
 
 FETCH_SCHEMA = "chessbot-fetch-manifest-v1"
+_TIMESTAMP = re.compile(r"\d{8}T\d{6}Z")
 
 
 def list_versions(client: HubClient, repo_id: str, prefix: str, revision: str,
-                  name: str | None = None) -> dict[str, dict[str, set[str]]]:
-    """{name: {version: file names}} under `prefix` (or `prefix/name`), from one listing."""
+                  name: str | None = None) -> dict[str, dict[str, dict[str, RemoteFile]]]:
+    """{name: {version: {path inside the version folder: listed file}}} under `prefix` (or
+    `prefix/name`), from one listing."""
     folder = f"{prefix}/{name}" if name else prefix
-    found: dict[str, dict[str, set[str]]] = {}
+    found: dict[str, dict[str, dict[str, RemoteFile]]] = {}
     for f in client.list_files(repo_id, REPO_TYPE, folder, revision):
         parts = f.path[len(prefix) + 1:].split("/")
-        if len(parts) == 3:
-            found.setdefault(parts[0], {}).setdefault(parts[1], set()).add(parts[2])
+        if len(parts) >= 3:
+            found.setdefault(parts[0], {}).setdefault(parts[1], {})["/".join(parts[2:])] = f
     return found
 
 
-def complete(files: set[str]) -> bool:
+def complete(files: Collection[str]) -> bool:
     """A version counts only once its manifest.json and checksums.sha256 exist."""
     return MANIFEST in files and CHECKSUMS in files
 
 
-def newest_complete(versions: dict[str, set[str]]) -> str | None:
+def version_key(version: str) -> tuple[int, str, str]:
+    """Newest last: by the UTC timestamp in the name (YYYYMMDDTHHMMSSZ, as in ours
+    `validated-...` and the predecessor's bare ones), then by name."""
+    m = _TIMESTAMP.search(version)
+    return (1, m.group(0), version) if m else (0, "", version)
+
+
+def newest_complete(versions: dict[str, dict[str, RemoteFile]]) -> str | None:
     done = [v for v, files in versions.items() if complete(files) and NAME_PATTERN.fullmatch(v)]
-    return max(done) if done else None
+    return max(done, key=version_key) if done else None
 
 
 @dataclass
@@ -79,22 +94,36 @@ class Fetched:
         }
 
 
-def _verify(path: Path, expected: str, what: str) -> None:
+def _check(path: Path, what: str, size: int, sha256: str | None) -> None:
+    """`path` must have `size` bytes (and `sha256`): else a checksum error naming both."""
+    got_size = path.stat().st_size
+    if got_size == size and sha256 is None:
+        return
     got = sha256_file(path)
-    if got != expected:
-        raise DatasetError(f"{what}: sha256 mismatch: expected {expected}, got {got} (corrupt "
-                           "download or altered file); nothing was kept")
+    if got_size != size or got != sha256:
+        expected = f"{size} bytes" + (f" with sha256 {sha256}" if sha256 else "")
+        raise DatasetError(f"{what}: checksum error: expected {expected}, got {got_size} bytes "
+                           f"with sha256 {got} (truncated or altered on the Hub, or a corrupt "
+                           "download); nothing was kept")
 
 
-def extract_archive(archive: Path, manifest: dict[str, Any], dest: Path, what: str) -> None:
+def extract_archive(archive: Path, manifest: dict[str, Any], dest: Path, what: str,
+                    root: str | None = None) -> None:
     """Extract the manifest's files from the archive, checking each member's name, type and
-    sha256; anything else in the archive is an error (no path tricks, no links)."""
+    sha256; anything else in the archive is an error (no path tricks, no links). With `root`,
+    the files are `root/<path>` and folders are allowed (the predecessor's archives)."""
     expected: dict[str, dict[str, Any]] = manifest["files"]
     seen: set[str] = set()
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
             for member in tar:
-                if member.name not in expected or member.name in seen:
+                name = member.name.rstrip("/")
+                if root and member.isdir() and (name == root or (
+                        name.startswith(root + "/") and legacy.safe_path(name))):
+                    continue  # folders are made as their files need them
+                if root:
+                    name = name[len(root) + 1:] if name.startswith(root + "/") else ""
+                if name not in expected or name in seen:
                     raise DatasetError(f"{what}: unexpected archive member {member.name!r}")
                 if not member.isfile():
                     raise DatasetError(f"{what}: archive member {member.name!r} is not a "
@@ -102,14 +131,16 @@ def extract_archive(archive: Path, manifest: dict[str, Any], dest: Path, what: s
                 src = tar.extractfile(member)
                 assert src is not None
                 digest = hashlib.sha256()
-                with (dest / member.name).open("wb") as out:
+                target = dest / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("wb") as out:
                     while data := src.read(1 << 20):
                         digest.update(data)
                         out.write(data)
-                if digest.hexdigest() != expected[member.name]["sha256"]:
-                    raise DatasetError(f"{what}: {member.name} in the archive does not match "
+                if digest.hexdigest() != expected[name]["sha256"]:
+                    raise DatasetError(f"{what}: {name} in the archive does not match "
                                        "the manifest's sha256")
-                seen.add(member.name)
+                seen.add(name)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DatasetError(f"{what}: archive is corrupt or truncated ({exc})") from None
     missing = sorted(set(expected) - seen)
@@ -130,10 +161,98 @@ def _cached(final: Path, name: str, version: str) -> dict[str, Any] | None:
     return dict(manifest)
 
 
+class _Version:
+    """Downloads of one version folder, each checked against the Hub's listing."""
+
+    def __init__(self, client: HubClient, repo_id: str, folder: str,
+                 files: dict[str, RemoteFile], work: Path, revision: str) -> None:
+        self.client, self.repo_id, self.folder = client, repo_id, folder
+        self.files, self.work, self.revision = files, work, revision
+
+    def where(self, fname: str) -> str:
+        return f"{self.repo_id}/{self.folder}/{fname}"
+
+    def get(self, fname: str, size: int | None = None, sha256: str | None = None) -> Path:
+        """Download `fname`; it must have the size the Hub lists, and `size` and `sha256`
+        when given (else the listed sha256, known for LFS files): hashed once either way."""
+        path = self.client.download(self.repo_id, REPO_TYPE, f"{self.folder}/{fname}", self.work,
+                                    self.revision)
+        listed = self.files.get(fname)
+        if listed is not None and (sha256 is None or path.stat().st_size != listed.size):
+            _check(path, self.where(fname), listed.size, listed.sha256)
+        if sha256 is not None:
+            _check(path, self.where(fname), path.stat().st_size if size is None else size,
+                   sha256)
+        return path
+
+    def json(self, fname: str) -> Any:
+        try:
+            return json.loads(self.get(fname).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{self.where(fname)}: not JSON ({exc})") from None
+
+    def text(self, fname: str) -> str:
+        try:
+            return self.get(fname).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DatasetError(f"{self.where(fname)}: not UTF-8 text") from None
+
+
+def _fetch_ours(v: _Version, raw: Any, name: str, version: str, out: Path) -> dict[str, Any]:
+    manifest = check_manifest(raw, name, version, v.where(MANIFEST))
+    sums = parse_checksums(v.text(CHECKSUMS), v.where(CHECKSUMS))
+    archive = manifest.get("archive")
+    if archive:
+        if ARCHIVE not in sums:
+            raise DatasetError(f"{v.where(CHECKSUMS)}: no entry for {ARCHIVE}")
+        size = archive.get("size") if isinstance(archive, dict) else None
+        path = v.get(ARCHIVE, size if isinstance(size, int) else None, sums[ARCHIVE])
+        extract_archive(path, manifest, out, v.where(ARCHIVE))
+        return manifest
+    for fname, meta in manifest["files"].items():
+        if sums.get(fname) != meta["sha256"]:
+            raise DatasetError(f"{v.repo_id}/{v.folder}: {CHECKSUMS} and {MANIFEST} disagree "
+                               f"on {fname}")
+        os.replace(v.get(fname, meta["size"], meta["sha256"]), out / fname)
+    return manifest
+
+
+def _count_rows(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _fetch_legacy(v: _Version, raw: dict[str, Any], name: str, version: str, out: Path
+                  ) -> dict[str, Any]:
+    """A version the predecessor's publish tool laid out (see `legacy`)."""
+    manifest, archive = legacy.from_legacy(raw, name, version, v.where(MANIFEST))
+    legacy.check_checksums(v.text(CHECKSUMS), manifest["files"], v.where(CHECKSUMS))
+    if archive is not None:
+        extract_archive(v.get(archive), manifest, out, v.where(archive), root=legacy.ARCHIVE_ROOT)
+    else:
+        for fname, meta in manifest["files"].items():
+            path = v.get(f"{legacy.FILES_DIR}/{fname}", meta["size"], meta["sha256"])
+            (out / fname).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, out / fname)
+    if manifest["dataset_format"] is None:
+        manifest["dataset_format"] = detect_format(out / "train.jsonl")
+    manifest["rows"] = {s.removesuffix(".jsonl"): _count_rows(out / s) for s in SPLITS}
+    return manifest
+
+
+def _new_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def fetch_version(client: HubClient, repo_id: str, prefix: str, name: str, version: str,
-                  files: set[str], dest: Path, revision: str) -> Fetched:
-    """Download one version into `dest/<name>/<version>/`, verified; on any failure nothing is
-    left under that path."""
+                  files: dict[str, RemoteFile], dest: Path, revision: str) -> Fetched:
+    """Download one version (ours or the predecessor's layout) into `dest/<name>/<version>/`,
+    verified; on any failure nothing new is left under `dest` (an earlier copy stays)."""
     check_name(name, "dataset name")
     check_name(version, "version")
     folder = f"{prefix}/{name}/{version}"
@@ -144,43 +263,29 @@ def fetch_version(client: HubClient, repo_id: str, prefix: str, name: str, versi
     cached = _cached(final, name, version)
     if cached is not None:
         return Fetched(name, version, final, cached, True)
+    created = _new_dirs(final.parent)
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".fetch-{version}-"))
     try:
-        def get(fname: str) -> Path:
-            return client.download(repo_id, REPO_TYPE, f"{folder}/{fname}", work / "dl", revision)
-
-        manifest_path = get(MANIFEST)
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{repo_id}/{folder}/{MANIFEST}: not JSON ({exc})") from None
-        manifest = check_manifest(manifest, name, version, f"{repo_id}/{folder}/{MANIFEST}")
-        sums = parse_checksums(get(CHECKSUMS).read_text(encoding="utf-8"),
-                               f"{repo_id}/{folder}/{CHECKSUMS}")
+        v = _Version(client, repo_id, folder, files, work / "dl", revision)
         out = work / "out"
         out.mkdir()
-        archive = manifest.get("archive")
-        if archive:
-            if ARCHIVE not in sums:
-                raise DatasetError(f"{repo_id}/{folder}/{CHECKSUMS}: no entry for {ARCHIVE}")
-            path = get(ARCHIVE)
-            _verify(path, sums[ARCHIVE], f"{repo_id}/{folder}/{ARCHIVE}")
-            extract_archive(path, manifest, out, f"{repo_id}/{folder}/{ARCHIVE}")
+        raw = v.json(MANIFEST)
+        if legacy.is_legacy(raw):
+            manifest = _fetch_legacy(v, raw, name, version, out)
         else:
-            for fname, meta in manifest["files"].items():
-                if sums.get(fname) != meta["sha256"]:
-                    raise DatasetError(f"{repo_id}/{folder}: {CHECKSUMS} and {MANIFEST} "
-                                       f"disagree on {fname}")
-                path = get(fname)
-                _verify(path, meta["sha256"], f"{repo_id}/{folder}/{fname}")
-                os.replace(path, out / fname)
+            manifest = _fetch_ours(v, raw, name, version, out)
         atomic_write_json(out / MANIFEST, manifest)
         if final.exists():
             shutil.rmtree(final)  # an earlier fetch that no longer verifies
         os.replace(out, final)
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only while empty
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     return Fetched(name, version, final, manifest, False)
 
 
@@ -276,6 +381,13 @@ def read_fetch_manifest(path: Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: fetch manifest not found") from None
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read the fetch manifest: {exc}") from None
+    if isinstance(data, dict) and "schema" not in data and isinstance(
+        data.get("aggregate_by_format"), dict
+    ):
+        # The predecessor's fetch manifest, so its runbooks' reuse mode keeps working.
+        return {"schema": FETCH_SCHEMA, "repo_id": data.get("repo_id"),
+                "prefix": data.get("repo_path_prefix"),
+                "aggregate_by_format": legacy.fetch_buckets(data, str(path))}
     if not isinstance(data, dict) or data.get("schema") != FETCH_SCHEMA or not isinstance(
         data.get("aggregate_by_format"), dict
     ):

@@ -1,5 +1,10 @@
 """PGN files (plain, .gz, .zst) -> a game dataset directory: mainline moves as UCI rows, broken
 games skipped and reported by file, line and reason, duplicates removed, split by game.
+
+python-chess skips move text it does not understand without a word (`1. e4 zz9 *` reads as
+one move), so every token of a game's move text is checked first and a game with a bad one is
+skipped, naming the token and its line. A file that is binary, or whose compression is corrupt,
+is an error naming the file.
 """
 
 from __future__ import annotations
@@ -7,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,9 +32,12 @@ from appliance.datasets.dataset_dir import (
     utc_now_iso,
 )
 from appliance.datasets.rows import DatasetError
-from appliance.model.encoding import EncodingError, start_board
+from appliance.model.encoding import EncodingError, short_repr, start_board
 
 MAX_SKIP_REPORTS = 100
+SKIPS_IN_ERROR = 5  # examples in the error when no game at all is usable
+PROBE_CHARS = 1 << 16  # text checked for binary content before any work
+BINARY_SHARE = 0.05  # more undecodable or control characters than this: not a text file
 RESULTS = frozenset({"1-0", "0-1", "1/2-1/2", "*"})
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -42,6 +51,19 @@ BAD_FEN = "bad_fen"
 UNSUPPORTED_VARIANT = "unsupported_variant"
 ILLEGAL_MOVE = "illegal_move"
 PARSE_ERROR = "parse_error"
+BAD_TOKEN = "bad_token"
+READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
+
+# One token of move text, as python-chess's MOVETEXT_REGEX reads it (plus the move number and the
+# check signs it skips silently): anything else would be dropped without a word.
+_MOVE = (r"(?:[NBKRQ]?[a-h]?[1-8]?[-x]?[a-h][1-8](?:=?[nbrqkNBRQK])?|[PNBRQK]?@[a-h][1-8]"
+         r"|--|Z0|0000|@@@@|O-O(?:-O)?|0-0(?:-0)?)[+#]?")
+_HAS_MOVE = re.compile(r"[a-h][1-8]|[O0]-[O0]|--|Z0|@@@@")
+# Evaluation glyphs some exports write as text (+=, -+, ±, ∞, N for a novelty): no moves, and
+# python-chess drops them harmlessly.
+_GLYPHS = r"[-+=/±∓∞]+|N"
+_TOKEN = re.compile(rf"(?:\d+\.*)?(?:{_MOVE})?(?:e\.p\.)?(?:[?!]{{1,2}})?|\$\d+|\*|1-0|0-1"
+                    rf"|1/2-1/2|{_GLYPHS}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,7 @@ class PgnChunk:
     line: int  # 1-based line where the game starts (its first tag, or its first movetext line)
     text: str
     has_tags: bool
+    line_numbers: tuple[int, ...] = ()  # of each line of `text`, in the file
 
 
 class _QuietGameBuilder(chess.pgn.GameBuilder):
@@ -181,6 +204,7 @@ def iter_chunks(lines: Iterable[str]) -> Iterator[PgnChunk]:
     and at movetext that follows a blank line after movetext (games without tags).
     """
     buf: list[str] = []
+    numbers: list[int] = []
     start = 0
     has_tags = has_movetext = blank_since = in_comment = False
     for line_no, raw in enumerate(lines, 1):
@@ -190,6 +214,7 @@ def iter_chunks(lines: Iterable[str]) -> Iterator[PgnChunk]:
         if in_comment:
             if line.strip():
                 buf.append(line)
+                numbers.append(line_no)
             in_comment = _comment_state(line, True)
             continue
         stripped = line.strip()
@@ -204,12 +229,13 @@ def iter_chunks(lines: Iterable[str]) -> Iterator[PgnChunk]:
         else:
             starts_game = has_movetext and blank_since
         if starts_game and buf:
-            yield PgnChunk(start, "\n".join(buf) + "\n", has_tags)
-            buf = []
+            yield PgnChunk(start, "\n".join(buf) + "\n", has_tags, tuple(numbers))
+            buf, numbers = [], []
             has_tags = has_movetext = False
         if not buf:
             start = line_no
         blank_since = False
+        numbers.append(line_no)
         if is_tag:
             buf.append(stripped)
             has_tags = True
@@ -218,7 +244,41 @@ def iter_chunks(lines: Iterable[str]) -> Iterator[PgnChunk]:
             has_movetext = True
             in_comment = _comment_state(line, False)
     if buf:
-        yield PgnChunk(start, "\n".join(buf) + "\n", has_tags)
+        yield PgnChunk(start, "\n".join(buf) + "\n", has_tags, tuple(numbers))
+
+
+def scan_tokens(chunk: PgnChunk) -> tuple[tuple[int, str] | None, bool]:
+    """(line, token) of the first move-text token python-chess would skip silently (or None),
+    and whether any move was seen; comments (`{...}`, `; ...`) and the tag lines before the move
+    text are not checked."""
+    first_bad: tuple[int, str] | None = None
+    saw_move = False
+    in_comment = False
+    in_tags = chunk.has_tags
+    lines = chunk.text.splitlines()
+    numbers = chunk.line_numbers or tuple(range(chunk.line, chunk.line + len(lines)))
+    for line_no, line in zip(numbers, lines, strict=False):
+        if in_tags and not in_comment and _TAG_LINE.match(line):
+            continue
+        in_tags = False
+        kept: list[str] = []
+        for ch in line:
+            if in_comment:
+                in_comment = ch != "}"
+            elif ch == "{":
+                in_comment = True
+            elif ch == ";":
+                break
+            else:
+                kept.append(ch)
+        for token in re.split(r"[\s()]+", "".join(kept)):
+            if not token:
+                continue
+            if not _TOKEN.fullmatch(token):
+                first_bad = first_bad or (line_no, token)
+            elif _HAS_MOVE.search(token):
+                saw_move = True
+    return first_bad, saw_move
 
 
 def _elo(value: str | None) -> int | None:
@@ -230,10 +290,18 @@ def _elo(value: str | None) -> int | None:
 def chunk_to_row(chunk: PgnChunk, source: str) -> tuple[dict[str, Any] | None, SkipReport | None]:
     """One game's text -> (row, None) when usable, else (None, why it was skipped)."""
 
-    def skip(kind: str, reason: str) -> tuple[None, SkipReport]:
-        return None, SkipReport(source, chunk.line, kind, reason)
+    def skip(kind: str, reason: str, line: int | None = None) -> tuple[None, SkipReport]:
+        return None, SkipReport(source, chunk.line if line is None else line, kind, reason)
 
-    game = chess.pgn.read_game(io.StringIO(chunk.text), Visitor=_QuietGameBuilder)
+    bad, saw_move = scan_tokens(chunk)
+    if not chunk.has_tags and not saw_move:
+        return skip(NOT_A_GAME, "no PGN tags or moves found")
+    if bad is not None:
+        return skip(BAD_TOKEN, f"bad token {short_repr(bad[1], 40)} in the move text", bad[0])
+    try:
+        game = chess.pgn.read_game(io.StringIO(chunk.text), Visitor=_QuietGameBuilder)
+    except Exception as exc:  # noqa: BLE001 - python-chess on hostile text: skip, never crash
+        return skip(PARSE_ERROR, f"cannot parse the game: {type(exc).__name__}: {exc}")
     if game is None:
         return skip(NOT_A_GAME, "no PGN tags or moves found")
     headers = game.headers
@@ -297,19 +365,40 @@ def iter_pgn_rows(
                     counts.skip(report)
                 elif row is not None:
                     yield row
-        except (OSError, EOFError, zstandard.ZstdError) as exc:
-            raise DatasetError(f"{path}: cannot read: {exc}") from None
+        except READ_ERRORS as exc:
+            raise DatasetError(read_error(path, exc)) from None
         finally:
             bar.close()
 
 
+def read_error(path: Path, exc: BaseException) -> str:
+    what = "corrupt gzip data: " if isinstance(exc, zlib.error | gzip.BadGzipFile) else ""
+    return f"{path}: cannot read: {what}{exc}"
+
+
 def probe_pgn(path: Path) -> None:
-    """Fail before any work when `path` is missing or its compression is broken at the start."""
+    """Fail before any work when `path` is missing, binary, or its compression is broken at the
+    start."""
     with open_pgn(path) as text:
         try:
-            text.read(1)
-        except (OSError, EOFError, zstandard.ZstdError) as exc:
-            raise DatasetError(f"{path}: cannot read: {exc}") from None
+            head = text.read(PROBE_CHARS)
+        except READ_ERRORS as exc:
+            raise DatasetError(read_error(path, exc)) from None
+    odd = sum(1 for ch in head if ch == "\ufffd" or (ch < " " and ch not in "\t\n\r\f"))
+    if "\0" in head or odd > BINARY_SHARE * len(head):
+        raise DatasetError(f"{path}: not a PGN file: binary data ({odd} of the first "
+                           f"{len(head)} characters are not text)")
+
+
+def no_games_message(files: int, counts: ImportCounts, duplicates: int) -> str:
+    """Why no game is usable: the counts per reason and the first few skipped games."""
+    lines = [f"no usable games in {files} input file(s): read {counts.games_read}, "
+             f"skipped {counts.games_skipped}, duplicates {duplicates}"]
+    if counts.skipped_by_reason:
+        lines.append("skipped by reason: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(counts.skipped_by_reason.items())))
+        lines += [f"  {r}" for r in counts.skipped[:SKIPS_IN_ERROR]]
+    return "\n".join(lines)
 
 
 def import_pgn(
@@ -336,10 +425,7 @@ def import_pgn(
                 if writer.add(row) is not None:
                     counts.games_kept += 1
         if counts.games_kept == 0:
-            raise DatasetError(
-                f"no usable games in {len(inputs)} input file(s): read {counts.games_read}, "
-                f"skipped {counts.games_skipped}, duplicates {writer.duplicates_removed}"
-            )
+            raise DatasetError(no_games_message(len(inputs), counts, writer.duplicates_removed))
         return writer.commit(
             {
                 "games_read": counts.games_read,

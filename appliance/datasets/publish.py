@@ -33,7 +33,13 @@ from appliance.datasets.manifest import (
     build_manifest,
     checksums_text,
 )
-from appliance.datasets.rows import DatasetError, detect_format, encode_row, row_format
+from appliance.datasets.rows import (
+    DatasetError,
+    detect_format,
+    encode_row,
+    parse_line,
+    row_format,
+)
 from appliance.hf import HubClient
 
 VALIDATE_CHUNK_ROWS = 2000
@@ -52,10 +58,7 @@ def _validate_chunk(path: str, first_line: int, lines: list[bytes], fmt: str) ->
             continue
         where = f"{path}:{first_line + offset}"
         try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            return f"{where}: broken JSON: {exc.msg}"
-        try:
+            row = parse_line(raw)
             if not isinstance(row, dict):
                 raise DatasetError("row must be a JSON object")
             kind = row_format(row)
@@ -97,6 +100,8 @@ def _read_stats(directory: Path) -> dict[str, Any] | None:
         raise DatasetError(f"{path}: cannot read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: broken JSON: {exc.msg} (line {exc.lineno})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply") from None
     if not isinstance(stats, dict):
         raise DatasetError(f"{path}: must hold a JSON object")
     return stats

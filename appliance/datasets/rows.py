@@ -6,6 +6,7 @@ EncodingError becomes a DatasetError here, which `load_games` prefixes with file
 Two row formats:
   - `game_jsonl_runtime_splice_v1`: `{"moves_uci": [...]}` plus optional `fen` (start position),
     `random_plies` (0-based move indexes chosen at random, never used as targets) and metadata;
+    `moves` is read where `moves_uci` is absent, as the predecessor's game datasets name it;
   - `splice_rows_legacy`: `{"context": [...], "target": "..."}`: one target after its context.
 
 Runtime splice settings (game rows only; legacy rows are already spliced) pick which positions of
@@ -78,9 +79,21 @@ def row_format(row: dict[str, Any]) -> str:
         return GAME_FORMAT
     if "context" in row and "target" in row:
         return LEGACY_FORMAT
+    if "moves" in row:
+        return GAME_FORMAT
     raise DatasetError(
-        "missing field: a game row needs 'moves_uci', a legacy row needs 'context' and 'target'"
+        "missing field: a game row needs 'moves_uci' (or 'moves'), a legacy row needs "
+        "'context' and 'target'"
     )
+
+
+def move_field(row: dict[str, Any]) -> str:
+    """The key holding a game row's moves: 'moves_uci', else the predecessor's 'moves'."""
+    if "moves_uci" in row:
+        if "moves" in row and row["moves"] != row["moves_uci"]:
+            raise DatasetError("fields 'moves' and 'moves_uci' disagree; keep one of them")
+        return "moves_uci"
+    return "moves"
 
 
 def _uci_list(value: Any, field: str) -> list[str]:
@@ -108,10 +121,11 @@ def encode_row(row: Any) -> EncodedGame:
     if fen is not None and not isinstance(fen, str):
         raise DatasetError("field 'fen' must be a string")
     if kind == GAME_FORMAT:
-        moves = _uci_list(row["moves_uci"], "moves_uci")
+        key = move_field(row)
+        moves = _uci_list(row[key], key)
         if not moves:
-            raise DatasetError("field 'moves_uci' is empty")
-        game = _game(moves, fen, "moves_uci")
+            raise DatasetError(f"field '{key}' is empty")
+        game = _game(moves, fen, key)
         random_plies = row.get("random_plies", [])
         if not isinstance(random_plies, list) or not all(
             isinstance(i, int) and 0 <= i < len(moves) for i in random_plies
@@ -132,12 +146,30 @@ def encode_row(row: Any) -> EncodedGame:
     return game
 
 
+def parse_line(raw: bytes) -> Any:
+    """One JSONL line -> its value; DatasetError says why not (bad UTF-8, broken or too deeply
+    nested JSON), for the caller to prefix with file:line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                           f"{exc.start + 1}); is this a JSONL file?") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"broken JSON: {exc.msg}") from None
+    except RecursionError:
+        raise DatasetError("JSON nested too deeply (a row is a flat object)") from None
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed row); blank lines are skipped."""
     try:
-        fh = path.open(encoding="utf-8")
+        fh = path.open("rb")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a directory, expected a JSONL file") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc.strerror}") from None
     with fh:
@@ -145,9 +177,10 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{line_no}: broken JSON: {exc.msg}") from None
+                row = parse_line(line)
+            except DatasetError as exc:
+                raise DatasetError(f"{path}:{line_no}: {exc}") from None
+            yield line_no, row
 
 
 def load_games(

@@ -6,7 +6,9 @@ played); its input token is the move that led to it (BOS for the start position)
 (phase, side to move, board codes; see `features`) are those of position t itself, and its
 target is move t. `pad_inputs` lays games of different lengths out as (games, positions)
 arrays, as the network reads them. Errors are `EncodingError`, whose message says which move
-(`field[i]`) or FEN is wrong and why.
+(`field[i]`) or FEN is wrong and why. `start_board` is where every FEN enters (API, datasets, PGN
+import, evaluation): it refuses a move counter beyond any real game (a huge one used to overflow
+the features' integer arrays).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ import chess
 import numpy as np
 
 from appliance.model import features, vocab
+
+# No game reaches move 10,000: the 75-move rule ends every game before move 8,850.
+MAX_FULLMOVE = 10_000
+MAX_HALFMOVE_CLOCK = 2 * MAX_FULLMOVE
 
 
 class EncodingError(ValueError):
@@ -64,6 +70,13 @@ def start_board(fen: str | None) -> chess.Board:
         board = chess.Board(fen)
     except ValueError as exc:
         raise EncodingError(f"bad FEN {short_repr(fen)}: {_cut(str(exc), 160)}") from None
+    for what, value, low, high in (
+        ("half-move clock", board.halfmove_clock, 0, MAX_HALFMOVE_CLOCK),
+        ("full-move number", board.fullmove_number, 1, MAX_FULLMOVE),
+    ):
+        if not low <= value <= high:
+            raise EncodingError(f"bad FEN {short_repr(fen)}: {what} {_cut(str(value), 30)} is "
+                                f"out of range ({low} to {high:,})")
     status = board.status()
     if status != chess.STATUS_VALID:
         raise EncodingError(f"bad FEN {short_repr(fen)}: not a valid position ({status!r})")

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from appliance.datasets.rows import DatasetError, EncodedGame, encode_row, read_jsonl, row_format
+from appliance.datasets.rows import (
+    DatasetError,
+    EncodedGame,
+    encode_row,
+    move_field,
+    read_jsonl,
+    row_format,
+)
 from appliance.model import features, vocab
 from appliance.model.checkpoint import CheckpointError, LoadedModel, load_model
 from appliance.model.encoding import replay, start_board
@@ -46,7 +53,7 @@ class Row:
         if kind == "splice_rows_legacy":
             moves = list(row["context"]) + [row["target"]]
             return cls(row.get("fen"), moves, [len(moves) - 1])
-        moves = list(row["moves_uci"])
+        moves = list(row[move_field(row)])
         skip = set(row.get("random_plies", []))
         return cls(row.get("fen"), moves, [i for i in range(min_context, len(moves))
                                            if i not in skip])

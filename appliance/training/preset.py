@@ -6,7 +6,8 @@ visible. Each phase is timed into the phase-timing log (source=runpod_train_pres
 
 HF mode (HF_FETCH_LATEST_ALL_DATASETS=1): the newest version of every dataset in
 HF_DATASET_REPO_ID is fetched (or HF_DATASET_FETCH_MANIFEST reused with
-HF_USE_EXISTING_FETCH_MANIFEST=1), one row format is picked (HF_DATASET_SCHEMA_FILTER; auto
+HF_USE_EXISTING_FETCH_MANIFEST=1; when that file does not exist, fetched as without it, as the
+predecessor did), one row format is picked (HF_DATASET_SCHEMA_FILTER; auto
 prefers game rows) and every file of it goes to the trainer as repeated --train / --val.
 """
 
@@ -114,7 +115,12 @@ def resolve_hf_datasets(hf: settings.HfSettings, repo_dir: Path
                         ) -> tuple[str, list[Path], list[Path], list[str]]:
     """HF mode: fetch the newest version of every dataset (or reuse the fetch manifest)."""
     manifest_path = hf.fetch_manifest(repo_dir)
-    if hf.HF_USE_EXISTING_FETCH_MANIFEST:
+    reuse = hf.HF_USE_EXISTING_FETCH_MANIFEST
+    if reuse and not manifest_path.exists():
+        print(f"HF_USE_EXISTING_FETCH_MANIFEST=1: no fetch manifest at {manifest_path}; "
+              "fetching the newest datasets instead", flush=True)
+        reuse = False
+    if reuse:
         manifest = read_fetch_manifest(manifest_path)
     else:
         if not hf.HF_DATASET_REPO_ID:

@@ -89,3 +89,63 @@ def test_missing_subcommand_is_a_usage_error():
     assert done.stderr == (
         "datasets: error: the following arguments are required: COMMAND (see --help)\n"
     )
+
+
+def test_duplicates_are_warned_about(tmp_path: Path):
+    game = '[Event "a"]\n[Result "*"]\n\n1. e4 e5 2. Nf3 *\n\n'
+    pgn = tmp_path / "repeated.pgn"
+    pgn.write_text(game * 1201)
+    done = _run(MODULE, "build", pgn, "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ("datasets build: warning: 1,200 duplicate games skipped (same start "
+                           "position and moves as an earlier game)\n")
+    assert done.stdout.splitlines()[0] == (
+        "read 1201 games from 1 file(s): kept 1, skipped 0, duplicates removed 1200")
+
+
+def test_out_of_range_fen_and_bad_tokens_are_skipped_with_reasons(tmp_path: Path):
+    huge = "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 99999999999999999999"
+    pgn = tmp_path / "odd.pgn"
+    pgn.write_text(f'[Event "huge"]\n[SetUp "1"]\n[FEN "{huge}"]\n\n1. e4 *\n\n'
+                   '[Event "tokens"]\n\n1. e4 zz9 2. ??? *\n\n'
+                   '[Event "ok"]\n\n1. d4 d5 *\n')
+    done = _run(MODULE, "build", pgn, "--out", tmp_path / "out")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[:4] == [
+        "read 3 games from 1 file(s): kept 1, skipped 2, duplicates removed 0",
+        "skipped by reason: bad_fen 1, bad_token 1",
+        f"  {pgn}:1: bad FEN '{huge}': full-move number 99999999999999999999 is out of range "
+        "(1 to 10,000)",
+        f"  {pgn}:9: bad token 'zz9' in the move text",
+    ]
+    rows = (tmp_path / "out" / "train.jsonl").read_text() + (
+        tmp_path / "out" / "val.jsonl").read_text()
+    assert [json.loads(x)["moves_uci"] for x in rows.splitlines()] == [["d2d4", "d7d5"]]
+
+
+def test_binary_and_corrupt_inputs_are_one_clear_error(tmp_path: Path):
+    junk = tmp_path / "junk.pgn"
+    junk.write_bytes(bytes(range(256)) * 40)
+    done = _run(MODULE, "build", junk, "--out", tmp_path / "out")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"datasets build: error: {junk}: not a PGN file: binary data (")
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+    gz = tmp_path / "games.pgn"
+    gz.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + bytes(range(256)) * 40)
+    done = _run(MODULE, "build", gz, "--out", tmp_path / "out")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"datasets build: error: {gz}: cannot read: corrupt gzip data: "
+                                  "Error -3 while decompressing data: ")
+    assert len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_usable_game_shows_the_reasons(tmp_path: Path):
+    pgn = tmp_path / "bad.pgn"
+    pgn.write_text('[Event "x"]\n\n1. e4 zz9 2. ??? *\n')
+    done = _run(MODULE, "build", pgn, "--out", tmp_path / "out")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "datasets build: error: no usable games in 1 input file(s): read 1, skipped 1, "
+        "duplicates 0\nskipped by reason: bad_token 1\n"
+        f"  {pgn}:3: bad token 'zz9' in the move text\n")

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -263,10 +264,11 @@ def test_corrupt_and_truncated_downloads_are_refused(env: dict[str, str], hub: H
     dest = tmp_path / "dest"
     rc, _, err = _run(capsys, "fetch", "--name", "tiny", "--dest", dest)
     assert rc == 2
-    assert err == (f"datasets fetch: error: {REPO_ID}/{PREFIX}/tiny/v1/data.tar.gz: sha256 "
-                   f"mismatch: expected {_sha(archive)}, got {_sha(bytes(flipped))} (corrupt "
-                   "download or altered file); nothing was kept\n")
-    assert list((dest / "tiny").iterdir()) == []
+    assert err == (f"datasets fetch: error: {REPO_ID}/{PREFIX}/tiny/v1/data.tar.gz: checksum "
+                   f"error: expected {len(archive)} bytes with sha256 {_sha(archive)}, got "
+                   f"{len(archive)} bytes with sha256 {_sha(bytes(flipped))} (truncated or "
+                   "altered on the Hub, or a corrupt download); nothing was kept\n")
+    assert not dest.exists()  # nothing made for a fetch that failed
 
     # A publisher that uploaded a truncated archive with checksums of the truncated bytes.
     import huggingface_hub as hh
@@ -284,9 +286,47 @@ def test_corrupt_and_truncated_downloads_are_refused(env: dict[str, str], hub: H
         repo_type="dataset")
     rc, _, err = _run(capsys, "fetch", "--name", "tiny", "--version", "v2", "--dest", dest)
     assert rc == 2
-    assert err.startswith(f"datasets fetch: error: {REPO_ID}/{PREFIX}/tiny/v2/data.tar.gz: "
-                          "archive is corrupt or truncated (")
-    assert list((dest / "tiny").iterdir()) == []
+    assert err == (f"datasets fetch: error: {REPO_ID}/{PREFIX}/tiny/v2/data.tar.gz: checksum "
+                   f"error: expected {len(archive)} bytes with sha256 {_sha(short)}, got "
+                   f"{len(short)} bytes with sha256 {_sha(short)} (truncated or altered on the "
+                   "Hub, or a corrupt download); nothing was kept\n")
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("archive_format", ["tar.gz", "none"])
+def test_truncated_stored_object_is_a_checksum_error(env: dict[str, str], hub: HubEmulator,
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     archive_format: str):
+    src = make_dataset(tmp_path / "tiny", 6, 2)
+    for version in ("v1", "v2"):
+        rc, _, err = _run(capsys, "publish", src, "--name", "tiny", "--version", version,
+                          "--archive-format", archive_format)
+        assert rc == 0, err
+    dest = tmp_path / "dest"
+    rc, out, err = _run(capsys, "fetch", "--name", "tiny", "--version", "v1", "--dest", dest)
+    assert rc == 0, err
+    good = {p.name: p.read_bytes() for p in (dest / "tiny" / "v1").iterdir()}
+    # The object store loses the end of what v2 needs (v1 was fetched before).
+    fname = "data.tar.gz" if archive_format == "tar.gz" else "train.jsonl"
+    repo = hub.state.store.get("dataset", REPO_ID)
+    entry = repo.head.files[f"{PREFIX}/tiny/v2/{fname}"]
+    data = hub.state.store.object_path(entry.sha256).read_bytes()
+    hub.state.store.object_path(entry.sha256).write_bytes(data[: len(data) // 2])
+    started = time.monotonic()
+    rc, out, err = _run(capsys, "fetch", "--all-latest", "--dest", dest)
+    assert time.monotonic() - started < 20  # no network timeouts
+    assert (rc, out) == (2, "")
+    listed = f" with sha256 {entry.sha256}" if entry.lfs else ""
+    assert err == (f"datasets fetch: error: {REPO_ID}/{PREFIX}/tiny/v2/{fname}: checksum error: "
+                   f"expected {len(data)} bytes{listed}, got {len(data) // 2} bytes with sha256 "
+                   f"{_sha(data[: len(data) // 2])} (truncated or altered on the Hub, or a "
+                   "corrupt download); nothing was kept\n")
+    # The valid earlier copy is untouched, and nothing else is left behind.
+    assert sorted(p.name for p in dest.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (dest / "tiny").iterdir()) == ["v1"]
+    assert {p.name: p.read_bytes() for p in (dest / "tiny" / "v1").iterdir()} == good
+    assert not (dest / "fetch_manifest.json").exists()
 
 
 def test_hub_faults_mid_publish(env: dict[str, str], hub: HubEmulator, tmp_path: Path,

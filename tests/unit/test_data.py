@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from appliance.datasets.rows import (
+    GAME_FORMAT,
     DatasetError,
     SpliceConfig,
     detect_format,
     encode_row,
     load_games,
+    row_format,
 )
 from appliance.model import vocab
 from appliance.training.batching import IGNORE, GameDataset, bucketed_batches, collate
@@ -39,9 +41,13 @@ def test_bad_rows_name_file_line_and_reason(tmp_path: Path):
     assert _error(tmp_path, ok + '\n{"moves_uci": ["e2e4", "e2e4"]}\n') == (
         "rows.jsonl:3: moves_uci[1] = 'e2e4' is illegal: there is no black piece on e2 "
         "(position 'rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1')")
-    assert _error(tmp_path, '{"moves": ["e2e4"]}\n') == (
-        "rows.jsonl:1: missing field: a game row needs 'moves_uci', a legacy row needs 'context'"
-        " and 'target'")
+    assert _error(tmp_path, '{"move": ["e2e4"]}\n') == (
+        "rows.jsonl:1: missing field: a game row needs 'moves_uci' (or 'moves'), a legacy row "
+        "needs 'context' and 'target'")
+    assert _error(tmp_path, '{"moves": ["e2e4", "e2e5"]}\n').startswith(
+        "rows.jsonl:1: moves[1] = 'e2e5' is illegal: there is no black piece on e2 (position ")
+    assert _error(tmp_path, '{"moves": ["e2e4"], "moves_uci": ["d2d4"]}\n') == (
+        "rows.jsonl:1: fields 'moves' and 'moves_uci' disagree; keep one of them")
     assert _error(tmp_path, '{"context": ["e2e4"], "target": "e7e6x"}\n') == (
         "rows.jsonl:1: context+target[1] = 'e7e6x' is not a UCI move")
     assert _error(tmp_path, '{"moves_uci": "e2e4"}\n') == (
@@ -123,3 +129,38 @@ def test_bucketed_batches_cover_each_game_once_and_split_evenly():
     assert len(r0) == len(r1) == 6  # 13 batches: one left out so both ranks step together
     assert not set(i for b in r0 for i in b) & set(i for b in r1 for i in b)
 
+
+
+def test_predecessor_moves_rows_are_game_rows(tmp_path: Path):
+    """The predecessor's game datasets name the move list `moves`: read as `moves_uci`."""
+    old = {"schema": "game_dataset_runtime_splice_v1", "game_id": "g1", "winner_side": "W",
+           "result": "1-0", "plies": len(GAME), "moves": GAME}
+    assert row_format(old) == GAME_FORMAT
+    ours = encode_row({"moves_uci": GAME})
+    theirs = encode_row(old)
+    for field in ("tokens", "targets", "phase", "side", "boards", "trainable"):
+        assert np.array_equal(getattr(theirs, field), getattr(ours, field)), field
+    both = encode_row({"moves_uci": GAME, "moves": GAME})
+    assert np.array_equal(both.targets, ours.targets)
+    path = tmp_path / "train.jsonl"
+    write_rows(path, [old, {"moves": GAME[:4]}])
+    games, counts = load_games([path])
+    assert [len(g) for g in games] == [10, 4] and counts[GAME_FORMAT] == 2
+    assert detect_format(path) == GAME_FORMAT
+
+
+def test_hostile_jsonl_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "rows.jsonl"
+    ok = json.dumps({"moves_uci": GAME}).encode() + b"\n"
+    path.write_bytes(ok + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    with pytest.raises(DatasetError) as err:
+        load_games([path])
+    assert str(err.value) == f"{path}:2: JSON nested too deeply (a row is a flat object)"
+    path.write_bytes(ok + ok + b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + b"\n")
+    with pytest.raises(DatasetError) as err:
+        load_games([path])
+    assert str(err.value) == (f"{path}:3: not UTF-8 text (byte 0x89 at column 1); is this a "
+                              "JSONL file?")
+    with pytest.raises(DatasetError) as err:
+        detect_format(tmp_path)
+    assert str(err.value) == f"{tmp_path}: is a directory, expected a JSONL file"

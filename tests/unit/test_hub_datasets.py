@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance import settings
-from appliance.datasets import fetch, publish
+from appliance.datasets import fetch, legacy, publish
 from appliance.datasets.manifest import check_name, check_prefix, default_version, parse_checksums
 from appliance.datasets.rows import DatasetError
 from appliance.training import preset
@@ -67,6 +67,19 @@ def test_inspect_detects_format_and_counts(tmp_path: Path):
      "{d}/val.jsonl:2: broken JSON: Expecting value"),
     (lambda d: (d / "train.jsonl").unlink(),
      "{d}: missing split train.jsonl (a dataset dir needs train.jsonl and val.jsonl)"),
+    (lambda d: (d / "val.jsonl").write_bytes(b'{"moves_uci": ["e2e4"]}\n' + b"[" * 100_000
+                                             + b"]" * 100_000 + b"\n"),
+     "{d}/val.jsonl:2: JSON nested too deeply (a row is a flat object)"),
+    (lambda d: (d / "val.jsonl").write_bytes(b'{"moves_uci": ["e2e4"]}\n\x1f\x8b\x08\x00\xff\n'),
+     "{d}/val.jsonl:2: not UTF-8 text (byte 0x8b at column 2); is this a JSONL file?"),
+    (lambda d: (d / "stats.json").write_text("[" * 100_000), "{d}/stats.json: JSON nested too "
+     "deeply"),
+    (lambda d: (d / "train.jsonl").write_text(json.dumps(
+        {"moves_uci": ["e2e4"], "fen": "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 "
+         "99999999999999999999"}) + "\n"),
+     "{d}/train.jsonl:1: bad FEN 'rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 "
+     "99999999999999999999': full-move number 99999999999999999999 is out of range (1 to "
+     "10,000)"),
 ])
 def test_inspect_bad_datasets(tmp_path: Path, setup, message: str):
     d = make_dataset(tmp_path / "g", 3, 2)
@@ -88,6 +101,13 @@ def test_first_bad_row_is_reported_with_parallel_validation(tmp_path: Path, monk
     assert str(err.value) == (f"{d}/train.jsonl:7: row format splice_rows_legacy differs from "
                               "the dataset's game_jsonl_runtime_splice_v1")
     assert publish.inspect_dataset(d, validate=False).files["train.jsonl"].rows == 20
+    lines[6] = "[" * 100_000
+    lines[8] = "\udcff"
+    (d / "train.jsonl").write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + b"\n")
+    with pytest.raises(DatasetError) as err:
+        publish.inspect_dataset(d, workers=2)
+    assert str(err.value) == (f"{d}/train.jsonl:7: JSON nested too deeply (a row is a flat "
+                              "object)")
 
 
 def test_archive_is_reproducible_and_manifest_complete(tmp_path: Path):
@@ -175,6 +195,76 @@ def test_extraction_refuses_links_and_mismatches(tmp_path: Path):
     assert str(err.value) == "A: archive lacks val.jsonl"
 
 
+def test_predecessor_archives_extract_under_their_root_and_refuse_tricks(tmp_path: Path):
+    folder = tarfile.TarInfo("dataset")
+    folder.type = tarfile.DIRTYPE
+    sub = tarfile.TarInfo("dataset/cache")
+    sub.type = tarfile.DIRTYPE
+    manifest = {"files": {"train.jsonl": {"sha256": hashlib.sha256(b"t").hexdigest()},
+                          "cache/a.bin": {"sha256": hashlib.sha256(b"a").hexdigest()}}}
+    good = [(folder, b""), (tarfile.TarInfo("dataset/train.jsonl"), b"t"), (sub, b""),
+            (tarfile.TarInfo("dataset/cache/a.bin"), b"a")]
+    out = tmp_path / "out"
+    out.mkdir()
+    fetch.extract_archive(_tar(tmp_path / "g.tar.gz", good), manifest, out, "A", root="dataset")
+    assert (out / "train.jsonl").read_bytes() == b"t"
+    assert (out / "cache" / "a.bin").read_bytes() == b"a"
+    for name in ("train.jsonl", "dataset/../train.jsonl", "other/train.jsonl"):
+        bad = _tar(tmp_path / "b.tar.gz", [(folder, b""), (tarfile.TarInfo(name), b"t")])
+        with pytest.raises(DatasetError) as err:
+            fetch.extract_archive(bad, manifest, tmp_path / "out2", "A", root="dataset")
+        assert str(err.value) == f"A: unexpected archive member {name!r}"
+    escape = tarfile.TarInfo("dataset/../../x")
+    escape.type = tarfile.DIRTYPE
+    with pytest.raises(DatasetError) as err:
+        fetch.extract_archive(_tar(tmp_path / "e.tar.gz", [(escape, b"")]), manifest,
+                              tmp_path / "out2", "A", root="dataset")
+    assert str(err.value) == "A: unexpected archive member 'dataset/../../x'"
+
+
+def _old_manifest(**changes: object) -> dict[str, object]:
+    sha = "a" * 64
+    return {"kind": "chess-bot-validated-dataset", "schema_version": 1, "dataset_name": "d",
+            "version": "v", "dataset_format": "unknown", "stats_json": None,
+            "files": [{"path": p, "size_bytes": 1, "sha256": sha}
+                      for p in ("train.jsonl", "val.jsonl", ".gitkeep")],
+            "distribution": {"mode": "archive", "archive_name": "d_v.tar.gz"}, **changes}
+
+
+def test_predecessor_manifest_is_read_as_ours():
+    ours, archive = legacy.from_legacy(_old_manifest(), "d", "v", "M")
+    assert archive == "d_v.tar.gz"
+    assert ours["files"][".gitkeep"] == {"size": 1, "sha256": "a" * 64}
+    assert (ours["dataset_format"], ours["dataset_format_source"]) == (None, "rows")
+    files_mode = _old_manifest(distribution={"mode": "files", "archive_name": None})
+    assert legacy.from_legacy(files_mode, "d", "v", "M")[1] is None
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"dataset_name": "e"}, "it names 'e' 'v'"),
+    ({"dataset_format": "pgn"}, "dataset_format 'pgn' is unknown"),
+    ({"files": [{"path": "../x", "size_bytes": 1, "sha256": "a" * 64}]},
+     "'files' must list path, size_bytes and sha256 of every file"),
+    ({"files": [{"path": "train.jsonl", "size_bytes": 1, "sha256": "a" * 64}]},
+     "'files' lacks val.jsonl"),
+    ({"distribution": {"mode": "zip"}}, "distribution mode 'zip' is unknown"),
+    ({"distribution": {"mode": "archive", "archive_name": "../x.tar.gz"}},
+     "archive_name '../x.tar.gz' is not a .tar.gz file name"),
+])
+def test_predecessor_manifest_problems(changes: dict[str, object], problem: str):
+    with pytest.raises(DatasetError) as err:
+        legacy.from_legacy(_old_manifest(**changes), "d", "v", "M")
+    assert str(err.value) == f"M: not a manifest of d v: {problem}"
+
+
+def test_versions_sort_by_their_timestamp():
+    names = ["v2", "validated-20251101T000000Z", "20260227T044455Z", "v10",
+             "validated-20260101T000000Z"]
+    assert sorted(names, key=fetch.version_key) == [
+        "v10", "v2", "validated-20251101T000000Z", "validated-20260101T000000Z",
+        "20260227T044455Z"]
+
+
 def _fetch_manifest(tmp_path: Path, formats: dict[str, list[str]]) -> dict[str, object]:
     buckets = {}
     for fmt, names in formats.items():
@@ -217,6 +307,44 @@ def test_reading_a_fetch_manifest(tmp_path: Path):
         fetch.read_fetch_manifest(tmp_path / "x.json")
     assert str(err.value) == (f"{tmp_path / 'x.json'}: not a fetch manifest (schema "
                               "chessbot-fetch-manifest-v1)")
+
+
+def test_reading_the_predecessors_fetch_manifest(tmp_path: Path):
+    """Its fetch tool's --output-manifest: reused by the preset as ours."""
+    train, val = (tmp_path / "a" / "dataset" / f"{s}.jsonl" for s in ("train", "val"))
+    old = {
+        "repo_id": "o/r", "repo_type": "dataset", "all_latest": True,
+        "repo_path_prefix": "validated_datasets",
+        "datasets": [{"dataset_name": "a", "version": "20260227T044455Z",
+                      "dataset_format": "game_jsonl_runtime_splice_v1",
+                      "train_path": str(train), "val_path": str(val)},
+                     {"dataset_name": "b", "version": "v1", "dataset_format": None}],
+        "aggregate": {"dataset_count": 2, "train_paths": [str(train)], "val_paths": [str(val)]},
+        "aggregate_by_format": {
+            "game_jsonl_runtime_splice_v1": {"dataset_count": 1, "train_paths": [str(train)],
+                                             "val_paths": [str(val)], "train_count": 1,
+                                             "val_count": 1},
+            "unknown": {"dataset_count": 1, "train_paths": [], "val_paths": [],
+                        "train_count": 0, "val_count": 0}},
+    }
+    path = tmp_path / "hf_fetch_manifest.json"
+    path.write_text(json.dumps(old))
+    manifest = fetch.read_fetch_manifest(path)
+    assert manifest["aggregate_by_format"] == {
+        "game_jsonl_runtime_splice_v1": {"datasets": ["a@20260227T044455Z"],
+                                         "train": [str(train)], "val": [str(val)]},
+        "unknown": {"datasets": ["b@v1"], "train": [], "val": []}}
+    train.parent.mkdir(parents=True)
+    write_rows(train, [{"moves": ["e2e4"]}])
+    write_rows(val, [{"moves": ["d2d4"]}])
+    assert preset.select_bucket(manifest, "auto", path) == (
+        "game_jsonl_runtime_splice_v1", [train], [val], ["a@20260227T044455Z"])
+    old["aggregate_by_format"]["unknown"] = {"train_paths": "x"}
+    path.write_text(json.dumps(old))
+    with pytest.raises(DatasetError) as err:
+        fetch.read_fetch_manifest(path)
+    assert str(err.value) == (f"{path}: aggregate_by_format['unknown'] needs the lists "
+                              "train_paths and val_paths")
 
 
 def test_trainer_command_repeats_files_and_drops_splice_flags_for_legacy(monkeypatch):

@@ -234,8 +234,75 @@ def test_no_usable_game_is_an_error(tmp_path: Path):
     (tmp_path / "junk.pgn").write_text('junk\n\n[Event "x"]\n\n*\n')
     with pytest.raises(DatasetError) as err:
         _import([tmp_path / "empty.pgn", tmp_path / "junk.pgn"], tmp_path / "out")
-    assert str(err.value) == "no usable games in 2 input file(s): read 2, skipped 2, duplicates 0"
+    junk = tmp_path / "junk.pgn"
+    assert str(err.value) == (
+        "no usable games in 2 input file(s): read 2, skipped 2, duplicates 0\n"
+        "skipped by reason: no_moves 1, not_a_game 1\n"
+        f"  {junk}:1: no PGN tags or moves found\n"
+        f"  {junk}:3: game has no moves")
     assert not (tmp_path / "out").exists()
+
+
+def test_no_usable_game_shows_counts_and_the_first_five(tmp_path: Path):
+    bad = tmp_path / "bad.pgn"
+    games = ['[Event "bad"]\n\n1. e4 zz9 2. ??? *\n'] * 6 + ['[Event "x"]\n\n1. e4 e5 2. Ke3 *\n']
+    bad.write_text("\n".join(games))
+    with pytest.raises(DatasetError) as err:
+        _import([bad], tmp_path / "out")
+    assert str(err.value) == (
+        "no usable games in 1 input file(s): read 7, skipped 7, duplicates 0\n"
+        "skipped by reason: bad_token 6, illegal_move 1\n"
+        + "".join(f"  {bad}:{3 + 4 * i}: bad token 'zz9' in the move text\n" for i in range(5))
+    ).rstrip("\n")
+
+
+@pytest.mark.parametrize(("movetext", "line", "token"), [
+    ("1. e4 zz9 2. ??? *", 3, "zz9"),
+    ("1. e4 e5\n2. ??? Nc6 *", 4, "???"),
+    ("1. e4 {a comment with zz9 and ???} e5 ; zz9 again\n2. Nf3 E4 *", 4, "E4"),
+    ("1. e4 e5 2. Nf3 Nc6 3. Bb5 a6 4. Ba4 Nf6 5. O-O Be7 6. Re1 b5 7. Bb3 d6 junk/x *", 3,
+     "junk/x"),
+])
+def test_bad_move_text_is_reported_with_line_and_token(tmp_path: Path, movetext: str,
+                                                       line: int, token: str):
+    pgn = tmp_path / "g.pgn"
+    ok = ('[Event "ok"]\n\n1. d4 (1. e4?! e5) 1... d5 $1 2. c4+ e6!? += 3. cxd5 N ± exd5 '
+          "4. Nc3 ∞ 1/2-1/2\n\n")
+    pgn.write_text(f'[Event "t"]\n\n{movetext}\n\n' + ok)
+    stats = _import([pgn], tmp_path / "out")
+    assert (stats["games_kept"], stats["skipped_by_reason"]) == (1, {"bad_token": 1})
+    assert stats["skipped"] == [{"file": str(pgn), "line": line, "kind": "bad_token",
+                                 "reason": f"bad token {token!r} in the move text"}]
+
+
+def test_binary_junk_and_corrupt_gzip_name_the_file(tmp_path: Path):
+    rng = random.Random(3)
+    junk = tmp_path / "junk.pgn"
+    junk.write_bytes(bytes(rng.randrange(256) for _ in range(4000)))
+    with pytest.raises(DatasetError) as err:
+        _import([junk], tmp_path / "out")
+    text = junk.read_bytes().decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    odd = sum(1 for ch in text if ch == "\ufffd" or (ch < " " and ch not in "\t\n\r\f"))
+    assert str(err.value) == (f"{junk}: not a PGN file: binary data ({odd} of the first "
+                              f"{len(text)} characters are not text)")
+    gz = tmp_path / "random.pgn.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + bytes(rng.randrange(256)
+                                                                    for _ in range(4000)))
+    with pytest.raises(DatasetError) as err:
+        _import([gz], tmp_path / "out")
+    assert str(err.value).startswith(f"{gz}: cannot read: corrupt gzip data: Error -3 while "
+                                     "decompressing data: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_chess_crash_on_a_game_is_a_skip(tmp_path: Path):
+    from appliance.datasets.pgn_import import PgnChunk, SkipReport, chunk_to_row
+
+    # An illegal move, a stray ')' and a NAG crash python-chess's game builder (IndexError).
+    row, report = chunk_to_row(PgnChunk(7, "a2)!\n", False, (7,)), "x.pgn")
+    assert row is None
+    assert report == SkipReport("x.pgn", 7, "parse_error",
+                                "cannot parse the game: IndexError: list index out of range")
 
 
 def test_failure_after_start_leaves_no_temp_files(tmp_path: Path):
