@@ -4,8 +4,9 @@ supervisord never leaves FATAL by itself. This listener writes one JSON record p
 --records, and after --cooldown seconds calls startProcess; after --max-revives revivals in a row
 that did not last (sshd: no limit) it leaves the program alone. Every tick it also reads
 supervisord's program states: a FATAL whose event went to a listener that died since (this
-listener is a supervisord process too, and restarted) is recorded then. stdout is the event
-protocol.
+listener is a supervisord process too, and restarted) is recorded once two ticks in a row saw it
+(a FATAL event still queued behind the first tick arrives before the second). stdout is the
+event protocol.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Reviver:
         self.clock = clock
         self.log = log
         self.records: dict[str, Record] = {}
+        self.suspects: set[str] = set()  # FATAL at the last tick without a FATAL event
         records.mkdir(parents=True, exist_ok=True)
 
     def _say(self, message: str) -> None:
@@ -93,8 +95,9 @@ class Reviver:
                   f"in {self.cooldown:g} s")
 
     def _adopt(self, now: float) -> None:
-        """Record the programs supervisord shows FATAL that this listener has not recorded as
-        FATAL: their event went to a predecessor that died before reviving them."""
+        """Record the programs supervisord shows FATAL at two ticks in a row that this listener
+        has not recorded as FATAL: their event went to a predecessor that died before reviving
+        them."""
         if self.states is None:
             return
         try:
@@ -102,12 +105,16 @@ class Reviver:
         except (OSError, xmlrpc.client.Error) as exc:
             self._say(f"cannot read program states from supervisord: {exc}")
             return
+        unknown: dict[str, str] = {}
         for info in infos:
             name = str(info.get("name", ""))
             rec = self.records.get(name)
             if info.get("statename") == "FATAL" and (rec is None or rec.state == "running"):
-                self._fatal(name, str(info.get("group") or name), now,
-                            "found in supervisord's states, its event missed")
+                unknown[name] = str(info.get("group") or name)
+        for name in sorted(unknown.keys() & self.suspects):
+            self._fatal(name, unknown[name], now, "found in supervisord's states, its event "
+                        "missed")
+        self.suspects = unknown.keys() - self.suspects
 
     def tick(self, now: float) -> None:
         self._adopt(now)

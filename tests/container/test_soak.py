@@ -46,7 +46,9 @@ from tests.utils.hubemu import CANARY
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 KILL_INTERVAL_S = float(os.environ.get("SOAK_KILL_INTERVAL_SECONDS", "4"))
 MAX_KILLS = max(1, int(SOAK_SECONDS / KILL_INTERVAL_S))
-COOLDOWN_S = 5  # APPLIANCE_FATAL_COOLDOWN_SECONDS; revivals come on the reviver's 5 s tick
+# APPLIANCE_FATAL_COOLDOWN_SECONDS: long enough that the reviver is killed before it revives,
+# short enough for a soak (revivals come on the reviver's 5 s tick).
+COOLDOWN_S = 10
 HEARTBEAT_MAX_GAP_S = 5.0
 KILLABLE = ("jupyter", "inference", "hf-sync", "idle-watchdog", "fatal-reviver")
 CAN_BE_FATAL = ("jupyter", "inference", "hf-sync")  # startsecs > 0: kills while STARTING count
@@ -223,7 +225,8 @@ def test_soak_training_with_sync_while_programs_are_killed(
         "START_IDLE_WATCHDOG": "1", "AUTOSTOP_ACTION": "none", "AUTOSTOP_POLL_SECONDS": "5",
         "APPLIANCE_FATAL_COOLDOWN_SECONDS": str(COOLDOWN_S),
     })
-    rng = random.Random(os.environ.get("SOAK_SEED", uuid.uuid4().hex))
+    seed = os.environ.get("SOAK_SEED") or uuid.uuid4().hex  # SOAK_SEED replays a soak's choices
+    rng = random.Random(seed)
     heartbeat = Heartbeat(pod)
     heartbeat.start()
     wait_until(lambda: len(heartbeat.beats) >= 2, 30, 0.2, what="first heartbeats")
@@ -242,7 +245,7 @@ def test_soak_training_with_sync_while_programs_are_killed(
         if fatal is None and time.monotonic() >= started + SOAK_SECONDS / 4:
             target = rng.choice(CAN_BE_FATAL)
             fatal = (target, drive_to_fatal(pod, target))
-            assert kill(pod, "fatal-reviver"), "fatal-reviver has no pid"
+            wait_until(lambda: kill(pod, "fatal-reviver"), 30, 0.5, what="fatal-reviver killed")
             kills.append(f"{target} (to FATAL)")
             kills.append("fatal-reviver")
             continue
@@ -254,7 +257,7 @@ def test_soak_training_with_sync_while_programs_are_killed(
                 kills.append(program)
         time.sleep(KILL_INTERVAL_S)
     soak_s = time.monotonic() - started
-    print(f"soak of {soak_s:.0f} s, {len(kills)} kills: {', '.join(kills)}")
+    print(f"soak of {soak_s:.0f} s (SOAK_SEED={seed}), {len(kills)} kills: {', '.join(kills)}")
 
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err[-3000:]
@@ -282,6 +285,10 @@ def test_soak_training_with_sync_while_programs_are_killed(
         raise AssertionError(f"{pod.supervisor_status()} after FATAL of {fatal}; reviver log:\n"
                              f"{reviver_log[-3000:]}") from None
     assert set(states) == {"sshd", *KILLABLE}, states
+    assert fatal is not None
+    reviver_log = pod.exec("cat", f"{LOG_DIR}/fatal-reviver.log").stdout
+    assert f"{fatal[0]} is FATAL (found in supervisord's states, its event missed" in \
+        reviver_log, reviver_log[-3000:]
 
     # Every reported checkpoint (and the rest of the source dir) is on the Hub, byte-identical.
     try:

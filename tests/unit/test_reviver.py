@@ -134,6 +134,8 @@ def test_a_fatal_whose_event_went_to_a_dead_predecessor_is_revived(tmp_path):
     rev = Reviver(started.append, tmp_path, cooldown=60, max_revives=2,
                   uncapped=frozenset({"sshd"}), clock=clock, log=log, states=lambda: infos)
     rev.handle("TICK_5", {})
+    assert rev.records == {}  # its FATAL event may still be queued behind this tick
+    rev.handle("TICK_5", {})
     assert list(rev.records) == ["hf-sync"]
     rec = _record(tmp_path, "hf-sync")
     assert (rec["state"], rec["group"], rec["fatal_count"]) == ("fatal", "hf-sync", 1)
@@ -170,8 +172,8 @@ def test_states_adopt_only_fatals_the_listener_does_not_handle(tmp_path):
     assert _record(tmp_path, "jupyter")["fatal_count"] == 2
     # inference, RUNNING for the listener, went FATAL while its event was lost: adopted once.
     infos["inference"] = "FATAL"
-    rev.handle("TICK_5", {})
-    rev.handle("TICK_5", {})
+    for _ in range(3):
+        rev.handle("TICK_5", {})
     rec = _record(tmp_path, "inference")
     assert (rec["state"], rec["fatal_count"]) == ("fatal", 2)
     assert started == ["jupyter:jupyter", "inference:inference"]
@@ -190,3 +192,16 @@ def test_unreadable_states_are_logged_and_known_fatals_still_revived(tmp_path):
     rev.handle("TICK_5", {})
     assert started == ["jupyter:jupyter"]
     assert "cannot read program states from supervisord: connection refused" in log.getvalue()
+
+
+def test_a_fatal_event_queued_behind_a_tick_is_counted_once(tmp_path):
+    infos = [{"name": "jupyter", "group": "jupyter", "statename": "FATAL"}]
+    clock, log = Clock(), io.StringIO()
+    rev = Reviver(lambda name: None, tmp_path, cooldown=60, max_revives=2,
+                  uncapped=frozenset(), clock=clock, log=log, states=lambda: infos)
+    rev.handle("TICK_5", {})  # supervisord already shows FATAL; the event comes next
+    _fatal(rev, "jupyter")
+    rev.handle("TICK_5", {})
+    rev.handle("TICK_5", {})
+    assert _record(tmp_path, "jupyter")["fatal_count"] == 1
+    assert "found in supervisord's states" not in log.getvalue()
