@@ -2,8 +2,11 @@
 
 supervisord never leaves FATAL by itself. This listener writes one JSON record per program under
 --records, and after --cooldown seconds calls startProcess; after --max-revives revivals in a row
-that did not last (sshd: no limit) it leaves the program alone. stdout is the event protocol.
-It also hands every event to the observers given to `run` (the service start times).
+that did not last (sshd: no limit) it leaves the program alone. Every tick it also reads
+supervisord's program states: a FATAL whose event went to a listener that died since (this
+listener is a supervisord process too, and restarted) is recorded once two ticks in a row saw it
+(a FATAL event still queued behind the first tick arrives before the second). It also hands every
+event to the observers given to `run` (the service start times). stdout is the event protocol.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import xmlrpc.client
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, cast
 
 from appliance import settings
 from appliance.atomic import atomic_write_json
@@ -31,6 +34,7 @@ class Starter(Protocol):
 
 
 Observer = Callable[[str, dict[str, str]], None]
+States = Callable[[], list[dict[str, Any]]]  # supervisor.getAllProcessInfo
 
 
 @dataclass
@@ -50,8 +54,9 @@ class Record:
 class Reviver:
     def __init__(self, start: Starter, records: Path, cooldown: float, max_revives: int,
                  uncapped: frozenset[str], clock: Callable[[], float] = time.time,
-                 log: IO[str] = sys.stderr) -> None:
+                 log: IO[str] = sys.stderr, states: States | None = None) -> None:
         self.start = start
+        self.states = states
         self.records_dir = records
         self.cooldown = cooldown
         self.max_revives = max_revives
@@ -59,6 +64,7 @@ class Reviver:
         self.clock = clock
         self.log = log
         self.records: dict[str, Record] = {}
+        self.suspects: set[str] = set()  # FATAL at the last tick without a FATAL event
         records.mkdir(parents=True, exist_ok=True)
 
     def _say(self, message: str) -> None:
@@ -72,13 +78,8 @@ class Reviver:
         now = self.clock()
         name = body.get("processname", "")
         if event == "PROCESS_STATE_FATAL":
-            rec = self.records.setdefault(name, Record(name, "fatal"))
-            rec.state, rec.fatal_at = "fatal", now
-            rec.group = body.get("groupname", name)
-            rec.fatal_count += 1
-            self._save(rec)
-            self._say(f"{name} is FATAL (from {body.get('from_state', '?')}; FATAL "
-                      f"{rec.fatal_count} time(s)); starting it again in {self.cooldown:g} s")
+            self._fatal(name, body.get("groupname", name), now,
+                        f"from {body.get('from_state', '?')}")
         elif event == "PROCESS_STATE_RUNNING" and name in self.records:
             rec = self.records[name]
             rec.state, rec.running_since = "running", now
@@ -87,7 +88,39 @@ class Reviver:
         elif event.startswith("TICK"):
             self.tick(now)
 
+    def _fatal(self, name: str, group: str, now: float, how: str) -> None:
+        rec = self.records.setdefault(name, Record(name, "fatal"))
+        rec.state, rec.fatal_at = "fatal", now
+        rec.group = group
+        rec.fatal_count += 1
+        self._save(rec)
+        self._say(f"{name} is FATAL ({how}; FATAL {rec.fatal_count} time(s)); starting it again "
+                  f"in {self.cooldown:g} s")
+
+    def _adopt(self, now: float) -> None:
+        """Record the programs supervisord shows FATAL at two ticks in a row that this listener
+        has not recorded as FATAL: their event went to a predecessor that died before reviving
+        them."""
+        if self.states is None:
+            return
+        try:
+            infos = self.states()
+        except (OSError, xmlrpc.client.Error) as exc:
+            self._say(f"cannot read program states from supervisord: {exc}")
+            return
+        unknown: dict[str, str] = {}
+        for info in infos:
+            name = str(info.get("name", ""))
+            rec = self.records.get(name)
+            if info.get("statename") == "FATAL" and (rec is None or rec.state == "running"):
+                unknown[name] = str(info.get("group") or name)
+        for name in sorted(unknown.keys() & self.suspects):
+            self._fatal(name, unknown[name], now, "found in supervisord's states, its event "
+                        "missed")
+        self.suspects = unknown.keys() - self.suspects
+
     def tick(self, now: float) -> None:
+        self._adopt(now)
         for rec in self.records.values():
             if rec.state == "running" and rec.revives and now - rec.running_since >= self.cooldown:
                 rec.revives = 0
@@ -171,8 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def start(name: str) -> None:
         rpc.supervisor.startProcess(name, False)
 
+    def states() -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], rpc.supervisor.getAllProcessInfo())
+
     reviver = Reviver(start, args.records, args.cooldown, args.max_revives,
-                      frozenset(args.uncapped))
+                      frozenset(args.uncapped), states=states)
     observers: list[Observer] = []
     try:
         layout = Layout.of(settings.load(settings.RuntimeSettings))
