@@ -1,5 +1,5 @@
 """Hub emulator routes that write: preupload (upload mode per file), the LFS batch API and its
-object upload/verify endpoints, and NDJSON commits applied atomically to main.
+object upload/verify endpoints, and NDJSON commits applied atomically to a branch.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def commit(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
     h.require_token()
     repo = h.repo(repo_type, repo_id)
     store = h.state.store
-    summary, parent = "", None
+    summary, description, parent = "", "", None
     ops: list[Operation] = []
     for line_no, line in enumerate(h.read_body(None).splitlines(), 1):
         if not line.strip():
@@ -91,6 +91,7 @@ def commit(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
             key, value = item["key"], item["value"]
             if key == "header":
                 summary, parent = value.get("summary", ""), value.get("parentCommit")
+                description = value.get("description") or ""
             elif key == "file":
                 if value.get("encoding", "base64") != "base64":
                     raise HubError(400, f"commit line {line_no}: unknown encoding")
@@ -110,7 +111,7 @@ def commit(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
     for op in ops:
         if op.path.startswith("/") or ".." in op.path.split("/") or not op.path:
             raise HubError(400, f"bad path in commit: {op.path!r}")
-    new = store.commit(repo, revision, summary, ops, parent)
+    new = store.commit(repo, revision, summary, ops, parent, description, h.state.user)
     url = f"{h.base_url()}/{repo_url_prefix(repo_type)}{repo.repo_id}/commit/{new.oid}"
     h.send_json(200, {"success": True, "commitOid": new.oid, "commitUrl": url,
                       "pullRequestUrl": None, "hookOutput": ""})
