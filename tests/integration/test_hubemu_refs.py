@@ -148,6 +148,10 @@ def test_bad_refs_and_revisions(hub: HubEmulator):
         _upload(api, "b.json", b"{}", "onto a tag", revision="v1")
     assert err.value.server_message == (
         "Invalid rev id: v1 is not a branch; commits go to a branch")
+    with pytest.raises(errors.BadRequestError) as err:
+        api.upload_file(path_or_fileobj=b"{}", path_in_repo="pr.json", repo_id=REPO_ID,
+                        create_pr=True)
+    assert err.value.server_message == "hubemu has no pull requests: commit to a branch instead"
     with pytest.raises(errors.HfHubHTTPError) as err:
         api.delete_branch(REPO_ID, branch="main")
     assert (err.value.response.status_code, err.value.server_message) == (

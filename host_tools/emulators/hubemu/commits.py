@@ -10,15 +10,22 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from host_tools.emulators.hubemu.repos import repo_url_prefix
+from host_tools.emulators.hubemu.repos import flag, repo_url_prefix
 from host_tools.emulators.hubemu.store import HubError, Operation, is_lfs_path
 
 if TYPE_CHECKING:
     from host_tools.emulators.hubemu.server import Handler
 
 
-def preupload(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
+def no_pull_requests(query: dict[str, list[str]]) -> None:
+    if flag(query, "create_pr"):
+        raise HubError(400, "hubemu has no pull requests: commit to a branch instead")
+
+
+def preupload(h: Handler, repo_type: str, repo_id: str, revision: str,
+              query: dict[str, list[str]]) -> None:
     """The upload mode the Hub would choose for each file, and the oid it has for it now."""
+    no_pull_requests(query)
     h.require_token()
     body = h.json_body()
     repo = h.repo(repo_type, repo_id)
@@ -76,8 +83,10 @@ def lfs_object(h: Handler, op: str, oid: str) -> None:
     h.send_json(200, {})
 
 
-def commit(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
+def commit(h: Handler, repo_type: str, repo_id: str, revision: str,
+           query: dict[str, list[str]]) -> None:
     """An NDJSON commit (header, file, lfsFile, deletedFile, deletedFolder lines): all or none."""
+    no_pull_requests(query)
     h.require_token()
     repo = h.repo(repo_type, repo_id)
     store = h.state.store
