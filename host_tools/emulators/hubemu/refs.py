@@ -20,6 +20,7 @@ def list_refs(h: Handler, repo_type: str, repo_id: str, query: dict[str, list[st
     repo = h.repo(repo_type, repo_id)
 
     def refs(names: dict[str, str], kind: str) -> list[dict[str, str]]:
+        names = dict(names)  # a one-step copy: a writer may change them meanwhile
         return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": names[n]}
                 for n in sorted(names)]
 

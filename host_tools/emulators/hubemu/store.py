@@ -123,7 +123,8 @@ class Repo:
         else:
             oid = self.branches.get(revision) or self.tags.get(revision)
             if oid is None and re.fullmatch(r"[0-9a-f]{7,40}", revision):
-                found = [o for o in self.commits if o.startswith(revision)]
+                # list(): a one-step copy, as a writer may add a commit meanwhile
+                found = [o for o in list(self.commits) if o.startswith(revision)]
                 oid = found[0] if len(found) == 1 else None
         if oid is None:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
