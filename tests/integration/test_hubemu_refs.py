@@ -18,6 +18,7 @@ from huggingface_hub.hf_api import BlobLfsInfo, GitRefInfo, RepoFile, RepoFolder
 
 from host_tools.emulators.hubemu import HubEmulator
 from host_tools.emulators.hubemu.store import GITATTRIBUTES
+from tests.utils import wait_until
 from tests.utils.hubemu import CANARY, OTHER_TOKEN
 
 REPO_ID = "acme/artifacts"
@@ -91,9 +92,14 @@ def test_branches_tags_and_history(hub: HubEmulator, tmp_path: Path):
     more = [_upload(api, f"n{i}.json", b"%d" % i, f"n{i}") for i in range(5)]
     hub.clear_requests()
     assert [c.commit_id for c in api.list_repo_commits(REPO_ID)] == [*more[::-1], c1, c0]
-    assert [r.path for r in hub.requests() if "/commits/" in r.path] == [
-        "/api/models/acme/artifacts/commits/main",
-        "/api/models/acme/artifacts/commits/main?cursor=4"]
+
+    def pages() -> list[str]:
+        return [r.path for r in hub.requests() if "/commits/" in r.path]
+
+    # The server logs a request once its answer is out: wait for the second page's record.
+    wait_until(lambda: len(pages()) >= 2, timeout=5, what="both pages logged")
+    assert pages() == ["/api/models/acme/artifacts/commits/main",
+                       "/api/models/acme/artifacts/commits/main?cursor=4"]
 
     api.delete_branch(REPO_ID, branch="dev")
     api.delete_tag(REPO_ID, tag="v0")
