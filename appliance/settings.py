@@ -142,6 +142,14 @@ class InferenceSettings(_Env):
     INFERENCE_MAX_BODY_BYTES: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted."
     )
+    INFERENCE_BODY_TIMEOUT_SECONDS: float = Field(
+        10.0, gt=0, description="Most seconds a request body may take to arrive after its "
+        "headers; 408 beyond."
+    )
+    INFERENCE_OPEN_DOCS: bool | None = Field(
+        None, description="Serve /docs, /redoc and /openapi.json; default: only while "
+        "INFERENCE_API_TOKEN is unset."
+    )
     INFERENCE_BATCH_WINDOW_MS: float = Field(
         2.0, ge=0, description="How long a forward pass waits for concurrent requests to join."
     )

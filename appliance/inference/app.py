@@ -1,5 +1,6 @@
-"""The FastAPI app: /healthz, /infer, /infer/batch, /metrics, with auth, limits and batching.
-Bodies and error responses are defined in `inference.schemas`.
+"""The FastAPI app: /healthz, /infer, /infer/batch, /metrics, with auth, limits (body size and
+the time its body may take) and batching; the API docs unless a token closes them. Bodies and
+error responses are defined in `inference.schemas`.
 
 The model loads on a background thread; until it is ready (or while none can be found) /healthz
 answers 503 with the reason and /infer* answer 503, and the service keeps looking for a model.
@@ -7,6 +8,7 @@ answers 503 with the reason and /infer* answer 503, and the service keeps lookin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -264,6 +266,9 @@ class ServiceMiddleware:
                 service.heartbeat.beat()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | JSONResponse:
+        """The whole body, or the error answer: 400 for a bad Content-Length, 413 over the size
+        limit, 408 when it has not all arrived within the body timeout (a client that stalls
+        after its headers must not hold a connection and a task for long)."""
         limit = self.service.cfg.INFERENCE_MAX_BODY_BYTES
         too_big = json_error(413, f"request body exceeds {limit} bytes")
         for name, value in scope.get("headers", []):
@@ -275,17 +280,24 @@ class ServiceMiddleware:
                 if declared > limit:
                     return too_big
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return too_big
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        seconds = self.service.cfg.INFERENCE_BODY_TIMEOUT_SECONDS
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        return too_big
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            # The rest of the body may still come: the connection cannot be reused.
+            return json_error(408, f"request body not received within {seconds:g} s",
+                              headers={"Connection": "close"})
         return b"".join(chunks)
 
 
@@ -307,12 +319,18 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
             service.state.stop.set()
             await service.batcher.stop()
 
+    open_docs = service.cfg.INFERENCE_OPEN_DOCS
+    if open_docs is None:
+        open_docs = not service.token  # the docs would tell anyone what the token guards
     app = FastAPI(
         title="chess-bot inference API",
         version="1",
         description="Next-move predictions from the trained chess model. Errors are "
         '`{"error": message}`.',
         lifespan=lifespan,
+        docs_url="/docs" if open_docs else None,
+        redoc_url="/redoc" if open_docs else None,
+        openapi_url="/openapi.json" if open_docs else None,
     )
     auth = Depends(service.check_token)
     errors: dict[int | str, dict[str, Any]] = {
@@ -344,6 +362,9 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
             return JSONResponse({"status": st.status, "reason": st.reason}, status_code=503)
         return JSONResponse({"status": "ok", **st.predictor.facts(),
                              "uptime_s": round(time.time() - st.loaded_at, 1)})
+
+    # HEAD answers like GET without the body, for probes that only look at the status.
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], responses={503: {"model": ErrorBody}})
 
     @app.post("/infer", dependencies=[auth], response_model=InferResponse, responses=errors)
     async def infer(req: InferRequest) -> dict[str, Any]:

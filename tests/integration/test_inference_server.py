@@ -1,15 +1,19 @@
 """The inference API as supervisord runs it: a real uvicorn on a loopback port, a model trained
-on data/sample in this test run, schemathesis fuzzing, concurrency, and secret hygiene."""
+on data/sample in this test run, schemathesis fuzzing, concurrency, secret hygiene, a body that
+stalls after its headers, HEAD /healthz and the docs a token closes."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,7 @@ from tests.utils import free_port, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "canary-inference-token-5c2e"
 AUTH = {"Authorization": f"Bearer {CANARY}"}
+BODY_TIMEOUT = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +87,10 @@ def stop(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def server(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # The docs are opened (a token closes them by default): the fuzz test reads the schema.
     srv = start_server(tmp_path_factory.mktemp("srv"), "--model", str(trained_model),
-                       INFERENCE_API_TOKEN=CANARY)
+                       INFERENCE_API_TOKEN=CANARY, INFERENCE_OPEN_DOCS="1",
+                       INFERENCE_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT))
     wait_until(lambda: httpx.get(srv.url + "/healthz").status_code == 200, timeout=60)
     yield srv
     stop(srv)
@@ -112,6 +119,40 @@ def test_secret_never_in_logs_arguments_or_responses(server: Server):
                              headers={"Authorization": "Bearer wrong"}).text)
     assert not any(CANARY in b for b in bodies)
     assert CANARY not in server.log.read_text()
+
+
+def _raw_exchange(server: Server, request: bytes) -> tuple[float, bytes]:
+    """Send `request` on a fresh connection and read until the server closes it (10 s at most):
+    the seconds that took, and every byte received."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        t0 = time.monotonic()
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return time.monotonic() - t0, received
+
+
+@pytest.mark.parametrize("sent", [b"", b'{"moves": ['])
+def test_a_body_that_stalls_after_the_headers_is_answered_408(server: Server, sent: bytes):
+    head = (f"POST /infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CANARY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+    elapsed, answer = _raw_exchange(server, head + sent)
+    status, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout"
+    assert b"connection: close" in headers.lower().split(b"\r\n")
+    assert json.loads(body) == {"error": f"request body not received within {BODY_TIMEOUT:g} s"}
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 5  # answered, and the connection closed
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_head_healthz_and_open_docs(server: Server):
+    r = httpx.head(server.url + "/healthz")
+    assert (r.status_code, r.content) == (200, b"")
+    assert httpx.get(server.url + "/docs").status_code == 200  # INFERENCE_OPEN_DOCS=1
+    assert "/infer" in httpx.get(server.url + "/openapi.json").json()["paths"]
 
 
 def test_concurrent_requests_share_forward_passes(server: Server):
@@ -159,14 +200,20 @@ def test_fuzzed_requests_never_get_a_server_error(server: Server):
 def test_no_model_keeps_serving_503_then_picks_one_up(trained_model: Path, tmp_path: Path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    srv = start_server(tmp_path, REPO_DIR=str(repo), INFERENCE_MODEL_RESCAN_SECONDS="0.2")
+    srv = start_server(tmp_path, REPO_DIR=str(repo), INFERENCE_MODEL_RESCAN_SECONDS="0.2",
+                       INFERENCE_API_TOKEN=CANARY)
     try:
+        head = httpx.head(srv.url + "/healthz")
+        assert (head.status_code, head.content) == (503, b"")
+        for path in ("/docs", "/redoc", "/openapi.json"):  # closed by the token
+            closed = httpx.get(srv.url + path, headers=AUTH)
+            assert (closed.status_code, closed.json()) == (404, {"error": f"not found: {path}"})
         r = httpx.get(srv.url + "/healthz")
         assert r.status_code == 503
         assert r.json() == {"status": "no_model", "reason": (
             f"no model found: no *.pt under {repo / 'artifacts'}; train one (make train) or set "
             "INFERENCE_MODEL_PATH")}
-        assert httpx.post(srv.url + "/infer", json={}).status_code == 503
+        assert httpx.post(srv.url + "/infer", json={}, headers=AUTH).status_code == 503
         target = repo / "artifacts" / "train" / "run" / "model_best.pt"
         target.parent.mkdir(parents=True)
         shutil.copy(trained_model, target)

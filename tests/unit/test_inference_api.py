@@ -1,4 +1,5 @@
-"""Inference API with FastAPI's test client: responses, bad input, auth, heartbeat, metrics."""
+"""Inference API with FastAPI's test client: responses, bad input, auth, heartbeat, metrics, docs
+closed by a token, HEAD /healthz; the body timeout through the ASGI app itself."""
 
 from __future__ import annotations
 
@@ -205,7 +206,7 @@ def test_auth_with_canary_token(monkeypatch, model_path: Path, tmp_path: Path, c
                       ).status_code == 401
         health = c.get("/healthz")
         assert health.status_code == 200
-        seen += [health.text, c.get("/metrics", headers=ok).text, c.get("/openapi.json").text]
+        seen += [health.text, c.get("/metrics", headers=ok).text]
     assert not any(CANARY in s for s in seen)
     assert CANARY not in caplog.text
 
@@ -294,3 +295,78 @@ def test_micro_batcher_groups_concurrent_work_and_survives_errors():
 
     asyncio.run(scenario())
     assert sizes[:3] == [8, 8, 4] and max(sizes) == 8
+
+
+@pytest.mark.parametrize(("env", "is_open"), [
+    ({}, True),
+    ({"INFERENCE_API_TOKEN": CANARY}, False),
+    ({"INFERENCE_API_TOKEN": CANARY, "INFERENCE_OPEN_DOCS": "1"}, True),
+    ({"INFERENCE_OPEN_DOCS": "0"}, False),
+])
+def test_docs_are_closed_while_a_token_is_set_unless_opened(monkeypatch, model_path: Path,
+                                                            tmp_path: Path, env, is_open):
+    service = _service(monkeypatch, model_path, tmp_path, **env)
+    with TestClient(create_app(service, load_in_background=False)) as c:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            # The token does not open them either: closed means not served.
+            r = c.get(path, headers={"Authorization": f"Bearer {CANARY}"})
+            if is_open:
+                assert r.status_code == 200, path
+            else:
+                assert (r.status_code, r.json()) == (404, {"error": f"not found: {path}"})
+        if is_open:
+            schema = c.get("/openapi.json").json()
+            assert set(schema["paths"]) == {"/healthz", "/infer", "/infer/batch", "/metrics"}
+            assert set(schema["paths"]["/healthz"]) == {"get", "head"}
+
+
+def test_head_healthz_answers_like_get_without_a_body(monkeypatch, model_path: Path,
+                                                      tmp_path: Path):
+    service = _service(monkeypatch, model_path, tmp_path)
+    with TestClient(create_app(service, load_in_background=False)) as c:
+        assert service.load_once()
+        r = c.head("/healthz")
+        get = c.get("/healthz")
+        assert (r.status_code, r.content, get.status_code) == (200, b"", 200)
+        assert r.headers["content-type"] == "application/json"
+    empty = _service(monkeypatch, None, tmp_path)
+    with TestClient(create_app(empty, load_in_background=False)) as c:
+        assert not empty.load_once()
+        r = c.head("/healthz")
+        assert (r.status_code, r.content) == (503, b"")
+        assert c.get("/healthz").json()["status"] == "no_model"
+
+
+def test_a_body_that_stalls_is_answered_408(monkeypatch, model_path: Path, tmp_path: Path):
+    service = _service(monkeypatch, model_path, tmp_path, INFERENCE_BODY_TIMEOUT_SECONDS="0.3")
+    app = create_app(service, load_in_background=False)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/infer", "raw_path": b"/infer", "query_string": b"",
+             "root_path": "", "headers": [(b"content-length", b"100")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    calls = []
+
+    async def receive() -> dict:
+        calls.append(1)
+        if len(calls) == 1:
+            return {"type": "http.request", "body": b'{"moves"', "more_body": True}
+        await asyncio.Event().wait()  # the rest never comes
+        raise AssertionError("unreachable")
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.wait_for(app(scope, receive, send), timeout=10)
+        return loop.time() - t0
+
+    elapsed = asyncio.run(run())
+    assert 0.3 <= elapsed < 3
+    start, body = sent
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    assert body["body"] == b'{"error":"request body not received within 0.3 s"}'

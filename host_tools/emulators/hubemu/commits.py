@@ -1,5 +1,5 @@
 """Hub emulator routes that write: preupload (upload mode per file), the LFS batch API and its
-object upload/verify endpoints, and NDJSON commits applied atomically to main.
+object upload/verify endpoints, and NDJSON commits applied atomically to a branch.
 """
 
 from __future__ import annotations
@@ -10,15 +10,22 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from host_tools.emulators.hubemu.repos import repo_url_prefix
+from host_tools.emulators.hubemu.repos import flag, repo_url_prefix
 from host_tools.emulators.hubemu.store import HubError, Operation, is_lfs_path
 
 if TYPE_CHECKING:
     from host_tools.emulators.hubemu.server import Handler
 
 
-def preupload(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
+def no_pull_requests(query: dict[str, list[str]]) -> None:
+    if flag(query, "create_pr"):
+        raise HubError(400, "hubemu has no pull requests: commit to a branch instead")
+
+
+def preupload(h: Handler, repo_type: str, repo_id: str, revision: str,
+              query: dict[str, list[str]]) -> None:
     """The upload mode the Hub would choose for each file, and the oid it has for it now."""
+    no_pull_requests(query)
     h.require_token()
     body = h.json_body()
     repo = h.repo(repo_type, repo_id)
@@ -76,12 +83,14 @@ def lfs_object(h: Handler, op: str, oid: str) -> None:
     h.send_json(200, {})
 
 
-def commit(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
+def commit(h: Handler, repo_type: str, repo_id: str, revision: str,
+           query: dict[str, list[str]]) -> None:
     """An NDJSON commit (header, file, lfsFile, deletedFile, deletedFolder lines): all or none."""
+    no_pull_requests(query)
     h.require_token()
     repo = h.repo(repo_type, repo_id)
     store = h.state.store
-    summary, parent = "", None
+    summary, description, parent = "", "", None
     ops: list[Operation] = []
     for line_no, line in enumerate(h.read_body(None).splitlines(), 1):
         if not line.strip():
@@ -91,6 +100,7 @@ def commit(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
             key, value = item["key"], item["value"]
             if key == "header":
                 summary, parent = value.get("summary", ""), value.get("parentCommit")
+                description = value.get("description") or ""
             elif key == "file":
                 if value.get("encoding", "base64") != "base64":
                     raise HubError(400, f"commit line {line_no}: unknown encoding")
@@ -110,7 +120,7 @@ def commit(h: Handler, repo_type: str, repo_id: str, revision: str) -> None:
     for op in ops:
         if op.path.startswith("/") or ".." in op.path.split("/") or not op.path:
             raise HubError(400, f"bad path in commit: {op.path!r}")
-    new = store.commit(repo, revision, summary, ops, parent)
+    new = store.commit(repo, revision, summary, ops, parent, description, h.state.user)
     url = f"{h.base_url()}/{repo_url_prefix(repo_type)}{repo.repo_id}/commit/{new.oid}"
     h.send_json(200, {"success": True, "commitOid": new.oid, "commitUrl": url,
                       "pullRequestUrl": None, "hookOutput": ""})

@@ -1,7 +1,8 @@
-"""Hub emulator HTTP server: the Hugging Face Hub API subset that huggingface_hub uses for our
-flows (reference/hf_hub_protocol.md section 4) on 127.0.0.1. This module routes requests (to
-repos.py, commits.py, files.py), checks tokens, injects faults and serves /_emu/faults and
-/_emu/requests; HubEmulator is the server tests and the CLI start.
+"""Hub emulator HTTP server: the Hugging Face Hub API subset that huggingface_hub uses (repos,
+uploads to any branch, downloads, listings, refs and history, settings, whoami) on 127.0.0.1.
+This module routes requests (to repos.py, refs.py, commits.py, files.py), checks tokens, injects
+faults and serves /_emu/faults and /_emu/requests; HubEmulator is the server tests and the CLI
+start.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -26,16 +28,17 @@ from host_tools.emulators.base import (
     HttpError,
     RegexFault,
 )
-from host_tools.emulators.hubemu import commits, files, repos
+from host_tools.emulators.hubemu import commits, files, refs, repos
 from host_tools.emulators.hubemu.repos import NAME
 from host_tools.emulators.hubemu.store import HubError, HubStore, Repo
 
 MAX_JSON_BODY = 64 * 1024 * 1024
+DEFAULT_USER = "hubemu-user"
 CONTROL = ControlRoute("/_emu", added_status=200, cleared_status=200, cleared_body={})
 PREFIXES = {"datasets/": "dataset", "spaces/": "space"}
 API_REPO = re.compile(
     rf"^/api/(?P<t>models|datasets|spaces)/(?P<id>{NAME}/{NAME})"
-    r"(?:/(?P<op>revision|preupload|commit|tree)/(?P<rest>.+))?$"
+    r"(?:/(?P<op>[a-z-]+)(?:/(?P<rest>.+))?)?$"
 )
 LFS_BATCH = re.compile(rf"^/(?P<p>datasets/|spaces/)?(?P<id>{NAME}/{NAME})\.git/info/lfs/"
                        r"objects/batch$")
@@ -73,9 +76,10 @@ class EmulatorState(Controls[Fault, RequestRecord]):
     """The store and settings the handlers serve from, with the faults and request log."""
 
     def __init__(self, store: HubStore, tree_page_size: int,
-                 tokens: frozenset[str] | None) -> None:
+                 tokens: frozenset[str] | None, user: str) -> None:
         super().__init__(Fault, asdict)
         self.store, self.tree_page_size, self.tokens = store, tree_page_size, tokens
+        self.user = user
 
 
 class Handler(EmulatorHandler):
@@ -166,18 +170,14 @@ class Handler(EmulatorHandler):
         if path == "/api/validate-yaml" and method == "POST":
             self.read_body(MAX_JSON_BODY)
             return self.send_json(200, {"errors": [], "warnings": []})
+        if path == "/api/repos/delete" and method == "DELETE":
+            return repos.delete_repo(self)
+        if path == "/api/whoami-v2" and method == "GET":
+            return repos.whoami(self)
         if m := API_REPO.match(path):
-            repo_type = m["t"][:-1]
-            op, rest = m["op"], m["rest"]
-            if method == "GET" and op in (None, "revision"):
-                return repos.repo_info(self, repo_type, m["id"],
-                                       unquote(rest) if rest else "main")
-            if method == "GET" and op == "tree":
-                return repos.tree(self, repo_type, m["id"], rest, query)
-            if method == "POST" and op == "preupload":
-                return commits.preupload(self, repo_type, m["id"], unquote(rest))
-            if method == "POST" and op == "commit":
-                return commits.commit(self, repo_type, m["id"], unquote(rest))
+            route = REPO_ROUTES.get((method, m["op"], m["rest"] is not None))
+            if route is not None:
+                return route(self, m["t"][:-1], m["id"], m["rest"] or "", query)
         if (m := LFS_BATCH.match(path)) and method == "POST":
             return commits.lfs_batch(self, PREFIXES.get(m["p"] or "", "model"), m["id"])
         if (m := LFS_OBJECT.match(path)) and method in ("PUT", "POST"):
@@ -198,16 +198,38 @@ class Handler(EmulatorHandler):
         self.send_json(*answer)
 
 
+RepoRoute = Callable[[Handler, str, str, str, dict[str, list[str]]], None]
+# (method, op, whether a revision or name follows op) -> the route, called with the handler, repo
+# type and id, what follows op as sent (URL-quoted) and the query.
+REPO_ROUTES: dict[tuple[str, str | None, bool], RepoRoute] = {
+    ("GET", None, False): lambda h, t, i, _, q: repos.repo_info(h, t, i, "main", q),
+    ("GET", "revision", True): lambda h, t, i, r, q: repos.repo_info(h, t, i, unquote(r), q),
+    ("GET", "tree", True): repos.tree,
+    ("GET", "commits", True): refs.list_commits,
+    ("GET", "refs", False): lambda h, t, i, _, q: refs.list_refs(h, t, i, q),
+    ("PUT", "settings", False): lambda h, t, i, _, q: repos.update_settings(h, t, i),
+    ("POST", "paths-info", True): lambda h, t, i, r, _: repos.paths_info(h, t, i, unquote(r)),
+    ("POST", "preupload", True): lambda h, t, i, r, q: commits.preupload(h, t, i, unquote(r), q),
+    ("POST", "commit", True): lambda h, t, i, r, q: commits.commit(h, t, i, unquote(r), q),
+    ("POST", "branch", True): lambda h, t, i, r, _: refs.branch(h, t, i, unquote(r)),
+    ("DELETE", "branch", True): lambda h, t, i, r, _: refs.branch(h, t, i, unquote(r)),
+    ("POST", "tag", True): lambda h, t, i, r, _: refs.tag(h, t, i, unquote(r)),
+    ("DELETE", "tag", True): lambda h, t, i, r, _: refs.tag(h, t, i, unquote(r)),
+}
+
+
 class HubEmulator(EmulatorServer):
     """The emulator storing to `root`: `with HubEmulator(root) as hub: hub.url ...`, or
-    `.start()` ... `.stop()`. `tokens`: the only ones accepted for writes and private repos
-    (None: any token or none)."""
+    `.start()` ... `.stop()`. `tree_page_size`: entries per page of tree and commit listings.
+    `tokens`: the only ones accepted for writes and private repos (None: any token or none).
+    `user`: who whoami says a token belongs to, the author of commits and the namespace of a
+    repo created without one."""
 
     thread_name = "hubemu"
 
     def __init__(self, root: Path, port: int = 0, tree_page_size: int = 1000,
-                 tokens: frozenset[str] | None = None) -> None:
-        self.state = EmulatorState(HubStore(root), tree_page_size, tokens)
+                 tokens: frozenset[str] | None = None, user: str = DEFAULT_USER) -> None:
+        self.state = EmulatorState(HubStore(root), tree_page_size, tokens, user)
         super().__init__(port, Handler)
 
     def add_fault(self, path: str, **kwargs: Any) -> Fault:

@@ -29,6 +29,7 @@ LFS_PATTERNS = (
     "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst",
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
+SYSTEM_AUTHOR = "system"  # the author the Hub shows for a repo's initial commit
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
 
 
@@ -55,6 +56,24 @@ def is_lfs_path(path: str, size: int, sample: bytes) -> bool:
     )
 
 
+def check_ref_name(kind: str, name: str) -> None:
+    """HubError 400 unless `name` can name a new branch or tag: git's ref-name rules, not under
+    refs/ (the Hub keeps refs/pr/, refs/convert/ for itself) and not a commit id."""
+    problem = None
+    if not name or len(name) > 255:
+        problem = "it must have 1 to 255 characters"
+    elif name.startswith("refs/"):
+        problem = "refs/ names are reserved"
+    elif re.fullmatch(r"[0-9a-f]{40}", name):
+        problem = "it looks like a commit id"
+    elif (re.search(r"[\x00-\x20\x7f~^:?*\[\\]", name) or ".." in name or "@{" in name
+          or "//" in name or name.startswith(("/", "-", ".")) or name.endswith(("/", ".", ".lock"))
+          or "/." in name):
+        problem = "git does not allow it as a ref name"
+    if problem:
+        raise HubError(400, f"Invalid {kind} name {name!r}: {problem}")
+
+
 @dataclass
 class FileEntry:
     sha256: str
@@ -73,51 +92,88 @@ class Commit:
     summary: str
     ts: float
     files: dict[str, FileEntry]
+    description: str = ""
+    author: str = SYSTEM_AUTHOR
 
 
 @dataclass
 class Repo:
+    """A repo: its commits by oid (each knows its parent), branch and tag names pointing at
+    commits, and its settings."""
+
     repo_type: str
     repo_id: str
     private: bool
-    commits: list[Commit] = field(default_factory=list)
+    commits: dict[str, Commit] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    gated: str | bool = False  # False, "auto" or "manual", as the Hub reports it
 
     @property
     def head(self) -> Commit:
-        return self.commits[-1]
+        return self.commits[self.branches["main"]]
 
     def resolve(self, revision: str) -> Commit:
-        if revision == "main":
-            return self.head
-        if len(revision) == 40:
-            for commit in self.commits:
-                if commit.oid == revision:
-                    return commit
-        raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        """A branch, a tag (also as refs/heads/..., refs/tags/...), or a commit id (7 to 40 hex
+        digits, unique)."""
+        if revision.startswith("refs/heads/"):
+            oid = self.branches.get(revision[len("refs/heads/"):])
+        elif revision.startswith("refs/tags/"):
+            oid = self.tags.get(revision[len("refs/tags/"):])
+        else:
+            oid = self.branches.get(revision) or self.tags.get(revision)
+            if oid is None and re.fullmatch(r"[0-9a-f]{7,40}", revision):
+                # list(): a one-step copy, as a writer may add a commit meanwhile
+                found = [o for o in list(self.commits) if o.startswith(revision)]
+                oid = found[0] if len(found) == 1 else None
+        if oid is None:
+            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        return self.commits[oid]
+
+    def branch(self, revision: str) -> str:
+        """The branch a commit to `revision` goes to: an existing branch, by name or ref."""
+        name = revision.removeprefix("refs/heads/")
+        if name in self.branches:
+            return name
+        self.resolve(revision)  # 404 when it names nothing at all
+        raise HubError(400, f"Invalid rev id: {revision} is not a branch; commits go to a "
+                       "branch")
+
+    def history(self, revision: str) -> list[Commit]:
+        """The commits reachable from `revision`, newest first."""
+        commit: Commit | None = self.resolve(revision)
+        chain = []
+        while commit is not None:
+            chain.append(commit)
+            commit = self.commits[commit.parent] if commit.parent else None
+        return chain
 
     def to_json(self) -> dict[str, Any]:
         return {
             "repo_type": self.repo_type,
             "repo_id": self.repo_id,
             "private": self.private,
+            "gated": self.gated,
+            "branches": self.branches,
+            "tags": self.tags,
             "commits": [
-                {
-                    "oid": c.oid,
-                    "parent": c.parent,
-                    "summary": c.summary,
-                    "ts": c.ts,
-                    "files": {p: vars(f) for p, f in c.files.items()},
-                }
-                for c in self.commits
+                {**{k: v for k, v in vars(c).items() if k != "files"},
+                 "files": {p: vars(f) for p, f in c.files.items()}}
+                for c in self.commits.values()
             ],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Repo:
-        repo = cls(data["repo_type"], data["repo_id"], data["private"])
+        repo = cls(data["repo_type"], data["repo_id"], data["private"], gated=data.get("gated",
+                                                                                    False))
         for c in data["commits"]:
             files = {p: FileEntry(**f) for p, f in c["files"].items()}
-            repo.commits.append(Commit(c["oid"], c["parent"], c["summary"], c["ts"], files))
+            fields = {k: v for k, v in c.items() if k != "files"}
+            repo.commits[c["oid"]] = Commit(files=files, **fields)
+        # A store written before branches existed had one line of commits: main is the last.
+        repo.branches = data.get("branches") or {"main": data["commits"][-1]["oid"]}
+        repo.tags = data.get("tags", {})
         return repo
 
 
@@ -228,23 +284,54 @@ class HubStore:
                 return existing, False
             repo = Repo(repo_type, repo_id, private)
             entry = self.put_bytes(GITATTRIBUTES.encode())
-            repo.commits.append(
-                Commit(self._new_oid(repo_id, "init"), None, "initial commit", time.time(),
-                       {".gitattributes": entry})
-            )
+            first = Commit(self._new_oid(repo_id, "init"), None, "initial commit", time.time(),
+                           {".gitattributes": entry})
+            repo.commits[first.oid] = first
+            repo.branches["main"] = first.oid
             self._repos[(repo_type, repo_id)] = repo
             self._save(repo)
             return repo, True
 
+    def delete(self, repo_type: str, repo_id: str) -> None:
+        """Forget the repo (its objects stay: other repos may share them)."""
+        with self._lock:
+            if self._repos.pop((repo_type, repo_id), None) is None:
+                raise HubError(404, "Repository not found", "RepoNotFound")
+            (self.repos_dir / f"{repo_type}s" / f"{repo_id}.json").unlink()
+
+    def update_settings(self, repo: Repo, private: bool | None, gated: str | bool | None) -> None:
+        with self._lock:
+            if private is not None:
+                repo.private = private
+            if gated is not None:
+                repo.gated = gated
+            self._save(repo)
+
+    def set_ref(self, repo: Repo, kind: str, name: str, target: str | None) -> None:
+        """Create (`target`: a revision) or delete (None) the branch or tag `name`."""
+        refs = repo.branches if kind == "branch" else repo.tags
+        full = f"refs/{'heads' if kind == 'branch' else 'tags'}/{name}"
+        with self._lock:
+            if target is None:
+                if kind == "branch" and name == "main":
+                    raise HubError(403, "The default branch main cannot be deleted")
+                if refs.pop(name, None) is None:
+                    raise HubError(404, f"Invalid rev id: {full}", "RevisionNotFound")
+            else:
+                check_ref_name(kind, name)
+                if name in refs:
+                    raise HubError(409, f"Reference already exists: {full}")
+                refs[name] = repo.resolve(target).oid
+            self._save(repo)
+
     def commit(
         self, repo: Repo, revision: str, summary: str, ops: list[Operation],
-        parent: str | None = None,
+        parent: str | None = None, description: str = "", author: str = SYSTEM_AUTHOR,
     ) -> Commit:
-        """Apply all of `ops` as one new commit on main, or none of them."""
-        if revision != "main":
-            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        """Apply all of `ops` as one new commit on the branch `revision`, or none of them."""
         with self._lock:
-            head = repo.head
+            branch = repo.branch(revision)
+            head = repo.commits[repo.branches[branch]]
             if parent is not None and parent != head.oid:
                 raise HubError(412, f"A commit has happened since {parent}; head is "
                                     f"{head.oid}")
@@ -269,8 +356,9 @@ class HubStore:
                     for p in gone:
                         del files[p]
             commit = Commit(self._new_oid(repo.repo_id, summary), head.oid, summary, time.time(),
-                            files)
-            repo.commits.append(commit)
+                            files, description, author)
+            repo.commits[commit.oid] = commit
+            repo.branches[branch] = commit.oid
             self._save(repo)
             return commit
 
@@ -279,34 +367,3 @@ class HubStore:
         return hashlib.sha1(f"{repo_id}\0{salt}\0{time.time_ns()}\0{os.urandom(8).hex()}"
                             .encode()).hexdigest()
 
-
-def tree_entries(commit: Commit, folder: str, recursive: bool) -> list[dict[str, Any]]:
-    """Tree listing of `folder` ("" = root) at `commit`, as the Hub's JSON items, sorted."""
-    prefix = folder.strip("/") + "/" if folder.strip("/") else ""
-    dirs: set[str] = set()
-    files: list[str] = []
-    for path in commit.files:
-        if not path.startswith(prefix):
-            continue
-        rest = path[len(prefix):].split("/")
-        if recursive:
-            dirs.update(prefix + "/".join(rest[:i]) for i in range(1, len(rest)))
-            files.append(path)
-        elif len(rest) == 1:
-            files.append(path)
-        else:
-            dirs.add(prefix + rest[0])
-    if prefix and not files and not dirs:
-        raise HubError(404, f"{folder} does not exist on this revision", "EntryNotFound")
-    items: list[dict[str, Any]] = [
-        {"type": "directory", "oid": hashlib.sha1(f"{commit.oid}:{d}".encode()).hexdigest(),
-         "size": 0, "path": d}
-        for d in dirs
-    ]
-    for path in files:
-        f = commit.files[path]
-        item: dict[str, Any] = {"type": "file", "oid": f.blob, "size": f.size, "path": path}
-        if f.lfs:
-            item["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
-        items.append(item)
-    return sorted(items, key=lambda i: i["path"])
