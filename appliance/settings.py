@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
@@ -482,6 +482,20 @@ def pod_settings_classes() -> list[type[BaseSettings]]:
 
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+def default(cls: type[BaseSettings], name: str) -> Any:
+    """A field's declared default: the one place constants such as the login account or the
+    ports come from, for code that needs them without reading the environment."""
+    return cls.model_fields[name].default
+
+
+def pod_ports() -> tuple[str, ...]:
+    """The ports the image serves, as RunPod port specs: SSH over TCP, Jupyter and the API
+    over RunPod's HTTP proxy."""
+    return (f"{default(SshSettings, 'SSH_PORT')}/tcp",
+            f"{default(JupyterSettings, 'JUPYTER_PORT')}/http",
+            f"{default(InferenceSettings, 'INFERENCE_PORT')}/http")
 
 
 def load(cls: type[S]) -> S:

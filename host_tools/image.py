@@ -33,6 +33,8 @@ DEFAULT_BASE_IMAGE = str(ImageSettings.model_fields["BASE_IMAGE"].get_default())
 # Packages the image's venv gets besides the project's own dependencies.
 # Debian bookworm's python3: wheels are resolved for exactly this interpreter.
 TARGET_PYTHON = "3.11.2"
+# The code baked in the image (image/Dockerfile: APPLIANCE_CODE_DIR; a unit test keeps them equal).
+IMAGE_CODE_DIR = "/opt/chessbot"
 IMAGE_EXTRAS = ("supervisor", "jupyterlab", "huggingface_hub")
 
 

@@ -23,19 +23,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance import settings
+from appliance.model import BEST_MODEL
 from appliance.timing import TimingLog
 from host_tools.engine import Engine, EngineError, detect_engine
-from host_tools.image import ROOT, ImageError, build, image_exists, shown, tags
+from host_tools.image import IMAGE_CODE_DIR, ROOT, ImageError, build, image_exists, shown, tags
 from host_tools.settings import LocalPodSettings, SettingsError, SmokeSettings, load
 
 CONFIG_DIR = ROOT / "config" / "local-pod"
 CONTAINER = "chessbot-local"
 # (container port, preferred host port): 22 on the host is usually the host's own sshd.
-PORTS = {"ssh": (22, 2222), "jupyter": (8888, 8888), "api": (8000, 8000)}
+PORTS = {"ssh": (settings.default(settings.SshSettings, "SSH_PORT"), 2222),
+         "jupyter": (settings.default(settings.JupyterSettings, "JUPYTER_PORT"), 8888),
+         "api": (settings.default(settings.InferenceSettings, "INFERENCE_PORT"), 8000)}
+USER = settings.default(settings.RuntimeSettings, "APPLIANCE_USER")
 # The image's state root is REPO_DIR=/workspace/chess-bot (on the volume); its code with the
 # sample data is APPLIANCE_CODE_DIR=/opt/chessbot.
 MODEL_DIR = "/workspace/chess-bot/artifacts/local-up"
-SAMPLE_DIR = "/opt/chessbot/data/sample"
+SAMPLE_DIR = f"{IMAGE_CODE_DIR}/data/sample"
 # Seconds of training, not a good model: enough for /infer to answer.
 TINY_TRAIN_ENV = {
     "TRAIN_DATASET_DIR": SAMPLE_DIR, "TRAIN_OUTPUT_DIR": MODEL_DIR, "TRAIN_EPOCHS": "1",
@@ -220,7 +225,7 @@ class LocalPod:
         values = {"PUBLIC_KEY": key.public_text,
                   "JUPYTER_TOKEN": token(self.config, "JUPYTER_TOKEN"),
                   "INFERENCE_API_TOKEN": token(self.config, "INFERENCE_API_TOKEN"),
-                  "INFERENCE_MODEL_PATH": f"{MODEL_DIR}/model_best.pt",
+                  "INFERENCE_MODEL_PATH": f"{MODEL_DIR}/{BEST_MODEL}",
                   "INFERENCE_MODEL_RESCAN_SECONDS": "2"}
         argv = self.engine.cmd("run", "-d", "--name", self.name, "--hostname", self.name,
                                "-v", f"{self.volume}:/workspace",
@@ -242,10 +247,10 @@ class LocalPod:
         return proc.returncode in (0, 1)
 
     def has_model(self) -> bool:
-        return self.exec("test", "-f", f"{MODEL_DIR}/model_best.pt", check=False).returncode == 0
+        return self.exec("test", "-f", f"{MODEL_DIR}/{BEST_MODEL}", check=False).returncode == 0
 
     def train_tiny(self) -> None:
-        self.exec("python", "-m", "appliance.training.preset", user="runner",
+        self.exec("python", "-m", "appliance.training.preset", user=USER,
                   env=TINY_TRAIN_ENV, timeout=900)
         # Picks the new checkpoint up at once instead of at the next rescan.
         self.exec("supervisorctl", "restart", "inference", check=False, timeout=60)

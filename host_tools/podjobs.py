@@ -34,6 +34,7 @@ from appliance.runpod import Pod, RunpodClient
 from appliance.runtime.podcheck import Check
 from appliance.timing import TimingLog
 from host_tools.cli import CliError, Env, emit, load_settings, table
+from host_tools.image import IMAGE_CODE_DIR
 from host_tools.pod_args import create_request, parse_env_pairs, provision_options, wait_request
 from host_tools.pods import (
     SSH_USER,
@@ -388,7 +389,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--run-id", help="default cycle-<UTC time>")
     sp.add_argument("--remote-root", default="/workspace/cycle",
                     help="runs live under REMOTE_ROOT/RUN_ID in the pod (default %(default)s)")
-    sp.add_argument("--pod-repo-dir", default="/opt/chessbot",
+    sp.add_argument("--pod-repo-dir", default=IMAGE_CODE_DIR,
                     help="the code in the pod, for its sample data (default %(default)s, the "
                     "image's APPLIANCE_CODE_DIR)")
     sp.add_argument("--user", default=SSH_USER, help=argparse.SUPPRESS)

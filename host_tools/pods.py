@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
+from appliance import settings
 from appliance.runpod import (
     AccessDeniedError,
     Cloud,
@@ -36,8 +37,8 @@ from appliance.runpod import (
 from host_tools.cli import CliError, Env, load_settings, price
 from host_tools.settings import HostSshSettings
 
-SSH_USER = "runner"
-DEFAULT_PORTS = ("22/tcp", "8888/http", "8000/http")
+SSH_USER = settings.default(settings.RuntimeSettings, "APPLIANCE_USER")
+DEFAULT_PORTS = settings.pod_ports()
 MARKER_ENV = "APPLIANCE_CREATE_MARKER"
 # A marked pod counts as this request's when RunPod's createdAt is within the request's time on
 # this machine, widened by this much for clock skew.

@@ -18,8 +18,6 @@ from appliance.model.network import ModelConfig, MovePredictor
 from appliance.model.vocab import VOCAB_VERSION
 
 CHECKPOINT_FORMAT = "chessbot-move-predictor-v1"
-BEST_MODEL = "model_best.pt"  # the best epoch's model, what inference loads
-LAST_CHECKPOINT = "checkpoint_last.pt"  # the newest epoch, with training state for --resume
 
 
 class CheckpointError(ValueError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from appliance.settings import pod_ports
+
 Cloud = Literal["SECURE", "COMMUNITY", "ALL"]
 PodAction = Literal["start", "stop", "terminate"]
 
@@ -181,7 +183,7 @@ class PodSpec:
     template_id: str = ""
     gpu_count: int = 1
     cloud: Literal["SECURE", "COMMUNITY"] = "SECURE"
-    ports: list[str] = field(default_factory=lambda: ["22/tcp", "8888/http", "8000/http"])
+    ports: list[str] = field(default_factory=lambda: list(pod_ports()))
     env: dict[str, str] = field(default_factory=dict)
     disk_gb: int = 30
     volume_gb: int = 20

@@ -28,6 +28,7 @@ import chess
 import httpx
 
 from appliance import settings
+from appliance.model import BEST_MODEL
 from appliance.runtime.health import local_url
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -131,8 +132,8 @@ def train_epoch(repo_dir: Path, out_dir: Path, dataset: Path, timeout: float) ->
     if proc.returncode != 0:
         raise CheckFailed(f"training preset exit {proc.returncode}: "
                           f"{(proc.stderr or proc.stdout).strip()[-400:]}")
-    if not (out_dir / "model_best.pt").is_file():
-        raise CheckFailed(f"training ended but wrote no {out_dir / 'model_best.pt'}")
+    if not (out_dir / BEST_MODEL).is_file():
+        raise CheckFailed(f"training ended but wrote no {out_dir / BEST_MODEL}")
     return f"1 epoch (at most 10 steps) on {dataset} in {time.monotonic() - start:.1f} s"
 
 
@@ -204,7 +205,7 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
             elif served is None:
                 if not no_model:
                     raise CheckFailed("not tried: /healthz failed")
-                if not (smoke_dir / "model_best.pt").is_file():
+                if not (smoke_dir / BEST_MODEL).is_file():
                     raise CheckFailed("no model is served and the training epoch made none")
                 # The service looks for the newest *.pt under $REPO_DIR/artifacts on start.
                 restarted = True

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from appliance.model.checkpoint import LAST_CHECKPOINT
+from appliance.model import LAST_CHECKPOINT
 
 
 def _number(kind: type[int] | type[float], low: float, high: float | None = None,

@@ -28,7 +28,7 @@ from appliance import settings
 from appliance.datasets.fetch import fetch_to_manifest, read_fetch_manifest
 from appliance.datasets.rows import GAME_FORMAT, LEGACY_FORMAT, DatasetError
 from appliance.hf import HubClient, HubError, resolve_token
-from appliance.model.checkpoint import BEST_MODEL
+from appliance.model import BEST_MODEL
 from appliance.timing import TimingLog
 
 SOURCE = "runpod_train_preset"

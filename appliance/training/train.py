@@ -27,13 +27,8 @@ from tqdm import tqdm
 from appliance import settings
 from appliance.atomic import atomic_write, atomic_write_json
 from appliance.datasets.rows import DatasetError, SpliceConfig, load_games
-from appliance.model.checkpoint import (
-    BEST_MODEL,
-    LAST_CHECKPOINT,
-    CheckpointError,
-    read_checkpoint,
-    save_checkpoint,
-)
+from appliance.model import BEST_MODEL, LAST_CHECKPOINT
+from appliance.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from appliance.model.network import ModelConfig, MovePredictor, count_parameters
 from appliance.training.batching import IGNORE, Batch, Collator, GameDataset, bucketed_batches
 from appliance.training.options import build_parser

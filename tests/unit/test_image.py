@@ -17,7 +17,7 @@ import pytest
 
 from host_tools import image
 from host_tools.engine import Engine
-from host_tools.image import DEFAULT_BASE_IMAGE, DEFAULT_MIRROR, ROOT, ImageError
+from host_tools.image import DEFAULT_BASE_IMAGE, DEFAULT_MIRROR, IMAGE_CODE_DIR, ROOT, ImageError
 from host_tools.settings import ImageSettings
 from tests.unit import process_fakes
 from tests.unit.process_fakes import (
@@ -677,3 +677,9 @@ def test_image_main_errors(monkeypatch: pytest.MonkeyPatch,
 
 
 # == host_tools.localup ========================================================================
+
+
+def test_the_image_code_dir_is_the_dockerfiles() -> None:
+    text = (ROOT / "image" / "Dockerfile").read_text()
+    assert f"APPLIANCE_CODE_DIR={IMAGE_CODE_DIR} " in text
+    assert f"COPY --chown=1000:1000 . {IMAGE_CODE_DIR}\n" in text

@@ -19,11 +19,14 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 
+from appliance import settings
 from host_tools.emulators.localpod.state import PodRecord
 from host_tools.engine import remove_commands, run_flags
 
 # The appliance's port variables, by the private port RunPod would publish.
-PORT_VARIABLES = {22: "SSH_PORT", 8888: "JUPYTER_PORT", 8000: "INFERENCE_PORT"}
+PORT_VARIABLES = {settings.default(cls, name): name for cls, name in (
+    (settings.SshSettings, "SSH_PORT"), (settings.JupyterSettings, "JUPYTER_PORT"),
+    (settings.InferenceSettings, "INFERENCE_PORT"))}
 
 Runner = Callable[[Sequence[str], "dict[str, str] | None"], subprocess.CompletedProcess[str]]
 

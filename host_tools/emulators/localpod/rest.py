@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from appliance import settings
 from host_tools.emulators.base import HOST
 from host_tools.emulators.localpod import models
 from host_tools.emulators.localpod.state import (
@@ -26,6 +27,7 @@ from host_tools.emulators.localpod.state import (
     template,
 )
 
+USER = settings.default(settings.RuntimeSettings, "APPLIANCE_USER")  # the image's login
 DATA_CENTER = {"id": "LOCAL-1", "name": "localpod", "region": "UNKNOWN",
                "networkVolumeTypes": [], "compliance": [], "globalNetwork": False}
 PROBLEM = {"model": models.ErrorResponse, "content": {"application/problem+json": {}}}
@@ -92,8 +94,8 @@ def pod_v2(pod: PodRecord) -> dict[str, Any]:
         "dataCenterId": "LOCAL-1", "cudaVersion": "12.8", "template": pod.template_id,
         "cost": pod.cost(), "locked": pod.locked, "globalNetworking": {"enabled": False},
         "ssh": {"proxy": None, "direct": None if ssh_port is None else {
-            "host": HOST, "port": ssh_port, "username": "runner",
-            "command": f"ssh runner@{HOST} -p {ssh_port}"}},
+            "host": HOST, "port": ssh_port, "username": USER,
+            "command": f"ssh {USER}@{HOST} -p {ssh_port}"}},
         "runtime": ({"uptime": 0, "ports": [
             {"private": private, "public": public, "ip": HOST,
              "type": pod.port_type(private)} for private, public in pod.mappings.items()]}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol
 
+from appliance.settings import pod_ports
 from host_tools.emulators.base import HOST, Controls, FaultSpecError, HttpError, RegexFault
 
 NO_CAPACITY = ("There are no longer any instances available with the requested specifications. "
@@ -62,7 +63,7 @@ def template(tid: str, name: str, image: str) -> dict[str, Any]:
     """A template as REST v2's Template: every field the document requires."""
     return {"id": tid, "name": name, "image": image, "args": "", "disk": 30,
             "mounts": {"persistent": {"size": 20, "path": "/workspace"}},
-            "ports": ["22/tcp", "8888/http", "8000/http"], "env": {}, "registry": None,
+            "ports": list(pod_ports()), "env": {}, "registry": None,
             "serverless": False, "public": False, "category": "NVIDIA", "startSsh": True,
             "startJupyter": False, "allowedCudaVersions": []}
 
