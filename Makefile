@@ -83,10 +83,10 @@ test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 # --- the image and the local pod (logic in host_tools/image.py and host_tools/localup.py) ---
-IMAGE_REPO ?= chessbot-appliance
-TORCH_VARIANT ?= cpu
+# Their variables (IMAGE_REPO, TORCH_VARIANT, SMOKE_*, ...) and defaults are declared once, in
+# host_tools/settings.py; `make image IMAGE_REPO=...` passes a value on, as make exports
+# command-line variables to the recipes.
 DRY_RUN ?=
-export IMAGE_REPO TORCH_VARIANT
 
 base-image: install
 	$(PY) -m host_tools.image base-image
@@ -106,12 +106,6 @@ up: install
 down: install
 	$(PY) -m host_tools.localup down
 
-SMOKE_TRAIN_ROWS ?= 64
-SMOKE_VAL_ROWS ?= 16
-SMOKE_EPOCHS ?= 1
-SMOKE_BATCH_SIZE ?= 16
-SMOKE_PROGRESS_JSONL_OUT ?=
-export SMOKE_TRAIN_ROWS SMOKE_VAL_ROWS SMOKE_EPOCHS SMOKE_BATCH_SIZE SMOKE_PROGRESS_JSONL_OUT
 smoke: install
 	$(PY) -m host_tools.localup smoke
 
