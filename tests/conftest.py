@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.utils.localpod",
     "tests.utils.containers",
     "tests.unit.podjobs_harness",
+    "tests.unit.process_fakes",
 ]
 
 

@@ -184,6 +184,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if content_type is not None:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
+        if self.close_connection:  # e.g. a body left unread: say so, or a client reuses it
+            self.send_header("Connection", "close")
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()

@@ -16,10 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import datasets as cli
 from host_tools.emulators.hubemu import HubEmulator
 from tests.utils.datasets import make_dataset, random_game, write_rows
-from tests.utils.hubemu import CANARY, assert_canary_never_in_urls, assert_no_canary, hf_env
+from tests.utils.hubemu import (
+    CANARY,
+    assert_canary_never_in_urls,
+    assert_no_canary,
+    hf_env,
+    run_cli,
+    set_cli_env,
+)
 
 REPO_ID = "acme/chess-data"
 PREFIX = "validated_datasets"
@@ -27,24 +33,8 @@ PREFIX = "validated_datasets"
 
 @pytest.fixture
 def env(hub: HubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """In-process CLI runs: the same environment a subprocess gets, and fast client retries."""
-    import appliance.hf
+    return set_cli_env(hub, tmp_path, monkeypatch, HF_DATASET_REPO_ID=REPO_ID)
 
-    values = hf_env(hub, tmp_path, HF_DATASET_REPO_ID=REPO_ID)
-    for key in [k for k in list(__import__("os").environ) if k.startswith(("HF_", "TRAIN_"))]:
-        monkeypatch.delenv(key)
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(appliance.hf, "DEFAULT_BACKOFF_S", 0.01)
-    monkeypatch.setattr(appliance.hf, "keyring_token", lambda: None)
-    return values
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    rc = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert_no_canary(out, err)
-    return rc, out, err
 
 
 def _legacy_dataset(root: Path, n_train: int = 12, n_val: int = 4, seed: int = 5) -> Path:
@@ -77,7 +67,7 @@ def _sha(data: bytes) -> str:
 def test_publish_then_fetch_round_trip(env: dict[str, str], hub: HubEmulator, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]):
     src = make_dataset(tmp_path / "tiny")
-    rc, out, err = _run(capsys, "publish", src, "--name", "tiny", "--version", "v1")
+    rc, out, err = run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v1")
     assert (rc, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].startswith(f"published {REPO_ID}:{PREFIX}/tiny/v1/ in commit ")
@@ -107,7 +97,7 @@ def test_publish_then_fetch_round_trip(env: dict[str, str], hub: HubEmulator, tm
         assert tar.getnames() == ["train.jsonl", "val.jsonl", "stats.json"]
 
     dest = tmp_path / "fetched"
-    rc, out, err = _run(capsys, "fetch", "--name", "tiny", "--dest", dest, "--manifest-out",
+    rc, out, err = run_cli(capsys, "fetch", "--name", "tiny", "--dest", dest, "--manifest-out",
                         tmp_path / "one.json")
     assert (rc, err) == (0, "")
     assert out.splitlines()[0] == (f"fetched tiny v1 (game_jsonl_runtime_splice_v1): train 24 "
@@ -117,7 +107,7 @@ def test_publish_then_fetch_round_trip(env: dict[str, str], hub: HubEmulator, tm
     assert sorted(p.name for p in dest.iterdir()) == ["tiny"]  # no temp dirs left
     one = json.loads((tmp_path / "one.json").read_text())
     assert one["train"] == [str(dest / "tiny" / "v1" / "train.jsonl")]
-    rc, out, _ = _run(capsys, "fetch", "--name", "tiny", "--dest", dest)
+    rc, out, _ = run_cli(capsys, "fetch", "--name", "tiny", "--dest", dest)
     assert out.startswith("cached tiny v1 ")
 
     # The published folder checks with plain coreutils too.
@@ -138,10 +128,10 @@ def test_all_latest_skips_half_published_versions(env: dict[str, str], hub: HubE
     games = make_dataset(tmp_path / "games", 6, 2)
     legacy = _legacy_dataset(tmp_path / "legacy")
     for version in ("v1", "v2"):
-        rc, _, err = _run(capsys, "publish", games, "--name", "games", "--version", version,
+        rc, _, err = run_cli(capsys, "publish", games, "--name", "games", "--version", version,
                           "--archive-format", "none")
         assert rc == 0, err
-    rc, out, err = _run(capsys, "publish", legacy, "--name", "legacy", "--no-validate")
+    rc, out, err = run_cli(capsys, "publish", legacy, "--name", "legacy", "--no-validate")
     assert rc == 0, err
     assert "format splice_rows_legacy (from rows), not validated: train 12 rows, val 4 rows" in out
     assert out.split(":")[1].split("/")[2].startswith("validated-20")  # default version
@@ -153,7 +143,7 @@ def test_all_latest_skips_half_published_versions(env: dict[str, str], hub: HubE
     api.upload_file(path_or_fileobj=b"partial", path_in_repo=f"{PREFIX}/games/v3/data.tar.gz",
                     repo_id=REPO_ID, repo_type="dataset")
     dest = tmp_path / "cache"
-    rc, out, err = _run(capsys, "fetch", "--all-latest", "--dest", dest)
+    rc, out, err = run_cli(capsys, "fetch", "--all-latest", "--dest", dest)
     assert (rc, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == (f"fetched games v2 (game_jsonl_runtime_splice_v1): train 6 rows, val 2 "
@@ -171,7 +161,7 @@ def test_all_latest_skips_half_published_versions(env: dict[str, str], hub: HubE
     assert (dest / "games" / "v2" / "train.jsonl").read_bytes() == (
         games / "train.jsonl").read_bytes()
 
-    rc, _, err = _run(capsys, "fetch", "--name", "games", "--version", "v3", "--dest", dest)
+    rc, _, err = run_cli(capsys, "fetch", "--name", "games", "--version", "v3", "--dest", dest)
     assert rc == 2
     assert err == (f"datasets fetch: error: {REPO_ID}/{PREFIX}/games/v3 is incomplete (no "
                    "manifest.json or checksums.sha256); it was never fully published\n")
@@ -180,7 +170,7 @@ def test_all_latest_skips_half_published_versions(env: dict[str, str], hub: HubE
 def test_dry_run_uploads_nothing(env: dict[str, str], hub: HubEmulator, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]):
     src = make_dataset(tmp_path / "tiny", 4, 2)
-    rc, out, err = _run(capsys, "publish", src, "--name", "tiny", "--version", "v9", "--dry-run",
+    rc, out, err = run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v9", "--dry-run",
                         "--archive-format", "none")
     assert (rc, err) == (0, "")
     assert out.splitlines()[0] == (f"dry run: would publish {REPO_ID}:{PREFIX}/tiny/v9/ "
@@ -222,7 +212,7 @@ def test_publish_bad_input(env: dict[str, str], hub: HubEmulator, tmp_path: Path
                            message: str):
     src = tmp_path / "ds"
     make(src)
-    rc, out, err = _run(capsys, "publish", src, *args)
+    rc, out, err = run_cli(capsys, "publish", src, *args)
     assert (rc, out) == (2, "")
     assert err == "datasets publish: error: " + message.format(src=src) + "\n"
     assert not any("/commit/" in r.path for r in hub.requests())
@@ -233,14 +223,14 @@ def test_publish_refuses_existing_version_and_missing_token(
     monkeypatch: pytest.MonkeyPatch,
 ):
     src = make_dataset(tmp_path / "tiny", 3, 1)
-    assert _run(capsys, "publish", src, "--name", "tiny", "--version", "v1")[0] == 0
-    rc, _, err = _run(capsys, "publish", src, "--name", "tiny", "--version", "v1")
+    assert run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v1")[0] == 0
+    rc, _, err = run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v1")
     assert rc == 2
     assert err == (f"datasets publish: error: {REPO_ID}/{PREFIX}/tiny/v1 already exists (3 "
                    "file(s)); published versions are never overwritten: pick another "
                    "--version\n")
     monkeypatch.delenv("HF_TOKEN")
-    rc, _, err = _run(capsys, "publish", src, "--name", "tiny", "--version", "v2")
+    rc, _, err = run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v2")
     assert rc == 2
     assert err == ("datasets publish: error: publish to acme/chess-data: no HF token found: set "
                    "HF_TOKEN (or HF_TOKEN_PATH), pass --token where the command has it, or "
@@ -248,21 +238,21 @@ def test_publish_refuses_existing_version_and_missing_token(
     token_file = tmp_path / "token"
     token_file.write_text(CANARY + "\n")
     monkeypatch.setenv("HF_TOKEN_PATH", str(token_file))
-    assert _run(capsys, "publish", src, "--name", "tiny", "--version", "v2")[0] == 0
+    assert run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v2")[0] == 0
 
 
 def test_corrupt_and_truncated_downloads_are_refused(env: dict[str, str], hub: HubEmulator,
                                                      tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]):
     src = make_dataset(tmp_path / "tiny", 6, 2)
-    assert _run(capsys, "publish", src, "--name", "tiny", "--version", "v1")[0] == 0
+    assert run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v1")[0] == 0
     archive = _repo_files(hub)[f"{PREFIX}/tiny/v1/data.tar.gz"]
     stored = hub.state.store.object_path(_sha(archive))
     flipped = bytearray(archive)
     flipped[len(flipped) // 2] ^= 0xFF
     stored.write_bytes(bytes(flipped))  # bit rot on the server, same size
     dest = tmp_path / "dest"
-    rc, _, err = _run(capsys, "fetch", "--name", "tiny", "--dest", dest)
+    rc, _, err = run_cli(capsys, "fetch", "--name", "tiny", "--dest", dest)
     assert rc == 2
     assert err == (f"datasets fetch: error: {REPO_ID}/{PREFIX}/tiny/v1/data.tar.gz: checksum "
                    f"error: expected {len(archive)} bytes with sha256 {_sha(archive)}, got "
@@ -284,7 +274,7 @@ def test_corrupt_and_truncated_downloads_are_refused(env: dict[str, str], hub: H
     hh.HfApi(endpoint=hub.url, token=CANARY).upload_folder(
         folder_path=staged, path_in_repo=f"{PREFIX}/tiny/v2", repo_id=REPO_ID,
         repo_type="dataset")
-    rc, _, err = _run(capsys, "fetch", "--name", "tiny", "--version", "v2", "--dest", dest)
+    rc, _, err = run_cli(capsys, "fetch", "--name", "tiny", "--version", "v2", "--dest", dest)
     assert rc == 2
     assert err == (f"datasets fetch: error: {REPO_ID}/{PREFIX}/tiny/v2/data.tar.gz: checksum "
                    f"error: expected {len(archive)} bytes with sha256 {_sha(short)}, got "
@@ -300,11 +290,11 @@ def test_truncated_stored_object_is_a_checksum_error(env: dict[str, str], hub: H
                                                      archive_format: str):
     src = make_dataset(tmp_path / "tiny", 6, 2)
     for version in ("v1", "v2"):
-        rc, _, err = _run(capsys, "publish", src, "--name", "tiny", "--version", version,
+        rc, _, err = run_cli(capsys, "publish", src, "--name", "tiny", "--version", version,
                           "--archive-format", archive_format)
         assert rc == 0, err
     dest = tmp_path / "dest"
-    rc, out, err = _run(capsys, "fetch", "--name", "tiny", "--version", "v1", "--dest", dest)
+    rc, out, err = run_cli(capsys, "fetch", "--name", "tiny", "--version", "v1", "--dest", dest)
     assert rc == 0, err
     good = {p.name: p.read_bytes() for p in (dest / "tiny" / "v1").iterdir()}
     # The object store loses the end of what v2 needs (v1 was fetched before).
@@ -314,7 +304,7 @@ def test_truncated_stored_object_is_a_checksum_error(env: dict[str, str], hub: H
     data = hub.state.store.object_path(entry.sha256).read_bytes()
     hub.state.store.object_path(entry.sha256).write_bytes(data[: len(data) // 2])
     started = time.monotonic()
-    rc, out, err = _run(capsys, "fetch", "--all-latest", "--dest", dest)
+    rc, out, err = run_cli(capsys, "fetch", "--all-latest", "--dest", dest)
     assert time.monotonic() - started < 20  # no network timeouts
     assert (rc, out) == (2, "")
     listed = f" with sha256 {entry.sha256}" if entry.lfs else ""
@@ -335,34 +325,34 @@ def test_hub_faults_mid_publish(env: dict[str, str], hub: HubEmulator, tmp_path:
     # Rate limited, then the connection dies halfway through the archive upload: retried.
     hub.add_fault("/_lfs/upload/", method="PUT", status=429, retry_after=0)
     hub.add_fault("/_lfs/upload/", method="PUT", action="drop")
-    rc, _, err = _run(capsys, "publish", src, "--name", "tiny", "--version", "v1")
+    rc, _, err = run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v1")
     assert rc == 0, err
     puts = [r.status for r in hub.requests() if r.method == "PUT"]
     assert puts == [429, 0, 200]
 
     # The Hub keeps failing the commit: the publish gives up and v2 is not visible at all.
     hub.add_fault("/commit/", status=503, times=10)
-    rc, _, err = _run(capsys, "publish", src, "--name", "tiny", "--version", "v2")
+    rc, _, err = run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v2")
     assert rc == 2
     assert err == (f"datasets publish: error: commit 3 file(s) to {REPO_ID}: HTTP 503 from "
                    f"{hub.url} (gave up after 4 attempts)\n")
     assert not any("/tiny/v2/" in p for p in _repo_files(hub))
-    rc, out, _ = _run(capsys, "fetch", "--all-latest", "--dest", tmp_path / "d")
+    rc, out, _ = run_cli(capsys, "fetch", "--all-latest", "--dest", tmp_path / "d")
     assert rc == 0 and out.startswith("fetched tiny v1 ")
 
     # The connection drops during the commit request: retried, committed once.
     hub.clear_faults()
     hub.add_fault("/commit/", action="drop")
-    rc, _, err = _run(capsys, "publish", src, "--name", "tiny", "--version", "v2")
+    rc, _, err = run_cli(capsys, "publish", src, "--name", "tiny", "--version", "v2")
     assert rc == 0, err
-    rc, out, _ = _run(capsys, "fetch", "--all-latest", "--dest", tmp_path / "d")
+    rc, out, _ = run_cli(capsys, "fetch", "--all-latest", "--dest", tmp_path / "d")
     assert out.startswith("fetched tiny v2 ")
 
 
 def test_cli_subprocess_never_shows_the_token(hub: HubEmulator, tmp_path: Path):
     src = make_dataset(tmp_path / "tiny", 3, 1)
     env = hf_env(hub, tmp_path, HF_DATASET_REPO_ID=REPO_ID, HF_TOKEN="")
-    script = [sys.executable, str(Path(cli.__file__))]
+    script = [sys.executable, "-m", "host_tools.datasets"]
     done = subprocess.run([*script, "publish", str(src), "--name", "tiny", "--version", "v1",
                            "--token", CANARY], env=env, capture_output=True, text=True,
                           timeout=60)
@@ -392,9 +382,9 @@ def test_preset_hf_mode_trains_on_fetched_data(hub: HubEmulator, tmp_path: Path,
                                                env: dict[str, str]):
     for name, seed in (("a", 1), ("b", 2)):
         src = make_dataset(tmp_path / name, 6, 2, seed=seed)
-        assert _run(capsys, "publish", src, "--name", name, "--version", "v1")[0] == 0
+        assert run_cli(capsys, "publish", src, "--name", name, "--version", "v1")[0] == 0
     legacy = _legacy_dataset(tmp_path / "legacy")
-    assert _run(capsys, "publish", legacy, "--name", "old", "--version", "v1")[0] == 0
+    assert run_cli(capsys, "publish", legacy, "--name", "old", "--version", "v1")[0] == 0
     cache = tmp_path / "cache"
     penv = {**env, "HF_FETCH_LATEST_ALL_DATASETS": "1", "HF_DATASET_CACHE_DIR": str(cache),
             "RUN_ID": "hf", "TRAIN_EPOCHS": "1", "TRAIN_RUNTIME_MIN_CONTEXT": "2",

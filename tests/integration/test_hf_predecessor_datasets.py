@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import datasets as cli
 from host_tools.emulators.hubemu import HubEmulator
 from tests.utils.datasets import make_dataset, random_game, write_rows
-from tests.utils.hubemu import CANARY, assert_no_canary, hf_env
+from tests.utils.hubemu import CANARY, assert_no_canary, run_cli, set_cli_env
 
 REPO_ID = "acme/chess-bot-datasets"
 PREFIX = "validated_datasets"
@@ -115,23 +114,8 @@ def publish_like_predecessor(hub: HubEmulator, tmp_path: Path, dataset_dir: Path
 
 @pytest.fixture
 def env(hub: HubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    import appliance.hf
+    return set_cli_env(hub, tmp_path, monkeypatch, HF_DATASET_REPO_ID=REPO_ID)
 
-    values = hf_env(hub, tmp_path, HF_DATASET_REPO_ID=REPO_ID)
-    for key in [k for k in list(__import__("os").environ) if k.startswith(("HF_", "TRAIN_"))]:
-        monkeypatch.delenv(key)
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(appliance.hf, "DEFAULT_BACKOFF_S", 0.01)
-    monkeypatch.setattr(appliance.hf, "keyring_token", lambda: None)
-    return values
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    rc = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert_no_canary(out, err)
-    return rc, out, err
 
 
 @pytest.mark.parametrize("archive", [True, False], ids=["archive", "files"])
@@ -142,7 +126,7 @@ def test_fetch_reads_the_predecessor_layout(env: dict[str, str], hub: HubEmulato
     version = "20260227T044455Z"
     publish_like_predecessor(hub, tmp_path, src, "elite_2025-11_game", version, archive)
     dest = tmp_path / "dest"
-    rc, out, err = _run(capsys, "fetch", "--name", "elite_2025-11_game", "--dest", dest)
+    rc, out, err = run_cli(capsys, "fetch", "--name", "elite_2025-11_game", "--dest", dest)
     assert (rc, err) == (0, "")
     local = dest / "elite_2025-11_game" / version
     assert out.splitlines()[0] == (f"fetched elite_2025-11_game {version} ({GAME_FORMAT}): "
@@ -157,7 +141,7 @@ def test_fetch_reads_the_predecessor_layout(env: dict[str, str], hub: HubEmulato
         "elite_2025-11_game", version, {"train": 6, "val": 2})
     assert manifest["created_by"]["kind"] == "chess-bot-validated-dataset"
     assert manifest["stats"] == {"train_games": 6, "val_games": 2}
-    rc, out, _ = _run(capsys, "fetch", "--name", "elite_2025-11_game", "--dest", dest)
+    rc, out, _ = run_cli(capsys, "fetch", "--name", "elite_2025-11_game", "--dest", dest)
     assert (rc, out.split(" (")[0]) == (0, f"cached elite_2025-11_game {version}")
 
 
@@ -170,11 +154,11 @@ def test_all_latest_mixes_layouts_and_orders_versions_by_timestamp(
     publish_like_predecessor(hub, tmp_path, old, "elite_game", "validated-20251101T000000Z")
     publish_like_predecessor(hub, tmp_path, new, "elite_game", "20260227T044455Z")
     ours = make_dataset(tmp_path / "ours", 5, 2)
-    rc, _, err = _run(capsys, "publish", ours, "--name", "ours", "--version",
+    rc, _, err = run_cli(capsys, "publish", ours, "--name", "ours", "--version",
                       "validated-20260101T000000Z")
     assert rc == 0, err
     dest = tmp_path / "dest"
-    rc, out, err = _run(capsys, "fetch", "--all-latest", "--dest", dest)
+    rc, out, err = run_cli(capsys, "fetch", "--all-latest", "--dest", dest)
     assert (rc, err) == (0, "")
     assert out.splitlines()[:3] == [
         f"fetched elite_game 20260227T044455Z ({GAME_FORMAT}): train 4 rows, val 2 rows -> "
@@ -200,7 +184,7 @@ def test_tampered_predecessor_version_is_refused(env: dict[str, str], hub: HubEm
     api.create_repo(repo_id=REPO_ID, repo_type="dataset", exist_ok=True)
     api.upload_folder(repo_id=REPO_ID, repo_type="dataset", folder_path=str(stage),
                       path_in_repo=f"{PREFIX}/ds/{version}")
-    rc, _, err = _run(capsys, "fetch", "--name", "ds", "--dest", tmp_path / "dest")
+    rc, _, err = run_cli(capsys, "fetch", "--name", "ds", "--dest", tmp_path / "dest")
     assert rc == 2
     assert err == (f"datasets fetch: error: {REPO_ID}/{PREFIX}/ds/{version}/checksums.sha256: "
                    "checksums.sha256 and manifest.json disagree on "

@@ -9,24 +9,13 @@ import os
 from pathlib import Path
 
 import httpx
-import huggingface_hub as hh
 import pytest
-from huggingface_hub import constants, errors
+from huggingface_hub import errors
 
 from host_tools.emulators.hubemu import HubEmulator
-from tests.utils.hubemu import CANARY, OTHER_TOKEN
+from tests.utils.hubemu import CANARY, OTHER_TOKEN, hub_api
 
 REPO_ID = "acme/artifacts"
-
-
-@pytest.fixture(autouse=True)
-def _no_xet(monkeypatch):
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-
-
-def _api(hub: HubEmulator, token: str | None = CANARY) -> hh.HfApi:
-    return hh.HfApi(endpoint=hub.url, token=token or False)
 
 
 def _paths(hub: HubEmulator) -> list[str]:
@@ -34,7 +23,7 @@ def _paths(hub: HubEmulator) -> list[str]:
 
 
 def test_repo_upload_list_download(hub: HubEmulator, tmp_path: Path):
-    api = _api(hub)
+    api = hub_api(hub)
     url = api.create_repo(REPO_ID, repo_type="dataset", private=True)
     assert url == f"{hub.url}/datasets/{REPO_ID}"
     assert api.create_repo(REPO_ID, repo_type="dataset", exist_ok=True) == url
@@ -106,7 +95,7 @@ def test_repo_upload_list_download(hub: HubEmulator, tmp_path: Path):
 
 
 def test_resolve_headers_ranges_and_error_codes(hub: HubEmulator):
-    api = _api(hub)
+    api = hub_api(hub)
     api.create_repo(REPO_ID)
     blob = bytes(range(256)) * 40
     api.upload_file(path_or_fileobj=io.BytesIO(blob), path_in_repo="m.pt", repo_id=REPO_ID)
@@ -134,13 +123,13 @@ def test_resolve_headers_ranges_and_error_codes(hub: HubEmulator):
 
 def test_state_survives_a_restart(tmp_path: Path):
     with HubEmulator(tmp_path / "hub") as first:
-        api = _api(first)
+        api = hub_api(first)
         api.create_repo(REPO_ID, repo_type="dataset")
         api.upload_file(path_or_fileobj=io.BytesIO(b"\0weights"), path_in_repo="a/m.pt",
                         repo_id=REPO_ID, repo_type="dataset")
         head = api.repo_info(REPO_ID, repo_type="dataset").sha
     with HubEmulator(tmp_path / "hub") as second:
-        api = _api(second)
+        api = hub_api(second)
         assert api.repo_info(REPO_ID, repo_type="dataset").sha == head
         got = api.hf_hub_download(REPO_ID, "a/m.pt", repo_type="dataset",
                                   local_dir=tmp_path / "dl")
@@ -149,20 +138,20 @@ def test_state_survives_a_restart(tmp_path: Path):
 
 def test_tokens_are_checked(hub: HubEmulator, tmp_path: Path):
     with pytest.raises(errors.HfHubHTTPError) as err:
-        _api(hub, OTHER_TOKEN).create_repo(REPO_ID)
+        hub_api(hub, OTHER_TOKEN).create_repo(REPO_ID)
     assert err.value.response.status_code == 401
-    _api(hub).create_repo(REPO_ID, private=True)
+    hub_api(hub).create_repo(REPO_ID, private=True)
     with pytest.raises(errors.RepositoryNotFoundError):
-        _api(hub, None).repo_info(REPO_ID)
+        hub_api(hub, None).repo_info(REPO_ID)
     with pytest.raises(errors.HfHubHTTPError) as err:
-        _api(hub, OTHER_TOKEN).upload_file(path_or_fileobj=b"x", path_in_repo="x.json",
+        hub_api(hub, OTHER_TOKEN).upload_file(path_or_fileobj=b"x", path_in_repo="x.json",
                                            repo_id=REPO_ID)
     assert err.value.response.status_code in (401, 404)
-    assert _api(hub).repo_info(REPO_ID).private is True
+    assert hub_api(hub).repo_info(REPO_ID).private is True
 
 
 def test_injected_faults(hub: HubEmulator, tmp_path: Path):
-    api = _api(hub)
+    api = hub_api(hub)
     api.create_repo(REPO_ID)
     hub.add_fault("/preupload/", status=429, retry_after=0)
     hub.add_fault("/_lfs/upload/", method="PUT", action="drop")
@@ -196,7 +185,7 @@ def test_injected_faults(hub: HubEmulator, tmp_path: Path):
 
 
 def test_lfs_content_must_match_its_oid(hub: HubEmulator):
-    _api(hub).create_repo(REPO_ID)
+    hub_api(hub).create_repo(REPO_ID)
     oid = "ab" * 32
     r = httpx.put(f"{hub.url}/_lfs/upload/{oid}", content=b"not that content")
     assert r.status_code == 400

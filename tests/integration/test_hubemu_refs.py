@@ -13,26 +13,16 @@ from pathlib import Path
 import httpx
 import huggingface_hub as hh
 import pytest
-from huggingface_hub import constants, errors
+from huggingface_hub import errors
 from huggingface_hub.hf_api import BlobLfsInfo, GitRefInfo, RepoFile, RepoFolder
 
 from host_tools.emulators.hubemu import HubEmulator
 from host_tools.emulators.hubemu.store import GITATTRIBUTES
 from tests.utils import wait_until
-from tests.utils.hubemu import CANARY, OTHER_TOKEN
+from tests.utils.hubemu import CANARY, OTHER_TOKEN, hub_api
 
 REPO_ID = "acme/artifacts"
 AUTH = {"Authorization": f"Bearer {CANARY}"}
-
-
-@pytest.fixture(autouse=True)
-def _no_xet(monkeypatch):
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-
-
-def _api(hub: HubEmulator, token: str | None = CANARY) -> hh.HfApi:
-    return hh.HfApi(endpoint=hub.url, token=token or False)
 
 
 def _upload(api: hh.HfApi, path: str, data: bytes, title: str, revision: str | None = None,
@@ -47,7 +37,7 @@ def _blob(data: bytes) -> str:
 
 
 def test_branches_tags_and_history(hub: HubEmulator, tmp_path: Path):
-    api = _api(hub)
+    api = hub_api(hub)
     api.create_repo(REPO_ID)
     c0 = api.repo_info(REPO_ID).sha
     c1 = _upload(api, "a.json", b'{"a": 1}', "add a", description="first file")
@@ -110,7 +100,7 @@ def test_branches_tags_and_history(hub: HubEmulator, tmp_path: Path):
 
 
 def test_bad_refs_and_revisions(hub: HubEmulator):
-    api = _api(hub)
+    api = hub_api(hub)
     api.create_repo(REPO_ID)
     c1 = _upload(api, "a.json", b"{}", "add a")
     api.create_branch(REPO_ID, branch="dev")
@@ -163,7 +153,7 @@ def test_bad_refs_and_revisions(hub: HubEmulator):
     assert (err.value.response.status_code, err.value.server_message) == (
         403, "The default branch main cannot be deleted")
     with pytest.raises(errors.HfHubHTTPError) as err:
-        _api(hub, OTHER_TOKEN).create_branch(REPO_ID, branch="intruder")
+        hub_api(hub, OTHER_TOKEN).create_branch(REPO_ID, branch="intruder")
     assert err.value.response.status_code == 401
     r = httpx.post(f"{hub.url}/api/models/{REPO_ID}/tag/main", json={"nope": 1}, headers=AUTH)
     assert (r.status_code, r.json()["error"]) == (400, 'the body must name the tag: {"tag": NAME}')
@@ -177,7 +167,7 @@ def test_bad_refs_and_revisions(hub: HubEmulator):
 
 
 def test_paths_info_and_files_metadata(hub: HubEmulator):
-    api = _api(hub)
+    api = hub_api(hub)
     api.create_repo(REPO_ID)
     meta, weights = b'{"loss": 0.1}', bytes(range(256)) * 20
     c1 = _upload(api, "runs/r1/metrics.json", meta, "metrics")
@@ -217,10 +207,10 @@ def test_paths_info_and_files_metadata(hub: HubEmulator):
 
 
 def test_settings_delete_and_whoami(hub: HubEmulator):
-    api = _api(hub)
+    api = hub_api(hub)
     assert api.whoami()["name"] == "hubemu-user"
     with pytest.raises(errors.HfHubHTTPError) as err:
-        _api(hub, OTHER_TOKEN).whoami()
+        hub_api(hub, OTHER_TOKEN).whoami()
     assert err.value.response.status_code == 401
     assert str(err.value).startswith("Invalid user token.")
     # A repo id without a namespace goes to the token's user, as on the Hub.
@@ -231,12 +221,12 @@ def test_settings_delete_and_whoami(hub: HubEmulator):
     api.update_repo_settings(REPO_ID, private=True)
     assert api.model_info(REPO_ID).private is True
     with pytest.raises(errors.RepositoryNotFoundError):
-        _api(hub, None).model_info(REPO_ID)
+        hub_api(hub, None).model_info(REPO_ID)
     api.update_repo_settings(REPO_ID, gated="manual")
     info = api.model_info(REPO_ID)
     assert (info.private, info.gated) == (True, "manual")
     api.update_repo_settings(REPO_ID, visibility="public", gated=False)
-    info = _api(hub, None).model_info(REPO_ID)
+    info = hub_api(hub, None).model_info(REPO_ID)
     assert (info.private, info.gated) == (False, False)
     url = f"{hub.url}/api/models/{REPO_ID}/settings"
     for body, message in [
@@ -260,7 +250,7 @@ def test_settings_delete_and_whoami(hub: HubEmulator):
         api.delete_repo(REPO_ID)
     api.delete_repo(REPO_ID, missing_ok=True)
     with pytest.raises(errors.HfHubHTTPError) as err:
-        _api(hub, OTHER_TOKEN).delete_repo("solo")
+        hub_api(hub, OTHER_TOKEN).delete_repo("solo")
     assert err.value.response.status_code == 401
     assert api.repo_exists("hubemu-user/solo")
     # Created again, the repo starts afresh.
@@ -271,7 +261,7 @@ def test_settings_delete_and_whoami(hub: HubEmulator):
 
 def test_refs_survive_a_restart_and_old_stores_load(tmp_path: Path):
     with HubEmulator(tmp_path / "hub") as first:
-        api = _api(first)
+        api = hub_api(first)
         api.create_repo(REPO_ID, repo_type="dataset")
         api.create_branch(REPO_ID, branch="dev", repo_type="dataset")
         c1 = api.upload_file(path_or_fileobj=b"{}", path_in_repo="a.json", repo_id=REPO_ID,
@@ -280,7 +270,7 @@ def test_refs_survive_a_restart_and_old_stores_load(tmp_path: Path):
         api.update_repo_settings(REPO_ID, gated="auto", repo_type="dataset")
         before = api.list_repo_refs(REPO_ID, repo_type="dataset")
     with HubEmulator(tmp_path / "hub") as second:
-        api = _api(second)
+        api = hub_api(second)
         assert api.list_repo_refs(REPO_ID, repo_type="dataset") == before
         assert api.list_repo_commits(REPO_ID, repo_type="dataset", revision="v1")[0].commit_id == c1
         assert api.dataset_info(REPO_ID).gated == "auto"
@@ -293,7 +283,7 @@ def test_refs_survive_a_restart_and_old_stores_load(tmp_path: Path):
                       for c in data["commits"] if c["oid"] != c1]
     stored.write_text(json.dumps(old))
     with HubEmulator(tmp_path / "hub") as third:
-        api = _api(third)
+        api = hub_api(third)
         refs = api.list_repo_refs(REPO_ID, repo_type="dataset")
         assert [(b.name, b.target_commit) for b in refs.branches] == [
             ("main", old["commits"][-1]["oid"])]

@@ -1,6 +1,7 @@
 """Fakes for the host tools that start processes (host_tools.image, .localup, .engine): every
-subprocess.run/Popen goes through a fake, and an autouse fixture a test module imports
-(`no_real_processes`) makes any unfaked one fail the test, so no engine, apt-get, pip or
+subprocess.run/Popen goes through a fake, and the fixture `no_real_processes` (a module asks for it
+with `pytest.mark.usefixtures`; this file is a plugin of tests/conftest.py) makes any unfaked one
+fail the test, so no engine, apt-get, pip or
 debootstrap ever runs (only git and ssh-keygen, in a tmp dir, where a test asks for them by name).
 """
 
@@ -55,7 +56,7 @@ def unexpected(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError(f"a real process was about to start: {args!r}")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def no_real_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)

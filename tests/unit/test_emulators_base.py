@@ -130,6 +130,8 @@ def test_request_log_and_control_route_over_http() -> None:
             too_big = client.post("/b", content=b"x" * 11)
             assert (too_big.status_code, too_big.json()) == (
                 413, {"error": "request body of 11 bytes is over 10"})
+            # the body was left unread, so the connection closes and the answer says so
+            assert too_big.headers["connection"] == "close"
             added = client.post("/_test/faults", json={"target": "^/c$", "method": "GET"})
             assert (added.status_code, added.json()) == (
                 201, {"target": "^/c$", "status": 503, "method": "GET", "times": 1, "hits": 0})

@@ -15,13 +15,9 @@ import pytest
 from host_tools import engine
 from host_tools.engine import Engine, EngineError, Probe, detect_engine
 from host_tools.settings import SettingsError
-from tests.unit import process_fakes
 from tests.unit.process_fakes import DOCKER, PODMAN, PODMAN_FLAGS, FakeRun, Response, which_finds
 
-no_real_processes = process_fakes.no_real_processes
-fake_run = process_fakes.fake_run
-
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_real_processes")]
 
 
 @dataclass

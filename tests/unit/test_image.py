@@ -19,7 +19,6 @@ from host_tools import image
 from host_tools.engine import Engine
 from host_tools.image import DEFAULT_BASE_IMAGE, DEFAULT_MIRROR, IMAGE_CODE_DIR, ROOT, ImageError
 from host_tools.settings import ImageSettings
-from tests.unit import process_fakes
 from tests.unit.process_fakes import (
     DOCKER,
     PODMAN,
@@ -33,11 +32,7 @@ from tests.unit.process_fakes import (
     which_finds,
 )
 
-no_real_processes = process_fakes.no_real_processes
-fake_run = process_fakes.fake_run
-real_processes = process_fakes.real_processes
-
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_real_processes")]
 
 DEFAULT_IMAGE_REPO = ImageSettings.model_fields["IMAGE_REPO"].default
 REPO_HINT = "is not an image name like ghcr.io/owner/chess-bot"

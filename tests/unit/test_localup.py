@@ -20,7 +20,6 @@ from host_tools import localup
 from host_tools.engine import Engine
 from host_tools.localup import LocalPod, SshKey, UpError
 from host_tools.settings import SettingsError
-from tests.unit import process_fakes
 from tests.unit.process_fakes import (
     DOCKER,
     PODMAN,
@@ -34,11 +33,7 @@ from tests.unit.process_fakes import (
     which_finds,
 )
 
-no_real_processes = process_fakes.no_real_processes
-fake_run = process_fakes.fake_run
-real_processes = process_fakes.real_processes
-
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_real_processes")]
 
 
 # -- ports and polling ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Read by huggingface_hub at import: no Xet (the emulator speaks LFS only), no probe to the real
 # Hub, no progress bars in captured output.
@@ -25,9 +26,14 @@ OTHER_TOKEN = "hf_other_token_not_accepted_1234"
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubEmulator]:
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEmulator]:
     """An emulator that accepts only the canary token for writes and private repos, with small
-    tree pages so listings paginate."""
+    tree pages so listings paginate. huggingface_hub's constants are pinned too, in case it was
+    imported before this plugin set its environment."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     emu = HubEmulator(tmp_path / "hub", tree_page_size=4, tokens=frozenset({CANARY})).start()
     try:
         yield emu
@@ -64,3 +70,38 @@ def assert_canary_never_in_urls(hub: HubEmulator) -> None:
     paths = [r.path for r in hub.requests()]
     assert paths, "the test made no request"
     assert not any(CANARY in p for p in paths)
+
+
+def hub_api(hub: HubEmulator, token: str | None = CANARY) -> Any:
+    """The official client against `hub`, with `token` (None: anonymous)."""
+    import huggingface_hub as hh
+
+    return hh.HfApi(endpoint=hub.url, token=token or False)
+
+
+def set_cli_env(hub: HubEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                **extra: str) -> dict[str, str]:
+    """In-process CLI runs: the environment a subprocess would get (`hf_env`), and fast client
+    retries with no keyring."""
+    import appliance.hf
+
+    values = hf_env(hub, tmp_path, **extra)
+    for key in [k for k in list(os.environ) if k.startswith(("HF_", "TRAIN_"))]:
+        monkeypatch.delenv(key)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(appliance.hf, "DEFAULT_BACKOFF_S", 0.01)
+    monkeypatch.setattr(appliance.hf, "keyring_token", lambda: None)
+    return values
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path
+                     ) -> tuple[int, str, str]:
+    """`python -m host_tools.datasets ARGS` in this process: exit code, stdout, stderr; the
+    canary token must be in neither."""
+    from host_tools import datasets
+
+    rc = datasets.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert_no_canary(out, err)
+    return rc, out, err
