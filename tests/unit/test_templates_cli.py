@@ -7,8 +7,10 @@ never show in argv, records, answers or output.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 
 from appliance.runpod import RunpodClient
 from host_tools.emulators.localpod import Account, LocalPodServer, RecordsBackend
+from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.emulators.localpod.state import PodRecord
 from host_tools.provision import main
 from tests.unit.test_runpod_client_conformance import Recording, check_request
@@ -40,10 +43,13 @@ class Capturing(RecordsBackend):
     def __init__(self) -> None:
         super().__init__()
         self.envs: dict[str, dict[str, str]] = {}
+        self.logins: dict[str, tuple[str, str] | None] = {}
 
-    def start(self, pod: PodRecord, env: dict[str, str]) -> None:
-        super().start(pod, env)
+    def start(self, pod: PodRecord, env: dict[str, str],
+              login: tuple[str, str] | None = None) -> None:
+        super().start(pod, env, login)
         self.envs[pod.id] = env
+        self.logins[pod.id] = login
 
 
 @pytest.fixture
@@ -261,7 +267,8 @@ def test_registry_auth_add_list_remove_keeps_the_password_secret(
     assert_nowhere(PASSWORD, cli, server, sent=False)
 
 
-def test_template_and_pod_name_a_registry_auth(server: LocalPodServer) -> None:
+def test_template_and_pod_name_a_registry_auth(server: LocalPodServer,
+                                               backend: Capturing) -> None:
     assert run(["registry-auth", "add", "ghcr", "--username", "me"], stdin=PASSWORD)[0] == 0
     rid = next(iter(server.account.registries))
     set_secret(server, "INFERENCE_API_TOKEN", "t")
@@ -273,7 +280,9 @@ def test_template_and_pod_name_a_registry_auth(server: LocalPodServer) -> None:
                      "NVIDIA A40", "--name", "p"])
     assert code == 0, cli.err
     assert json.loads(cli.out)["id"] in server.account.pods
-    assert server.account.pods[json.loads(cli.out)["id"]].registry == rid  # from the template
+    pod_id = json.loads(cli.out)["id"]
+    assert server.account.pods[pod_id].registry == rid  # from the template
+    assert backend.logins[pod_id] == ("me", PASSWORD)  # the image is pulled with the login
     code, cli = run(["provision", "--json", "--image", "ghcr.io/me/y:1", "--gpu-type-id",
                      "NVIDIA A40", "--name", "q", "--registry-auth", rid])
     assert code == 0, cli.err
@@ -311,3 +320,36 @@ def test_localpod_template_validation_follows_the_document(server: LocalPodServe
             assert (answer.status_code, answer.json()["detail"]) == (422, detail)
         bad_secret = set_secret(server, "bad name", "v")
         assert bad_secret.status_code == 422
+
+
+def test_container_backend_pulls_with_the_login_from_a_private_auth_file() -> None:
+    seen: list[tuple[list[str], dict[str, Any] | None]] = []
+
+    def engine(argv: Any, env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
+        config = None
+        if env is not None and "REGISTRY_AUTH_FILE" in env and argv[1] == "pull":
+            path = Path(env["REGISTRY_AUTH_FILE"])
+            assert Path(env["DOCKER_CONFIG"]) == path.parent
+            config = {"mode": oct(path.stat().st_mode & 0o777),
+                      "json": json.loads(path.read_text(encoding="utf-8"))}
+        seen.append((list(argv), config))
+        return subprocess.CompletedProcess(list(argv), 0, "true\n", "")
+
+    backend = ContainerBackend("podman", run=engine)
+    acc = Account(backend, {CANARY})
+    acc.registries["reg1"] = {"name": "r", "username": "me", "password": PASSWORD}
+    pod = acc.create_pod({"name": "c", "image": "127.0.0.1:5000/me/app:1", "gpu_id":
+                          "NVIDIA A40", "gpu_count": 1, "cloud": "SECURE", "registry": "reg1"},
+                         "account")
+    pulls = [(argv, config) for argv, config in seen if argv[1] == "pull"]
+    assert pulls == [(["podman", "pull", "--tls-verify=false", "127.0.0.1:5000/me/app:1"],
+                      {"mode": "0o600", "json": {"auths": {"127.0.0.1:5000": {
+                          "auth": base64.b64encode(f"me:{PASSWORD}".encode()).decode()}}}})]
+    assert all(PASSWORD not in " ".join(argv) for argv, _ in seen)
+    assert seen.index(pulls[0]) < [argv[1] for argv, _ in seen].index("run")
+    assert acc.pods[pod.id].registry == "reg1"
+    backend.pull("ghcr.io/me/app:1", ("u", "p"))
+    backend.pull("me/app:1", ("u", "p"))
+    assert [argv for argv, _ in seen[-2:]] == [["podman", "pull", "ghcr.io/me/app:1"],
+                                               ["podman", "pull", "me/app:1"]]
+    assert [list(c["json"]["auths"]) for _, c in seen[-2:] if c] == [["ghcr.io"], ["docker.io"]]

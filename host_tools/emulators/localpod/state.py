@@ -179,8 +179,10 @@ class PodRecord:
 class PodBackend(Protocol):
     """What runs a pod. Records-only answers instantly; the container backend runs our image."""
 
-    def start(self, pod: PodRecord, env: dict[str, str]) -> None:
-        """Run the pod (create its volume if new); pod.mappings are already chosen."""
+    def start(self, pod: PodRecord, env: dict[str, str],
+              login: tuple[str, str] | None = None) -> None:
+        """Run the pod (create its volume if new); pod.mappings are already chosen. `login`:
+        the username and password of the pod's container registry auth, to pull its image."""
 
     def ready(self, pod: PodRecord) -> bool:
         """Whether the pod's container is up (RUNNING may be reported)."""
@@ -203,7 +205,8 @@ class RecordsBackend:
         self.port_map = dict(port_map or {})
         self.events: list[tuple[str, str]] = []
 
-    def start(self, pod: PodRecord, env: dict[str, str]) -> None:
+    def start(self, pod: PodRecord, env: dict[str, str],
+              login: tuple[str, str] | None = None) -> None:
         self.events.append(("start", pod.id))
 
     def ready(self, pod: PodRecord) -> bool:
@@ -426,8 +429,10 @@ class Account(Controls[Fault, dict[str, Any]]):
             private = int(spec.split("/")[0])
             pod.mappings[private] = port_map.get(private) or free_port()
         try:
+            auth = self.registries.get(pod.registry or "")
             self.backend.start(pod, pod.injected_env(self.public_key, self.api_base,
-                                                     self.secrets))
+                                                     self.secrets),
+                               (auth["username"], auth["password"]) if auth else None)
         except Exception as exc:
             pod.status = "ERROR"
             raise ApiError(500, f"the pod's container did not start: {exc}") from None
