@@ -20,6 +20,7 @@ import pytest
 
 from appliance.runpod import RunpodClient
 from host_tools.emulators.localpod import Account, LocalPodServer, RecordsBackend
+from host_tools.emulators.localpod.__main__ import read_secrets
 from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.emulators.localpod.state import PodRecord
 from host_tools.provision import main
@@ -353,3 +354,15 @@ def test_container_backend_pulls_with_the_login_from_a_private_auth_file() -> No
     assert [argv for argv, _ in seen[-2:]] == [["podman", "pull", "ghcr.io/me/app:1"],
                                                ["podman", "pull", "me/app:1"]]
     assert [list(c["json"]["auths"]) for _, c in seen[-2:] if c] == [["ghcr.io"], ["docker.io"]]
+
+
+def test_localpod_secrets_file(tmp_path: Path) -> None:
+    path = tmp_path / "secrets"
+    path.write_text(f"# for pods\nINFERENCE_API_TOKEN={SECRET}\nhf-token=a=b\n",
+                    encoding="utf-8")
+    assert read_secrets(path) == {"INFERENCE_API_TOKEN": SECRET, "hf-token": "a=b"}
+    path.write_text(f"OK=1\nbad name={SECRET}\n", encoding="utf-8")
+    with pytest.raises(ValueError) as caught:
+        read_secrets(path)
+    assert str(caught.value) == (f"{path}:2: not NAME=VALUE with a secret name of letters, "
+                                 "digits, _ or -")
