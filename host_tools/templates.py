@@ -32,8 +32,9 @@ from host_tools.pods import find_registry
 TEMPLATE_ENV = {"START_IDLE_WATCHDOG": "1"}
 # Secrets every template refers to: the inference API is public through RunPod's HTTP proxy.
 REQUIRED_SECRETS = ("INFERENCE_API_TOKEN",)
-# Referred to as soon as the env names a Hub repository or turns the sync on.
+# Referred to as soon as the env names a Hub repository (artifact sync, datasets).
 HF_SECRET = "HF_TOKEN"
+HF_REPOS = ("HF_REPO_ID", "HF_DATASET_REPO_ID")
 VOLUME_PATH = str(settings.default(settings.RuntimeSettings, "WORKSPACE_DIR"))
 SECRET_REF = re.compile(r"\{\{\s*RUNPOD_SECRET_([A-Za-z0-9_-]+)\s*\}\}")
 CONSOLE_HINT = ("RunPod console > Secrets > Create Secret (the name as listed, the value "
@@ -112,9 +113,14 @@ def wanted_env(base: dict[str, str], args: argparse.Namespace, defaults: bool
     --from-env, then --env; secrets as references."""
     from_file = read_env_file(args.from_env) if args.from_env else {}
     flags = parse_env_pairs(args.env or [], None)
+    for var, value in flags.items():
+        if settings.is_secret_name(var) and value and not SECRET_REF.fullmatch(value.strip()):
+            raise CliError(f"--env {var}: a secret's value does not go on the command line; "
+                           "put it in a --from-env file (it becomes a secret reference) or "
+                           f"give --env '{var}={secret_ref(var)}'", 2)
     env = {**base, **from_file, **flags}
     required: tuple[str, ...] = REQUIRED_SECRETS if defaults else ()
-    if defaults and any(k.startswith(("HF_", "START_HF_")) for k in env):
+    if defaults and any(env.get(k) for k in HF_REPOS):
         required += (HF_SECRET,)
     return with_references(env, from_file, str(args.from_env or ""), required)
 
@@ -188,13 +194,14 @@ def cmd_template_update(env: Env, args: argparse.Namespace) -> int:
                        "--volume-gb, --registry-auth or --rename", 2)
     with env.client_factory() as client:
         found = find_template(client, args.template)
-        new_env, _ = wanted_env(found.env, args, defaults=False) if env_given else (None, [])
+        new_env, secrets = wanted_env(found.env, args, defaults=False) if env_given \
+            else (None, needed_secrets(found.env))
         registry = find_registry(client, args.registry_auth).id if args.registry_auth else None
         updated = client.update_template(found.id, TemplateSpec(
             name=args.rename or "", image=args.image or "", env=new_env, disk_gb=args.disk_gb,
             volume_gb=args.volume_gb, volume_path=found.volume_path or VOLUME_PATH,
             registry=registry))
-    emit_template(env, args, "updated template", updated, needed_secrets(updated.env))
+    emit_template(env, args, "updated template", updated, secrets)
     return 0
 
 

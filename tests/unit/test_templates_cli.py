@@ -168,6 +168,10 @@ def test_bad_input_is_a_clear_usage_error(server: LocalPodServer, tmp_path: Path
          f"error: --from-env {tmp_path / 'none.env'}: No such file or directory\n"),
         (["--volume-gb", "5"], 2, "error: --volume-gb must be at least 10 (RunPod's minimum), "
                                   "not 5\n"),
+        (["--env", f"HF_TOKEN={SECRET}"], 2,
+         "error: --env HF_TOKEN: a secret's value does not go on the command line; put it in a "
+         "--from-env file (it becomes a secret reference) or give --env "
+         "'HF_TOKEN={{ RUNPOD_SECRET_HF_TOKEN }}'\n"),
         (["--registry-auth", "nope"], 1, "error: no registry auth has the id or name 'nope'; "
                                          "`provision.py registry-auth list` shows them\n"),
     ]:
@@ -180,11 +184,14 @@ def test_bad_input_is_a_clear_usage_error(server: LocalPodServer, tmp_path: Path
                                   + REFUSED)
 
 
-def test_template_update_merges_env_and_show_reads_it(server: LocalPodServer) -> None:
+def test_template_update_merges_env_and_show_reads_it(server: LocalPodServer,
+                                                      tmp_path: Path) -> None:
     assert run(["template-create", "chessbot", "--image", "img:1"])[0] == 0
     tid = server.account.templates[-1]["id"]
+    env_file = tmp_path / "more.env"
+    env_file.write_text(f"JUPYTER_TOKEN='{SECRET}'\n", encoding="utf-8")
     code, cli = run(["template-update", "chessbot", "--image", "img:2", "--rename", "cb2",
-                     "--env", f"JUPYTER_TOKEN={SECRET}", "--env", "START_HF_SYNC=0",
+                     "--from-env", str(env_file), "--env", "START_HF_SYNC=0",
                      "--volume-gb", "30"])
     assert (code, cli.err) == (0, "")
     assert bodies("PATCH", f"/v2/templates/{tid}") == [{
@@ -193,6 +200,10 @@ def test_template_update_merges_env_and_show_reads_it(server: LocalPodServer) ->
                 "JUPYTER_TOKEN": "{{ RUNPOD_SECRET_JUPYTER_TOKEN }}", "START_HF_SYNC": "0"},
         "mounts": {"persistent": {"size": 30, "path": "/workspace"}}}]
     assert cli.out.splitlines()[0] == f"updated template cb2 (id {tid})"
+    assert cli.out.splitlines()[-2:] == [
+        "  INFERENCE_API_TOKEN  for INFERENCE_API_TOKEN (a value of your choice)",
+        f"  JUPYTER_TOKEN        for JUPYTER_TOKEN (its value is in {env_file}, which was not "
+        "sent)"]
     assert_nowhere(SECRET, cli, server)
     code, cli = run(["template-show", tid, "--json"])
     shown = json.loads(cli.out)
