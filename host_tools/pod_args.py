@@ -61,7 +61,8 @@ def create_request(args: argparse.Namespace, default_name: str | None = None) ->
         template_name=args.template_name or "", gpu_type_ids=tuple(args.gpu_type_id or ()),
         candidates=args.candidates, cloud=args.cloud, min_memory=args.min_memory,
         max_price=args.max_price, gpu_count=args.gpu_count, ports=tuple(ports), env=extra_env,
-        disk_gb=args.disk_gb, volume_gb=args.volume_gb, half_created=args.half_created)
+        disk_gb=args.disk_gb, volume_gb=args.volume_gb, half_created=args.half_created,
+        registry_auth=args.registry_auth or "")
 
 
 def wait_request(args: argparse.Namespace, left_running: bool = True) -> WaitRequest:
@@ -110,6 +111,8 @@ def provision_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--disk-gb", type=int, default=30, help="container disk (default 30)")
     sp.add_argument("--volume-gb", type=int, default=20,
                     help="/workspace volume, kept on stop (default 20)")
+    sp.add_argument("--registry-auth", metavar="NAME|ID", help="container registry auth to "
+                    "pull a private image with (`provision.py registry-auth add`)")
     sp.add_argument("--half-created", choices=["adopt", "remove"], default="adopt",
                     help="when create fails but the pod exists (found by this request's "
                     "marker, never by name alone): keep using it or terminate it")

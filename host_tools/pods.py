@@ -28,6 +28,7 @@ from appliance.runpod import (
     NoCapacityError,
     Pod,
     PodSpec,
+    Registry,
     RunpodClient,
     RunpodError,
     ServerError,
@@ -69,6 +70,7 @@ class CreateRequest:
     disk_gb: int = 30
     volume_gb: int = 20
     half_created: Literal["adopt", "remove"] = "adopt"
+    registry_auth: str = ""  # a container registry auth's name or id, for a private image
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,17 @@ def _template(env: Env, client: RunpodClient, req: CreateRequest) -> tuple[str, 
     return chosen.id, dict(chosen.env)
 
 
+def find_registry(client: RunpodClient, ref: str) -> Registry:
+    """The container registry auth whose id or name is `ref` (ids first)."""
+    auths = client.list_registries()
+    found = next((r for r in auths if r.id == ref), None) or next(
+        (r for r in auths if r.name == ref), None)
+    if found is None:
+        raise CliError(f"no registry auth has the id or name {ref!r}; "
+                       "`provision.py registry-auth list` shows them")
+    return found
+
+
 def new_marker() -> str:
     """A create request's marker: random (uuid4), so it says nothing about this machine."""
     return str(uuid.uuid4())
@@ -374,13 +387,14 @@ def create_pod(env: Env, client: RunpodClient, req: CreateRequest,
         raise CliError(f"--env {MARKER_ENV}: provision sets it, to a fresh value for each "
                        "create request", 2)
     template_id, template_env = _template(env, client, req)
+    registry = find_registry(client, req.registry_auth).id if req.registry_auth else ""
     tried: list[str] = []
     for offer in _candidates(env, client, req):
         this = marker()
         spec = PodSpec(name=req.name, gpu_type_id=offer.gpu_id, image=req.image,
                        template_id=template_id, gpu_count=req.gpu_count, cloud=offer.cloud,
                        ports=list(req.ports), env={**template_env, **req.env, MARKER_ENV: this},
-                       disk_gb=req.disk_gb, volume_gb=req.volume_gb)
+                       disk_gb=req.disk_gb, volume_gb=req.volume_gb, registry=registry)
         try:
             pod = _create(env, client, spec, req, this)
         except NoCapacityError as exc:

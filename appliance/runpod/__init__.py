@@ -2,7 +2,8 @@
 use are re-exported here; the package's modules are:
 
   errors.py   typed errors with actions, and `classify` (answer -> error)
-  models.py   Pod, GpuType, Template, PodSpec (REST v2 and GraphQL answers in one vocabulary)
+  models.py   Pod, GpuType, Template, TemplateSpec, Registry, PodSpec (REST v2 and GraphQL
+              answers in one vocabulary)
   session.py  the one HTTP session: key in the Authorization header only, retries, scrubbing
   rest.py     REST v2 calls          graphql.py  the GraphQL fallback
   client.py   RunpodClient (REST first, GraphQL where REST is denied), API key lookup
@@ -22,7 +23,15 @@ from appliance.runpod.errors import (
     ServerError,
     TransportError,
 )
-from appliance.runpod.models import Cloud, GpuType, Pod, PodSpec, Template
+from appliance.runpod.models import (
+    Cloud,
+    GpuType,
+    Pod,
+    PodSpec,
+    Registry,
+    Template,
+    TemplateSpec,
+)
 from appliance.runpod.session import USER_AGENT
 
 __all__ = [
@@ -39,10 +48,12 @@ __all__ = [
     "Pod",
     "PodSpec",
     "RateLimitedError",
+    "Registry",
     "RunpodClient",
     "RunpodError",
     "ServerError",
     "Template",
+    "TemplateSpec",
     "TransportError",
     "resolve_api_key",
     "strip_api_key",

@@ -22,7 +22,17 @@ from appliance.runpod.errors import (
     RunpodError,
 )
 from appliance.runpod.graphql import GraphqlApi
-from appliance.runpod.models import Cloud, GpuType, Pod, PodAction, PodSpec, Template, check_pod_id
+from appliance.runpod.models import (
+    Cloud,
+    GpuType,
+    Pod,
+    PodAction,
+    PodSpec,
+    Registry,
+    Template,
+    TemplateSpec,
+    check_pod_id,
+)
 from appliance.runpod.rest import RestApi
 from appliance.runpod.session import Session
 from appliance.settings import RunpodSettings, load
@@ -184,3 +194,27 @@ class RunpodClient:
 
     def list_templates(self) -> list[Template]:
         return self._rest.list_templates()
+
+    # -- templates and registry auths: REST v2 only (GraphQL's saveTemplate and registry
+    # mutations are not used: a key denied these REST calls gets the typed error) --
+
+    def get_template(self, template_id: str) -> Template:
+        check_pod_id(template_id, "template")
+        return self._rest.get_template(template_id)
+
+    def create_template(self, spec: TemplateSpec) -> Template:
+        return self._rest.create_template(spec)
+
+    def update_template(self, template_id: str, spec: TemplateSpec) -> Template:
+        check_pod_id(template_id, "template")
+        return self._rest.update_template(template_id, spec)
+
+    def list_registries(self) -> list[Registry]:
+        return self._rest.list_registries()
+
+    def create_registry(self, name: str, username: str, password: str) -> Registry:
+        return self._rest.create_registry(name, username, password)
+
+    def delete_registry(self, registry_id: str) -> None:
+        check_pod_id(registry_id, "registry auth")
+        self._rest.delete_registry(registry_id)

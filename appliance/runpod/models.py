@@ -1,5 +1,5 @@
-"""What the RunPod client hands out and takes in: pods, GPU types, templates and pod specs, read
-from REST v2 or GraphQL answers into one vocabulary (REST v2's).
+"""What the RunPod client hands out and takes in: pods, GPU types, templates, registry auths,
+pod and template specs, read from REST v2 or GraphQL answers into one vocabulary (REST v2's).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ _GRAPHQL_STATUS = {"CREATED": "PROVISIONING", "RUNNING": "RUNNING", "RESTARTING"
                    "TERMINATED": "TERMINATED"}
 
 
-def check_pod_id(pod_id: str) -> None:
+def check_pod_id(pod_id: str, what: str = "pod") -> None:
     """Refuse an id that is not [A-Za-z0-9_-]{1,64} before it reaches a URL or a query."""
     if not pod_id or not all(c.isalnum() or c in "-_" for c in pod_id) or len(pod_id) > 64:
-        raise ValueError(f"bad pod id {pod_id[:80]!r}: expected letters, digits, '-' or '_'")
+        raise ValueError(f"bad {what} id {pod_id[:80]!r}: expected letters, digits, '-' or '_'")
 
 
 @dataclass(frozen=True)
@@ -162,15 +162,66 @@ class Template:
     image: str
     ports: list[str]
     env: dict[str, str]
+    disk_gb: int = 0
+    volume_gb: int = 0
+    volume_path: str = ""
+    registry: str = ""  # the container registry auth's id; "" for none
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_v2(cls, t: dict[str, Any]) -> Template:
+        persistent = (t.get("mounts") or {}).get("persistent") or {}
         return cls(id=str(t["id"]), name=str(t.get("name") or ""),
                    image=str(t.get("image") or ""), ports=list(t.get("ports") or []),
-                   env=dict(t.get("env") or {}))
+                   env=dict(t.get("env") or {}), disk_gb=int(t.get("disk") or 0),
+                   volume_gb=int(persistent.get("size") or 0),
+                   volume_path=str(persistent.get("path") or ""),
+                   registry=str(t.get("registry") or ""))
+
+
+@dataclass
+class TemplateSpec:
+    """A template to create or change: `to_v2()` is REST v2's CreateTemplateRequest body, or
+    (partial=True) an UpdateTemplateRequest with only the fields that are set."""
+
+    name: str = ""
+    image: str = ""
+    ports: list[str] | None = None
+    env: dict[str, str] | None = None
+    disk_gb: int | None = None
+    volume_gb: int | None = None
+    volume_path: str = "/workspace"
+    registry: str | None = None  # container registry auth id
+
+    def to_v2(self, partial: bool = False) -> dict[str, Any]:
+        if not partial and (not self.name or not self.image):
+            raise ValueError("a template needs a name and an image")
+        body: dict[str, Any] = {"name": self.name, "image": self.image, "ports": self.ports,
+                                "env": self.env, "disk": self.disk_gb,
+                                "registry": self.registry}
+        if self.volume_gb is not None:
+            body["mounts"] = {"persistent": {"size": self.volume_gb, "path": self.volume_path}}
+        if not partial:
+            # The image runs its own sshd and Jupyter: RunPod should start neither.
+            body.update(startSsh=True, startJupyter=False, category="NVIDIA")
+        return {k: v for k, v in body.items() if v not in (None, "")}
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A container registry auth (REST v2 /registries): RunPod never gives its password back."""
+
+    id: str
+    name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_v2(cls, r: dict[str, Any]) -> Registry:
+        return cls(id=str(r["id"]), name=str(r.get("name") or ""))
 
 
 @dataclass
@@ -189,6 +240,7 @@ class PodSpec:
     volume_gb: int = 20
     volume_path: str = "/workspace"
     start_ssh: bool = True
+    registry: str = ""  # container registry auth id, for a private image
 
     def to_v2(self) -> dict[str, Any]:
         if not self.image and not self.template_id:
@@ -206,6 +258,8 @@ class PodSpec:
             body["templateId"] = self.template_id
         if self.env:
             body["env"] = dict(self.env)
+        if self.registry:
+            body["registry"] = self.registry
         return body
 
 

@@ -1,5 +1,6 @@
-"""RunPod's REST v2 API, the client's first choice: pods and their actions, the GPU catalog and
-templates. A denied or missing call raises its typed error; falling back is the client's business.
+"""RunPod's REST v2 API, the client's first choice: pods and their actions, the GPU catalog,
+templates and container registry auths. A denied or missing call raises its typed error;
+falling back is the client's business.
 """
 
 from __future__ import annotations
@@ -8,7 +9,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from appliance.runpod.errors import ServerError
-from appliance.runpod.models import Cloud, GpuType, Pod, PodAction, PodSpec, Template
+from appliance.runpod.models import (
+    Cloud,
+    GpuType,
+    Pod,
+    PodAction,
+    PodSpec,
+    Registry,
+    Template,
+    TemplateSpec,
+)
 from appliance.runpod.session import Session
 
 
@@ -64,3 +74,32 @@ class RestApi:
     def list_templates(self) -> list[Template]:
         body = self.call("GET", "/templates", "list templates (GET /v2/templates)")
         return [Template.from_v2(t) for t in (body or {}).get("templates", [])]
+
+    def get_template(self, template_id: str) -> Template:
+        return Template.from_v2(self.call("GET", f"/templates/{template_id}",
+                                          f"get template {template_id}"))
+
+    def create_template(self, spec: TemplateSpec) -> Template:
+        return Template.from_v2(self.call("POST", "/templates",
+                                          f"create template {spec.name!r}",
+                                          json_body=spec.to_v2(), ok=(200, 201)))
+
+    def update_template(self, template_id: str, spec: TemplateSpec) -> Template:
+        return Template.from_v2(self.call("PATCH", f"/templates/{template_id}",
+                                          f"update template {template_id}",
+                                          json_body=spec.to_v2(partial=True), ok=(200,)))
+
+    def list_registries(self) -> list[Registry]:
+        body = self.call("GET", "/registries", "list registry auths (GET /v2/registries)")
+        return [Registry.from_v2(r) for r in (body or {}).get("registries", [])]
+
+    def create_registry(self, name: str, username: str, password: str) -> Registry:
+        """The password goes in the body only; no answer or error repeats it."""
+        return Registry.from_v2(self.call(
+            "POST", "/registries", f"create registry auth {name!r}",
+            json_body={"name": name, "username": username, "password": password},
+            ok=(200, 201)))
+
+    def delete_registry(self, registry_id: str) -> None:
+        self.call("DELETE", f"/registries/{registry_id}", f"delete registry auth {registry_id}",
+                  ok=(200, 204))

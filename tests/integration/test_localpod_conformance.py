@@ -1,6 +1,7 @@
 """localpod against RunPod's own OpenAPI document for REST v2
 (tests/fixtures/runpod_openapi_v2.json, structure only): a bounded schemathesis run over pods,
-templates, the GPU, CPU and data-center catalog and the account's SSH keys (no server errors,
+templates, container registry auths, the GPU, CPU and data-center catalog and the account's SSH
+keys (no server errors,
 answers, headers and status codes as the document lists them, invalid requests refused, 405
 with Allow for unlisted methods), plus localpod's real answers along a pod's life checked
 against the document's response schemas.
@@ -22,8 +23,9 @@ from tests.utils.runpod_schema import DOCUMENT, conforms
 pytestmark = pytest.mark.timeout(120)
 KEY = "rpk_conformance_3f9a"
 # The parts localpod emulates; the rest of the document (clusters, serverless, network volumes,
-# registries, billing) is not served (404).
-EMULATED = r"^/v2/(pods|templates|catalog/(gpus|datacenters|cpus|templates)|account/ssh-keys)"
+# ECR delegations, billing) is not served (404).
+EMULATED = (r"^/v2/(pods|templates|registries(/\{id\})?$|catalog/(gpus|datacenters|cpus|templates)"
+            r"|account/ssh-keys)")
 
 schema = schemathesis.openapi.from_path(DOCUMENT).include(path_regex=EMULATED)
 schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE,
@@ -89,6 +91,13 @@ def test_a_pods_life_answers_as_the_document_says(server: LocalPodServer) -> Non
         template = api.post("/templates", json={"name": "conf-tpl", "image": "img:2"})
         assert template.status_code == 201
         answers.append((template.json(), "Template"))
+        registry = api.post("/registries", json={"name": "conf-reg", "username": "u",
+                                                 "password": "p"})
+        assert registry.status_code == 201
+        answers.append((registry.json(), "Registry"))
+        answers.append((api.get("/registries").json(), "ListRegistriesResponse"))
+        answers.append((api.get(f"/registries/{registry.json()['id']}").json(), "Registry"))
+        assert api.delete(f"/registries/{registry.json()['id']}").status_code == 204
         answers.append((api.get("/pods/nosuchpod0000").json(), "ErrorResponse"))
         answers.append((api.post("/pods", json={"name": "x"}).json(), "ErrorResponse"))
         deleted = api.delete(f"/pods/{pod_id}")

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from appliance.runpod import RunpodClient
-from appliance.runpod.models import PodSpec
+from appliance.runpod.models import PodSpec, TemplateSpec
 from host_tools.emulators.localpod import LocalPodServer
 from tests.utils.localpod import CANARY
 from tests.utils.runpod_schema import conforms, operation, parameters
@@ -83,11 +83,21 @@ def test_every_request_the_client_sends_is_documented_and_valid(
         client.start_pod(pod.id)
         client.terminate_pod(pod.id)
         client.terminate_pod(from_template.id)
+        registry = client.create_registry("reg", "user", "pw")
+        template = client.create_template(TemplateSpec(
+            name="t", image="img:1", ports=["22/tcp"], env={"A": "{{ RUNPOD_SECRET_a }}"},
+            disk_gb=10, volume_gb=10, registry=registry.id))
+        client.update_template(template.id, TemplateSpec(env={"B": "c"}, volume_gb=20))
+        client.get_template(template.id)
+        client.list_registries()
+        client.delete_registry(registry.id)
     assert all(r["status"] < 400 for r in localpod.account.requests)
     operations = [check_request(r) for r in recording.sent]
     assert sorted(set(operations)) == [
-        "GET /v2/catalog/gpus", "GET /v2/pods", "GET /v2/pods/{id}", "GET /v2/templates",
-        "POST /v2/pods", "POST /v2/pods/{id}/action"]
+        "DELETE /v2/registries/{id}", "GET /v2/catalog/gpus", "GET /v2/pods",
+        "GET /v2/pods/{id}", "GET /v2/registries", "GET /v2/templates",
+        "GET /v2/templates/{id}", "PATCH /v2/templates/{id}", "POST /v2/pods",
+        "POST /v2/pods/{id}/action", "POST /v2/registries", "POST /v2/templates"]
 
 
 def test_the_check_refuses_what_the_document_refuses() -> None:
@@ -102,6 +112,9 @@ def test_the_check_refuses_what_the_document_refuses() -> None:
         request("POST", "/v2/pods", json={"name": "n", "image": "i", "bogus": 1}),
         request("GET", "/v2/catalog/gpus", params={"include": "EVERYTHING"}),
         request("POST", "/v2/pods/abc/action", json={"action": "reset"}),
+        request("POST", "/v2/templates", json={"name": "n"}),  # no image
+        request("PATCH", "/v2/templates/t", json={"startSsh": "yes"}),
+        request("POST", "/v2/registries", json={"name": "n", "username": "u"}),
     ]
     for bad in refused:
         with pytest.raises(jsonschema.ValidationError):

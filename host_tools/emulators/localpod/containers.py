@@ -10,18 +10,24 @@ With `stop_delay_s > 0` a stop answers at once and removes the container that ma
 as RunPod answers a stop before the container goes: a pod that stops itself through the API (the
 idle watchdog) can then record the answer before it is killed. A later start or terminate of the
 pod waits for, or replaces, a pending delayed stop.
+
+A pod with a container registry auth pulls its image first with that login, from an auth file in
+a private temporary directory (DOCKER_CONFIG / REGISTRY_AUTH_FILE): never on a command line.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 
 from appliance import settings
 from host_tools.emulators.localpod.state import PodRecord
-from host_tools.engine import remove_commands, run_flags
+from host_tools.engine import push_flags, remove_commands, run_flags
 
 # The appliance's port variables, by the private port RunPod would publish.
 PORT_VARIABLES = {settings.default(cls, name): name for cls, name in (
@@ -84,9 +90,27 @@ class ContainerBackend:
                 argv += ["-p", f"127.0.0.1:{public}:{private}"]
         return argv + self.extra_args + [pod.image]
 
-    def start(self, pod: PodRecord, env: dict[str, str]) -> None:
+    def pull(self, image: str, login: tuple[str, str]) -> None:
+        """Pull `image` with a registry login (a plain-HTTP loopback registry for podman)."""
+        first = image.split("/", 1)[0]
+        named = "/" in image and (any(c in first for c in ".:") or first == "localhost")
+        host = first if named else "docker.io"
+        loopback = host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
+        auth = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        with tempfile.TemporaryDirectory(prefix="localpod-auth-") as config:
+            path = os.path.join(config, "config.json")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                json.dump({"auths": {host: {"auth": auth}}}, f)
+            # push_flags: what a plain-HTTP registry needs, for a pull as for a push
+            self._check([self.engine, "pull", *push_flags(self.engine, not loopback), image],
+                        {**os.environ, "DOCKER_CONFIG": config, "REGISTRY_AUTH_FILE": path})
+
+    def start(self, pod: PodRecord, env: dict[str, str],
+              login: tuple[str, str] | None = None) -> None:
         container, volume = self.names(pod)
         self._settle(pod)
+        if login is not None:
+            self.pull(pod.image, login)
         self._run([self.engine, "rm", "-f", container], None)  # a leftover of a crashed run
         if self._run([self.engine, "volume", "inspect", volume], None).returncode != 0:
             self._check([self.engine, "volume", "create", volume])

@@ -139,6 +139,20 @@ class UpdateTemplateRequest(TemplateFields):
     startSsh: bool | None = None
 
 
+class CreateRegistryRequest(Request):
+    name: str = Field(min_length=1)
+    password: str = Field(min_length=1)
+    username: str = Field(min_length=1)
+
+
+class SetSecretRequest(Request):
+    """POST /_localpod/secrets (localpod's own control: RunPod's document has no secrets
+    routes; there one creates a secret in the console)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    value: str = Field(min_length=1)
+
+
 class UpdateSshKeysRequest(Request):
     keys: list[Annotated[str, Field(
         pattern=r"^(ssh|ecdsa|sk)-[^\s]+ [^\s]+([ \t][^\n\r]*)?$")]]
@@ -249,6 +263,15 @@ class Template(BaseModel):
 
 class ListTemplatesResponse(BaseModel):
     templates: list[Template]
+
+
+class Registry(BaseModel):
+    id: str
+    name: str
+
+
+class ListRegistriesResponse(BaseModel):
+    registries: list[Registry]
 
 
 class CloudPrices(BaseModel):

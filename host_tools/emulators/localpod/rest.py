@@ -1,5 +1,6 @@
 """localpod's RunPod REST v2 (/v2/...) as a FastAPI router: pods (create, read, update, actions,
-logs), the GPU and data-center catalog, templates and the account's SSH keys, answered from an
+logs), the GPU and data-center catalog, templates, container registry auths (their passwords
+never answered) and the account's SSH keys, answered from an
 Account as RunPod's JSON (shapes in models.py). Every route needs a key (`caller`), which is also
 where injected faults answer; errors are raised as ApiError and answered as problem+json.
 """
@@ -87,7 +88,7 @@ def pod_v2(pod: PodRecord) -> dict[str, Any]:
     ssh_port = pod.mappings.get(22) if running else None
     return {
         "id": pod.id, "name": pod.name, "image": pod.image, "args": "", "disk": pod.disk_gb,
-        "ports": pod.ports, "env": pod.env, "registry": None, "status": pod.status,
+        "ports": pod.ports, "env": pod.env, "registry": pod.registry, "status": pod.status,
         "actions": pod.actions,
         "mounts": {"persistent": {"size": pod.volume_gb, "path": pod.volume_path}},
         "gpu": {"id": pod.gpu_id, "count": pod.gpu_count}, "cloud": pod.cloud,
@@ -147,7 +148,7 @@ def create_pod(body: models.CreatePodRequest, request: Request, acc: Acc, scope:
     persistent = body.mounts.persistent if body.mounts is not None else None
     req = {"name": body.name, "image": body.image, "template_id": body.templateId,
            "gpu_id": body.gpu.id, "gpu_count": body.gpu.count, "cloud": body.cloud,
-           "ports": body.ports, "env": body.env, "disk_gb": body.disk,
+           "ports": body.ports, "env": body.env, "disk_gb": body.disk, "registry": body.registry,
            "volume_gb": persistent.size if persistent else None,
            "volume_path": persistent.path if persistent else None}
     fault = acc.take_fault(f"CREATE {request.url.path}")
@@ -343,6 +344,7 @@ def create_template(body: models.CreateTemplateRequest, acc: Acc, scope: Scope) 
     with acc.lock:
         if any(t["name"] == body.name for t in acc.templates):
             raise ApiError(400, f"a template named {body.name!r} exists: names are unique")
+        acc.check_registry(body.registry)
         created = {**template(new_id(10), body.name, body.image), "mounts": {},
                    **body.model_dump(exclude={"mounts"}, exclude_none=True),
                    **template_changes(body)}
@@ -357,6 +359,7 @@ def update_template(id: str, body: models.UpdateTemplateRequest, acc: Acc,  # no
     with acc.lock:
         found = find_template(acc, id)
         changes = template_changes(body)
+        acc.check_registry(changes.get("registry"))
         if any(t["name"] == changes.get("name") and t is not found for t in acc.templates):
             raise ApiError(400, f"a template named {changes['name']!r} exists")
         found.update(changes)
@@ -374,6 +377,54 @@ def delete_template(id: str, acc: Acc, scope: Scope) -> Response:  # noqa: A002
     account_only(scope)
     with acc.lock:
         acc.templates.remove(find_template(acc, id))
+    return Response(status_code=204)
+
+
+# -- container registry auths --
+
+
+def registry_v2(rid: str, auth: dict[str, str]) -> dict[str, Any]:
+    return {"id": rid, "name": auth["name"]}  # never the username's password
+
+
+@router.get("/registries", response_model=models.ListRegistriesResponse)
+def list_registries(acc: Acc, scope: Scope) -> Any:
+    account_only(scope)
+    with acc.lock:
+        return {"registries": [registry_v2(k, v) for k, v in acc.registries.items()]}
+
+
+@router.post("/registries", status_code=201, response_model=models.Registry)
+def create_registry(body: models.CreateRegistryRequest, acc: Acc, scope: Scope) -> Any:
+    account_only(scope)
+    with acc.lock:
+        if any(r["name"] == body.name for r in acc.registries.values()):
+            raise ApiError(400, f"a registry auth named {body.name!r} exists: names are unique")
+        rid = new_id(10)
+        acc.registries[rid] = {"name": body.name, "username": body.username,
+                               "password": body.password}
+        return registry_v2(rid, acc.registries[rid])
+
+
+def found_registry(acc: Account, rid: str) -> dict[str, str]:
+    if rid not in acc.registries:
+        raise ApiError(404, "resource not found")
+    return acc.registries[rid]
+
+
+@router.get("/registries/{id}", response_model=models.Registry)
+def get_registry(id: str, acc: Acc, scope: Scope) -> Any:  # noqa: A002
+    account_only(scope)
+    with acc.lock:
+        return registry_v2(id, found_registry(acc, id))
+
+
+@router.delete("/registries/{id}", status_code=204, response_class=Response)
+def delete_registry(id: str, acc: Acc, scope: Scope) -> Response:  # noqa: A002
+    account_only(scope)
+    with acc.lock:
+        found_registry(acc, id)
+        del acc.registries[id]
     return Response(status_code=204)
 
 

@@ -1,6 +1,7 @@
 """localpod's HTTP server on 127.0.0.1: one FastAPI app with RunPod REST v2 (/v2/..., rest.py),
-the GraphQL subset (/graphql, graphql.py) and the test controls (/_localpod/faults and
-/_localpod/requests, behind the account key or the control token), served by uvicorn.
+the GraphQL subset (/graphql, graphql.py) and the test controls (/_localpod/faults,
+/_localpod/requests and /_localpod/secrets, behind the account key or the control token), served
+by uvicorn.
 
 Every error is RFC 9457 problem+json (`type`, `title` as the status's phrase, `status`,
 `detail`); every answer carries RunPod's rate-limit headers and goes into the account's request
@@ -26,6 +27,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from host_tools.emulators.base import AsgiServer, ControlRoute, FaultSpecError, HttpError
+from host_tools.emulators.localpod import models
 from host_tools.emulators.localpod.graphql import graphql
 from host_tools.emulators.localpod.rest import account, bearer, router
 from host_tools.emulators.localpod.state import Account, ApiError
@@ -186,6 +188,14 @@ def create_app(acc: Account) -> FastAPI:
     def clear_faults(controls: Control) -> Response:
         controls.clear_faults()
         return Response(status_code=CONTROL.cleared_status)
+
+    @app.post(f"{CONTROL.prefix}/secrets", status_code=201, include_in_schema=False)
+    def set_secret(body: models.SetSecretRequest, controls: Control) -> Any:
+        """Create or replace a secret that `{{ RUNPOD_SECRET_<name> }}` refers to (RunPod's
+        console does this there); the answer names it, never its value."""
+        with controls.lock:
+            controls.secrets[body.name] = body.value
+        return {"name": body.name}
 
     @app.get(f"{CONTROL.prefix}/requests", include_in_schema=False)
     def request_log(controls: Control) -> Any:

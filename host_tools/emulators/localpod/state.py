@@ -1,6 +1,7 @@
 """localpod's account: GPU catalog, templates, pods and their RunPod status machine, API keys,
-plus the faults and request log tests steer (base.Controls); pods run through a PodBackend
-(records only, or real containers).
+container registry auths and secrets (`{{ RUNPOD_SECRET_<name> }}` in a pod's env resolved into
+its container's env, never into an answer), plus the faults and request log tests steer
+(base.Controls); pods run through a PodBackend (records only, or real containers).
 """
 
 from __future__ import annotations
@@ -80,6 +81,21 @@ MIN_VOLUME_GB = 10  # RunPod's PersistentMount minimum; 0 (GraphQL) means no vol
 PORT_SPEC = re.compile(r"^([0-9]{1,5})/(tcp|http)$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+SECRET_REF = re.compile(r"\{\{\s*RUNPOD_SECRET_([A-Za-z0-9_-]+)\s*\}\}")
+
+
+def secret_refs(env: dict[str, str]) -> dict[str, list[str]]:
+    """The secrets an env refers to, each with the variables that name it."""
+    found: dict[str, list[str]] = {}
+    for var, value in env.items():
+        for name in SECRET_REF.findall(value):
+            found.setdefault(name, []).append(var)
+    return found
+
+
+def resolve_secrets(env: dict[str, str], secrets_: dict[str, str]) -> dict[str, str]:
+    """The env with every secret reference replaced by the secret's value (KeyError: unknown)."""
+    return {k: SECRET_REF.sub(lambda m: secrets_[m.group(1)], v) for k, v in env.items()}
 
 
 def check_port(spec: str) -> str:
@@ -127,6 +143,7 @@ class PodRecord:
     mappings: dict[int, int] = field(default_factory=dict)  # private -> public on 127.0.0.1
     price: float = 0.0
     locked: bool = False
+    registry: str | None = None  # the container registry auth the image is pulled with
 
     @property
     def actions(self) -> list[str]:
@@ -140,9 +157,11 @@ class PodRecord:
     def cost(self) -> float:
         return round(self.price * self.gpu_count, 4) if self.status == "RUNNING" else 0.0
 
-    def injected_env(self, public_key: str, api_base: str) -> dict[str, str]:
-        """What RunPod puts into a pod's environment (reference/runpod_api.md section 4.1)."""
-        env = dict(self.env)
+    def injected_env(self, public_key: str, api_base: str,
+                     secrets_: dict[str, str] | None = None) -> dict[str, str]:
+        """What RunPod puts into a pod's environment (reference/runpod_api.md section 4.1),
+        secret references resolved."""
+        env = resolve_secrets(self.env, secrets_ or {})
         env.update({
             "RUNPOD_POD_ID": self.id, "RUNPOD_API_KEY": self.pod_key,
             "RUNPOD_POD_HOSTNAME": f"{self.id}-localpod", "RUNPOD_DC_ID": "LOCAL-1",
@@ -160,8 +179,10 @@ class PodRecord:
 class PodBackend(Protocol):
     """What runs a pod. Records-only answers instantly; the container backend runs our image."""
 
-    def start(self, pod: PodRecord, env: dict[str, str]) -> None:
-        """Run the pod (create its volume if new); pod.mappings are already chosen."""
+    def start(self, pod: PodRecord, env: dict[str, str],
+              login: tuple[str, str] | None = None) -> None:
+        """Run the pod (create its volume if new); pod.mappings are already chosen. `login`:
+        the username and password of the pod's container registry auth, to pull its image."""
 
     def ready(self, pod: PodRecord) -> bool:
         """Whether the pod's container is up (RUNNING may be reported)."""
@@ -184,7 +205,8 @@ class RecordsBackend:
         self.port_map = dict(port_map or {})
         self.events: list[tuple[str, str]] = []
 
-    def start(self, pod: PodRecord, env: dict[str, str]) -> None:
+    def start(self, pod: PodRecord, env: dict[str, str],
+              login: tuple[str, str] | None = None) -> None:
         self.events.append(("start", pod.id))
 
     def ready(self, pod: PodRecord) -> bool:
@@ -254,6 +276,8 @@ class Account(Controls[Fault, dict[str, Any]]):
         self.boot_polls, self.public_key = boot_polls, public_key
         self.catalog = {g.id: g for g in (catalog or default_catalog())}
         self.templates = default_templates(image)
+        self.registries: dict[str, dict[str, str]] = {}  # id -> name, username, password
+        self.secrets: dict[str, str] = {}  # name -> value
         self.catalog_denied = catalog_denied
         self.pods: dict[str, PodRecord] = {}
         self.api_base = ""
@@ -334,13 +358,17 @@ class Account(Controls[Fault, dict[str, Any]]):
                 raise ApiError(400, "the pod needs an image: neither the request nor the "
                                "template names one")
             persistent = (template or {}).get("mounts", {}).get("persistent", {})
+            env = {**(template["env"] if template else {}), **req["env"]}
+            self.check_secrets(env)
+            registry = req["registry"] or (template or {}).get("registry")
+            self.check_registry(registry)
             pod_id = new_id()
             pod = PodRecord(
                 id=pod_id, name=req["name"], image=image,
                 gpu_id=gpu_id, gpu_count=count, cloud=cloud,
                 ports=list(req["ports"] if req["ports"] is not None
                            else (template["ports"] if template else [])),
-                env={**(template["env"] if template else {}), **req["env"]},
+                env=env, registry=registry,
                 disk_gb=req["disk_gb"] or (template["disk"] if template else 30),
                 volume_gb=req["volume_gb"] or persistent.get("size") or 20,
                 volume_path=req["volume_path"] or persistent.get("path") or "/workspace",
@@ -353,6 +381,17 @@ class Account(Controls[Fault, dict[str, Any]]):
             self._boot(pod)
             return pod
 
+    def check_secrets(self, env: dict[str, str]) -> None:
+        """ApiError 400 naming the first secret the env refers to that the account lacks."""
+        for name, variables in secret_refs(env).items():
+            if name not in self.secrets:
+                raise ApiError(400, f"secret {name!r} (referenced by env "
+                               f"{', '.join(variables)}) does not exist: create it first")
+
+    def check_registry(self, registry: str | None) -> None:
+        if registry is not None and registry not in self.registries:
+            raise ApiError(400, f"container registry auth {registry!r} not found")
+
     def update_pod(self, pod_id: str, changes: dict[str, Any], scope: str) -> PodRecord:
         """PATCH: change name, image, env, ports, disk, volume size (grow only) or lock; a pod
         that runs is reset (its container recreated), as RunPod does."""
@@ -363,6 +402,7 @@ class Account(Controls[Fault, dict[str, Any]]):
                       "env": pod.env, "disk_gb": pod.disk_gb, "volume_gb": pod.volume_gb,
                       "volume_path": pod.volume_path, **changes}
             req = checked_request(merged)
+            self.check_secrets(req["env"])
             if req["volume_gb"] < pod.volume_gb:
                 raise ApiError(400, f"the volume can only grow: {pod.volume_gb} GB now, "
                                f"{req['volume_gb']} GB asked")
@@ -389,7 +429,10 @@ class Account(Controls[Fault, dict[str, Any]]):
             private = int(spec.split("/")[0])
             pod.mappings[private] = port_map.get(private) or free_port()
         try:
-            self.backend.start(pod, pod.injected_env(self.public_key, self.api_base))
+            auth = self.registries.get(pod.registry or "")
+            self.backend.start(pod, pod.injected_env(self.public_key, self.api_base,
+                                                     self.secrets),
+                               (auth["username"], auth["password"]) if auth else None)
         except Exception as exc:
             pod.status = "ERROR"
             raise ApiError(500, f"the pod's container did not start: {exc}") from None
@@ -480,7 +523,11 @@ def checked_request(req: dict[str, Any]) -> dict[str, Any]:
             check_image(image)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    registry = req.get("registry")
+    if registry is not None and not isinstance(registry, str):
+        raise fail("registry must be a string")
     return {"name": name, "image": image or None, "template_id": template_id or None,
+            "registry": registry or None,
             "gpu_id": req["gpu_id"], "gpu_count": integer("gpu_count", 1, 1),
             "cloud": req["cloud"], "ports": ports, "env": dict(env),
             "disk_gb": integer("disk_gb", 1, None), "volume_gb": volume_gb,
