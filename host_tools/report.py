@@ -303,6 +303,7 @@ def plot_loss_curves(epochs: list[dict[str, Any]], path: Path) -> dict[str, list
 
         matplotlib.use("Agg")
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ReportError("matplotlib is not installed (pip install -e '.[workstation]')"
                           ) from None
@@ -312,12 +313,14 @@ def plot_loss_curves(epochs: list[dict[str, Any]], path: Path) -> dict[str, list
     ax.plot(xs, [e["train_loss"] for e in epochs], marker="o", label="train loss")
     ax.plot(xs, [e["val_loss"] for e in epochs], marker="o", label="val loss")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     lr_ax = ax.twinx()
     lr_ax.plot(xs, [e["lr"] for e in epochs], color="gray", linestyle="--", label="learning rate")
     lr_ax.set_ylabel("learning rate")
-    ax.legend(handles=[*ax.get_lines(), *lr_ax.get_lines()], loc="upper right")
+    ax.legend(handles=[*ax.get_lines(), *lr_ax.get_lines()], loc="best")
     fig.suptitle("loss per epoch")
+    fig.tight_layout()
     lines = {line.get_label(): line for line in [*ax.get_lines(), *lr_ax.get_lines()]}
     series = {"epoch": [float(x) for x in lines["train loss"].get_xdata()]}
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"),
