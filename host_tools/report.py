@@ -4,7 +4,7 @@ the end of `provision.py cycle` and by `provision.py report RUN_ID` later.
 A `RunReport` is built from what the run left: the phase-timing records of the run (the host's
 cycle phases and the pod's, merged by cycle), `run.json` (what cycle knew: pod, GPU, $/h, running
 time, dataset), the trainer's progress events (`artifacts/progress.jsonl`), `metrics.json` and the
-evaluation (`artifacts/evaluation.json`, `python -m appliance.training.evaluate --json` output).
+evaluation against the baselines (`artifacts/evaluation.json`, the preset's `evaluate --json-out`).
 Whatever is missing is named in the report (`missing`), never an error. matplotlib is a
 workstation dependency (the `workstation` extra), imported only where the plot is drawn.
 """
@@ -206,7 +206,7 @@ def _evaluation(report: RunReport, run_dir: Path) -> None:
     path = _first(run_dir, EVALUATION)
     if path is None:
         report.missing.append("no evaluation: none of " + ", ".join(EVALUATION) + " in the run "
-                              "folder (`python -m appliance.training.evaluate --json` output)")
+                              "folder (the preset's `evaluate --json-out`)")
         return
     data = _json(path, report.missing, "evaluation")
     if not data:

@@ -1,6 +1,7 @@
 """The run report (host_tools/report.py, `provision.py report`): built from a run folder holding
-real trainer output (progress events, metrics.json), a real evaluation, phase-timing records and
-the pod facts cycle records; report.json's values, report.md's lines and the loss-curve PNG."""
+real trainer output (progress events, metrics.json), a real evaluation (evaluate --json-out),
+phase-timing records and the pod facts cycle records; report.json's values, report.md's lines and
+the loss-curve PNG."""
 
 from __future__ import annotations
 
@@ -50,12 +51,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     art = root / "run" / "artifacts"
     run_trainer(trainer_args(ds, art, "--epochs", "3", "--lr", "0.05", "--lr-patience", "0",
                              "--progress-jsonl-out", str(art / "progress.jsonl")))
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(io.StringIO()):
         assert evaluate.main(["--model", str(art / "model_best.pt"), "--data",
                               str(ds / "val.jsonl"), "--train-data", str(ds / "train.jsonl"),
-                              "--json"]) == 0
-    (art / "evaluation.json").write_text(buf.getvalue())
+                              "--json", "--json-out", str(art / "evaluation.json")]) == 0
     return root / "run"
 
 
@@ -185,7 +184,7 @@ def test_missing_pieces_are_named_not_fatal(run: Path, monkeypatch: pytest.Monke
         "(the trainer's --progress-jsonl-out)",
         "epochs taken from metrics.json's history",
         "no evaluation: none of artifacts/evaluation.json, evaluation.json in the run folder "
-        "(`python -m appliance.training.evaluate --json` output)",
+        "(the preset's `evaluate --json-out`)",
         "no loss curves: matplotlib is not installed (pip install -e '.[workstation]')"]
     assert not (run / "loss_curves.png").exists()
 
@@ -206,7 +205,7 @@ def test_a_folder_with_almost_nothing_still_reports(tmp_path: Path) -> None:
         "(the trainer's --progress-jsonl-out)",
         "no throughput: no epoch with train_targets and train_seconds",
         "no evaluation: none of artifacts/evaluation.json, evaluation.json in the run folder "
-        "(`python -m appliance.training.evaluate --json` output)",
+        "(the preset's `evaluate --json-out`)",
         "no loss curves: no epochs"]
 
 
