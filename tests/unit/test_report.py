@@ -232,3 +232,12 @@ def test_report_default_folder_and_bad_run_id(tmp_path: Path,
     cli = make_cli_env()
     assert main(["report", "../etc"], cli.env) == 2
     assert cli.err == "error: RUN_ID '../etc': letters, digits, '-' and '_' only\n"
+
+
+def test_matplotlib_is_a_workstation_extra_not_a_pod_dependency() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("matplotlib")]
+    assert project["optional-dependencies"]["workstation"] == ["matplotlib>=3.8"]
+    assert "chessbot-pod-appliance[workstation]" in project["optional-dependencies"]["dev"]
