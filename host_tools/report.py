@@ -353,10 +353,14 @@ def render_markdown(r: RunReport) -> str:
     lines.append(f"- GPU: {gpu_text} (device {gpu.get('device') or '-'}"
                  + (f", pod {gpu['pod_id']})" if gpu.get("pod_id") else ")"))
     ds = r.dataset
-    lines.append(f"- dataset: {ds.get('path', '-')} ({ds.get('location') or 'location unknown'}), "
-                 f"format {ds.get('dataset_format', '-')}, rows {ds.get('train_rows', '-')} train"
-                 f" / {ds.get('val_rows', '-')} val, games {ds.get('train_games', '-')} train / "
-                 f"{ds.get('val_games', '-')} val")
+    parts = [f"{ds['path']} ({ds.get('location') or 'location unknown'})" if "path" in ds
+             else "path unknown"]
+    if "dataset_format" in ds:
+        parts.append(f"format {ds['dataset_format']}")
+    for what, key in (("rows", "rows"), ("games", "games")):
+        if f"train_{key}" in ds:
+            parts.append(f"{what} {ds[f'train_{key}']} train / {ds.get(f'val_{key}', '-')} val")
+    lines.append("- dataset: " + ", ".join(parts))
     if r.throughput:
         lines.append(f"- throughput: {r.throughput['targets_per_s']:,.0f} targets/s "
                      f"({r.throughput['targets']:,.0f} targets in "
