@@ -68,6 +68,8 @@ class RunInfo:
     @classmethod
     def read(cls, path: Path) -> RunInfo:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

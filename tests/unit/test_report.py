@@ -195,6 +195,9 @@ def test_a_folder_with_almost_nothing_still_reports(tmp_path: Path) -> None:
     (run_dir / "timings.jsonl").write_text("not json\n" + json.dumps(_rec("x", "p", 5)) + "\n")
     (run_dir / "run.json").write_text(json.dumps({"run_id": "r1", "cost_per_hr": 0.5}))
     report = build_report("r1", run_dir, tmp_path / "absent.jsonl")
+    (run_dir / "run.json").write_text("[1]")
+    assert build_report("r1", run_dir, None).missing[0] == (
+        f"{run_dir / 'run.json'} is not readable (not a JSON object)")
     assert report.phases == [{"source": "x", "phase": "p", "status": "ok", "seconds": 0.005}]
     assert report.missing == [
         f"1 line(s) of {run_dir / 'timings.jsonl'} are not JSON records; left out",
