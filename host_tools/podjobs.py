@@ -3,10 +3,10 @@
 cycle: provision -> wait for SSH -> (upload a dataset) -> the training preset in the pod -> copy
 the artifacts back -> stop, terminate or keep the pod -> the run report (host_tools/report.py).
 Each phase is timed into the phase-timing log (source=host_cycle) with the pod's own preset
-phases. On a failure the pod is cleaned up unless
---keep-on-failure: terminated, or only stopped when it may hold artifacts not copied back. Only the
-pod this run created is ever cleaned up: it is known by id, and after a failed create by the
-request's marker (pods.create_pod), never by its name.
+phases. On a failure the pod is cleaned up unless --keep-on-failure: terminated, or only stopped
+when it may hold artifacts not copied back. Only the pod this run created is ever cleaned up: it
+is known by id, and after a failed create by the request's marker (pods.create_pod), never by its
+name.
 
 smoke: SSH, the inference API's /healthz from this machine, then
 `python -m appliance.runtime.podcheck` in the pod (supervisorctl status, /healthz, /infer,
@@ -211,6 +211,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
 
 def _run_info(run_id: str, pod: Pod, args: argparse.Namespace, dataset: str,
               running_s: float) -> RunInfo:
+    """What the report needs that the run folder does not say; the $/h is the running pod's."""
     stats = None
     if args.dataset is not None and (args.dataset / "stats.json").is_file():
         try:
@@ -220,7 +221,8 @@ def _run_info(run_id: str, pod: Pod, args: argparse.Namespace, dataset: str,
     return RunInfo(run_id, pod.id, pod.gpu_id, pod.gpu_count, pod.cost_per_hr,
                    round(running_s, 3), args.then,
                    str(args.dataset) if args.dataset is not None else dataset,
-                   "workstation" if args.dataset is not None else "pod", stats)
+                   "workstation" if args.dataset is not None else "pod",
+                   stats if isinstance(stats, dict) else None)
 
 
 def _report(env: Env, info: RunInfo, out: Path, timing_log: Path) -> str | None:
