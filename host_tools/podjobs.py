@@ -1,11 +1,12 @@
 """`provision.py cycle` and `provision.py smoke`: jobs that run in a pod over SSH.
 
 cycle: provision -> wait for SSH -> (upload a dataset) -> the training preset in the pod -> copy
-the artifacts back -> stop, terminate or keep the pod. Each phase is timed into the phase-timing
-log (source=host_cycle) with the pod's own preset phases. On a failure the pod is cleaned up unless
---keep-on-failure: terminated, or only stopped when it may hold artifacts not copied back. Only the
-pod this run created is ever cleaned up: it is known by id, and after a failed create by the
-request's marker (pods.create_pod), never by its name.
+the artifacts back -> stop, terminate or keep the pod -> the run report (host_tools/report.py).
+Each phase is timed into the phase-timing log (source=host_cycle) with the pod's own preset
+phases. On a failure the pod is cleaned up unless --keep-on-failure: terminated, or only stopped
+when it may hold artifacts not copied back. Only the pod this run created is ever cleaned up: it
+is known by id, and after a failed create by the request's marker (pods.create_pod), never by its
+name.
 
 smoke: SSH, the inference API's /healthz from this machine, then
 `python -m appliance.runtime.podcheck` in the pod (supervisorctl status, /healthz, /infer,
@@ -45,6 +46,7 @@ from host_tools.pods import (
     ssh_settings,
     wait_ready,
 )
+from host_tools.report import PROGRESS, ReportError, RunInfo, build_report, write_report
 
 CYCLE_SOURCE = "host_cycle"
 SMOKE_SOURCE = "host_smoke"
@@ -117,7 +119,8 @@ def _extract(archive: Path, dest: Path) -> list[str]:
 
 
 # Set by cycle itself from --run-id and --dataset; the fetch relies on them.
-CYCLE_VARIABLES = ("RUN_ID", "TRAIN_DATASET_DIR", "TRAIN_OUTPUT_DIR", "RUNPOD_PHASE_TIMING_LOG")
+CYCLE_VARIABLES = ("RUN_ID", "TRAIN_DATASET_DIR", "TRAIN_OUTPUT_DIR", "RUNPOD_PHASE_TIMING_LOG",
+                   "TRAIN_PROGRESS_JSONL_OUT")
 
 
 def _check_train_env(pairs: dict[str, str]) -> None:
@@ -148,6 +151,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     ssh_settings()  # a bad known-hosts setting fails before anything bills
     remote = f"{args.remote_root.rstrip('/')}/{run_id}"
     phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env.err)
+    started = env.monotonic()
     pod: Pod | None = None
     state = {"train_started": False, "fetched": False}
     with env.client_factory() as client:
@@ -170,7 +174,8 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                         raise CliError(f"uploading {args.dataset} to the pod failed")
             variables = {"RUN_ID": run_id, "TRAIN_DATASET_DIR": dataset,
                          "TRAIN_OUTPUT_DIR": f"{remote}/artifacts",
-                         "RUNPOD_PHASE_TIMING_LOG": f"{remote}/timings.jsonl", **train_env}
+                         "RUNPOD_PHASE_TIMING_LOG": f"{remote}/timings.jsonl",
+                         "TRAIN_PROGRESS_JSONL_OUT": f"{remote}/{PROGRESS[0]}", **train_env}
             command = (f"mkdir -p {shlex.quote(remote)} && cd {shlex.quote(remote)} && env "
                        + " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
                        + f" {PRESET}")
@@ -186,18 +191,50 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
             phases.merge(out / "timings.jsonl")  # the pod's preset phases, in the same log
             with phases.phase(f"then_{args.then}"):
                 _finish(client, pod, args.then)
+            info = _run_info(run_id, pod, args, dataset, env.monotonic() - started)
         except (Exception, KeyboardInterrupt) as exc:
             if pod is not None:
                 _cleanup_on_failure(env, client, pod, args, phases, state)
             if isinstance(exc, KeyboardInterrupt):
                 raise CliError("interrupted", 130) from None
             raise
+    report = _report(env, info, out, phases.path)
     summary = {"run_id": run_id, "pod": pod.id, "then": args.then, "out": str(out),
-               "files": files, "phases": phases.done, "timing_log": str(phases.path)}
+               "files": files, "phases": phases.done, "timing_log": str(phases.path),
+               "report": report, "cost_usd": info.cost_usd()}
+    cost = "" if info.cost_usd() is None else f"; cost ${info.cost_usd():.4f}"
     emit(env, args.json, summary, f"{phases.table()}\n\ncycle {run_id}: pod {pod.id} "
           f"{_then_text(args.then, pod)}; artifacts in {out} ({len(files)} files); timings in "
-          f"{phases.path}")
+          f"{phases.path}; report {report or '(none)'}{cost}")
     return 0
+
+
+def _run_info(run_id: str, pod: Pod, args: argparse.Namespace, dataset: str,
+              running_s: float) -> RunInfo:
+    """What the report needs that the run folder does not say; the $/h is the running pod's."""
+    stats = None
+    if args.dataset is not None and (args.dataset / "stats.json").is_file():
+        try:
+            stats = json.loads((args.dataset / "stats.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stats = None  # the report says the stats are missing
+    return RunInfo(run_id, pod.id, pod.gpu_id, pod.gpu_count, pod.cost_per_hr,
+                   round(running_s, 3), args.then,
+                   str(args.dataset) if args.dataset is not None else dataset,
+                   "workstation" if args.dataset is not None else "pod",
+                   stats if isinstance(stats, dict) else None)
+
+
+def _report(env: Env, info: RunInfo, out: Path, timing_log: Path) -> str | None:
+    """run.json, then the run report; a report that cannot be written is a warning, since the
+    run itself succeeded."""
+    try:
+        info.write(out)
+        return str(write_report(build_report(info.run_id, out, timing_log)))
+    except (ReportError, OSError) as exc:
+        print(f"warning: no run report: {exc}; `provision.py report {info.run_id} --dir {out}` "
+              "tries again", file=env.err)
+        return None
 
 
 def _fetch(env: Env, pod: Pod, args: argparse.Namespace, remote: str, out: Path) -> list[str]:

@@ -1,6 +1,7 @@
 """Workstation CLI for RunPod pods: gpu-search, template-list, provision (--wait), pods, status,
 stop, start, terminate, ssh, doctor, (host_tools/podjobs.py) cycle and smoke, and
-(host_tools/templates.py) template-create/-update/-show and registry-auth; a thin layer
+(host_tools/templates.py) template-create/-update/-show and registry-auth, (host_tools/report.py)
+report; a thin layer
 over appliance.runpod. Runs as `python host_tools/provision.py`, `python -m host_tools.provision`
 or `appliance-provision`. The lifecycle steps are in pods.py, their options in pod_args.py.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from appliance.runpod import NoApiKeyError, RunpodClient, RunpodError
 from appliance.settings import SettingsError
-from host_tools import podjobs, templates
+from host_tools import podjobs, report, templates
 from host_tools.cli import CliError, Env, confirm, emit, price, table
 from host_tools.engine import installed
 from host_tools.pod_args import create_request, filters, provision_options, wait_request, waiting
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_doctor)
     podjobs.add_commands(add)
     templates.add_commands(add)
+    report.add_command(add)
     return p
 
 

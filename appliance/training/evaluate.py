@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from appliance.atomic import atomic_write_json
 from appliance.datasets.rows import (
     DatasetError,
     EncodedGame,
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json-out", type=Path, metavar="FILE",
+                   help="also write the result as JSON to FILE (the run report reads it)")
     return p
 
 
@@ -256,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result["data"] = str(args.data)
+    if args.json_out is not None:
+        try:
+            atomic_write_json(args.json_out, result)
+        except OSError as exc:
+            print(f"error: --json-out {args.json_out}: cannot write it ({exc.strerror or exc})",
+                  file=sys.stderr)
+            return 2
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 

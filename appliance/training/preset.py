@@ -2,7 +2,8 @@
 
 Dataset: TRAIN_PATH + VAL_PATH, else TRAIN_DATASET_DIR, else the newest dir under
 $REPO_DIR/data/dataset/ holding train.jsonl and val.jsonl. Uses torchrun when several GPUs are
-visible. Each phase is timed into the phase-timing log (source=runpod_train_preset).
+visible. Each phase is timed into the phase-timing log (source=runpod_train_preset). The
+evaluation is printed and written next to the model (evaluation.json).
 
 HF mode (HF_FETCH_LATEST_ALL_DATASETS=1): the newest version of every dataset in
 HF_DATASET_REPO_ID is fetched (or HF_DATASET_FETCH_MANIFEST reused with
@@ -32,6 +33,8 @@ from appliance.model import BEST_MODEL
 from appliance.timing import TimingLog
 
 SOURCE = "runpod_train_preset"
+# The evaluation of the (first) val file, as JSON next to the model; the run report reads it.
+EVALUATION = "evaluation.json"
 
 # TRAIN_* variable -> trainer flag (the rest of the variables choose paths).
 FLAG_VARS = {
@@ -209,10 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.evaluate:
         with timing.phase("evaluate") as res:
             train_data = [a for p in trains for a in ("--train-data", str(p))]
-            for val in vals:  # evaluate takes one data file
+            for i, val in enumerate(vals, 1):  # evaluate takes one data file
+                name = EVALUATION if i == 1 else f"evaluation-{i}.json"
                 res["exit_code"] = subprocess.call(
                     [sys.executable, "-m", "appliance.training.evaluate", "--model",
-                     str(output_dir / BEST_MODEL), "--data", str(val), *train_data]
+                     str(output_dir / BEST_MODEL), "--data", str(val), *train_data,
+                     "--json-out", str(output_dir / name)]
                 )
                 if res["exit_code"]:
                     break

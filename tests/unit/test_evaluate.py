@@ -29,6 +29,17 @@ def _json(capsys, argv: list[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def test_json_out_writes_the_printed_result(tmp_path: Path, model_path: Path, capsys):
+    train = write_rows(tmp_path / "train.jsonl", [{"moves_uci": OPENING}] * 2)
+    argv = ["--model", str(model_path), "--data", str(train), "--train-data", str(train)]
+    printed = _json(capsys, [*argv, "--json-out", str(tmp_path / "ev" / "evaluation.json")])
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text()) == printed
+    (tmp_path / "file").write_text("")
+    assert evaluate.main([*argv, "--json-out", str(tmp_path / "file" / "x.json")]) == 2
+    assert capsys.readouterr().err == f"error: --json-out {tmp_path / 'file' / 'x.json'}: " \
+        "cannot write it (File exists)\n"
+
+
 def test_metrics_and_baselines(tmp_path: Path, model_path: Path, capsys):
     train = write_rows(tmp_path / "train.jsonl", [{"moves_uci": OPENING}] * 2)
     val = write_rows(tmp_path / "val.jsonl", [{"moves_uci": OPENING, "random_plies": [5]}])

@@ -50,7 +50,8 @@ def test_cycle_trains_fetches_and_then(h: Harness, then: str) -> None:
         f"mkdir -p {remote}/dataset && tar -xf - -C {remote}/dataset",
         f"mkdir -p {remote} && cd {remote} && env RUN_ID=r1 TRAIN_DATASET_DIR={remote}/dataset "
         f"TRAIN_OUTPUT_DIR={remote}/artifacts RUNPOD_PHASE_TIMING_LOG={remote}/timings.jsonl "
-        f"TRAIN_EPOCHS=5 TRAIN_EXTRA_ARGS='--embed-dim 32' {PRESET}",
+        f"TRAIN_PROGRESS_JSONL_OUT={remote}/artifacts/progress.jsonl TRAIN_EPOCHS=5 "
+        f"TRAIN_EXTRA_ARGS='--embed-dim 32' {PRESET}",
         f"cd {remote} && tar -cf - artifacts $(test -f timings.jsonl && echo timings.jsonl)",
     ]
     for argv, _, _ in h.pod.calls:
@@ -60,7 +61,8 @@ def test_cycle_trains_fetches_and_then(h: Harness, then: str) -> None:
 
     # The artifacts are in --out.
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
-        "artifacts/metrics.json", "artifacts/model_best.pt", "timings.jsonl"]
+        "artifacts/metrics.json", "artifacts/model_best.pt", "report.json", "report.md",
+        "run.json", "timings.jsonl"]
     assert (out / "artifacts" / "model_best.pt").read_bytes() == b"weights"
 
     # One timing log: the host's phases in order, and the pod's preset phases merged in.
@@ -77,7 +79,8 @@ def test_cycle_trains_fetches_and_then(h: Harness, then: str) -> None:
     # The text summary.
     text = THEN_TEXT[then].format(id=pod.id)
     assert cli.out.splitlines()[-1] == (
-        f"cycle r1: pod {pod.id} {text}; artifacts in {out} (3 files); timings in {h.log}")
+        f"cycle r1: pod {pod.id} {text}; artifacts in {out} (3 files); timings in {h.log}; "
+        f"report {out / 'report.md'}; cost ${pod.price * sum(cli.sleeps) / 3600:.4f}")
     rows = table_rows(cli.out, "PHASE")
     assert [r[:2] for r in rows] == [["provision", "ok"], ["wait_ssh", "ok"],
                                      ["upload_dataset", "ok"], ["train", "ok"],
@@ -105,7 +108,9 @@ def test_cycle_json_summary_and_sample_dataset(h: Harness) -> None:
                        "out": str(h.tmp / "out"),
                        "files": ["artifacts/metrics.json", "artifacts/model_best.pt",
                                  "timings.jsonl"],
-                       "phases": host, "timing_log": str(h.log)}
+                       "phases": host, "timing_log": str(h.log),
+                       "report": str(h.tmp / "out" / "report.md"),
+                       "cost_usd": round(pod.price * sum(cli.sleeps) / 3600, 4)}
     # Without --dataset: no upload, the image's sample data.
     assert [p["phase"] for p in summary["phases"]] == [
         "provision", "wait_ssh", "train", "fetch_artifacts", "then_terminate"]
@@ -128,7 +133,8 @@ def test_cycle_defaults_run_id_out_and_remote_root(h: Harness) -> None:
         f"mkdir -p /workspace/runs/{run_id} && cd /workspace/runs/{run_id} && env "
         f"RUN_ID={run_id} TRAIN_DATASET_DIR=/srv/chessbot/data/sample "
         f"TRAIN_OUTPUT_DIR=/workspace/runs/{run_id}/artifacts "
-        f"RUNPOD_PHASE_TIMING_LOG=/workspace/runs/{run_id}/timings.jsonl {PRESET}")
+        f"RUNPOD_PHASE_TIMING_LOG=/workspace/runs/{run_id}/timings.jsonl "
+        f"TRAIN_PROGRESS_JSONL_OUT=/workspace/runs/{run_id}/artifacts/progress.jsonl {PRESET}")
     assert {r["run_id"] for r in h.records() if r["source"] == "host_cycle"} == {run_id}
 
 
@@ -145,8 +151,8 @@ def test_cycle_without_pod_timings_still_succeeds(h: Harness) -> None:
     code, cli = cycle(h)
     assert code == 0, cli.err
     assert [r["source"] for r in h.records()] == ["host_cycle"] * 5
-    assert cli.out.splitlines()[-1].endswith(f"artifacts in {h.tmp / 'out'} (1 files); "
-                                             f"timings in {h.log}")
+    assert f"artifacts in {h.tmp / 'out'} (1 files); timings in {h.log}; report " \
+        f"{h.tmp / 'out' / 'report.md'}; cost $" in cli.out.splitlines()[-1]
 
 
 # -- cycle: failures and cleanup ------------------------------------------------------------------

@@ -87,6 +87,11 @@ def test_preset_trains_evaluates_and_records_phases(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "artifacts" / "train" / "run-1" / "model_best.pt").is_file()
     assert "baseline: random legal" in r.stdout
+    ev = json.loads((tmp_path / "artifacts" / "train" / "run-1" / "evaluation.json").read_text())
+    assert ev["data"] == str(tmp_path / "data" / "dataset" / "tiny" / "val.jsonl")
+    assert set(ev["baselines"]) == {"random_legal", "frequent_prefix"}
+    row = next(line for line in r.stdout.splitlines() if line.startswith("model "))
+    assert row.split()[1:3] == [str(ev["positions"]), f"{ev['top1'] * 100:.1f}%"]
     log = tmp_path / "artifacts" / "timings" / "runpod_phase_times.jsonl"
     recs = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(x["source"], x["run_id"], x["phase"], x["status"]) for x in recs] == [
