@@ -33,6 +33,7 @@ from appliance import settings
 from appliance.runpod import Pod, RunpodClient
 from appliance.runtime.podcheck import Check
 from appliance.timing import TimingLog
+from host_tools import watch
 from host_tools.cli import CliError, Env, emit, load_settings, table
 from host_tools.image import IMAGE_CODE_DIR
 from host_tools.pod_args import create_request, parse_env_pairs, provision_options, wait_request
@@ -117,7 +118,8 @@ def _extract(archive: Path, dest: Path) -> list[str]:
 
 
 # Set by cycle itself from --run-id and --dataset; the fetch relies on them.
-CYCLE_VARIABLES = ("RUN_ID", "TRAIN_DATASET_DIR", "TRAIN_OUTPUT_DIR", "RUNPOD_PHASE_TIMING_LOG")
+CYCLE_VARIABLES = ("RUN_ID", "TRAIN_DATASET_DIR", "TRAIN_OUTPUT_DIR", "RUNPOD_PHASE_TIMING_LOG",
+                   "TRAIN_PROGRESS_JSONL_OUT")
 
 
 def _check_train_env(pairs: dict[str, str]) -> None:
@@ -170,7 +172,8 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                         raise CliError(f"uploading {args.dataset} to the pod failed")
             variables = {"RUN_ID": run_id, "TRAIN_DATASET_DIR": dataset,
                          "TRAIN_OUTPUT_DIR": f"{remote}/artifacts",
-                         "RUNPOD_PHASE_TIMING_LOG": f"{remote}/timings.jsonl", **train_env}
+                         "RUNPOD_PHASE_TIMING_LOG": f"{remote}/timings.jsonl",
+                         "TRAIN_PROGRESS_JSONL_OUT": f"{remote}/{watch.PROGRESS_FILE}", **train_env}
             command = (f"mkdir -p {shlex.quote(remote)} && cd {shlex.quote(remote)} && env "
                        + " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
                        + f" {PRESET}")
@@ -371,7 +374,8 @@ def _public_healthz(env: Env, pod: Pod, attempts: int = 10, pause: float = 2.0) 
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Adds cycle and smoke through provision.py's `add(name, help, handler)`."""
+    """Adds cycle, smoke and watch through provision.py's `add(name, help, handler)`."""
+    watch.add_command(add)
     sp = add("cycle", "provision, wait for SSH, train in the pod, copy the artifacts back, then "
              "stop/terminate/keep; cleans up on failure", cmd_cycle)
     provision_options(sp)

@@ -50,6 +50,7 @@ def test_cycle_trains_fetches_and_then(h: Harness, then: str) -> None:
         f"mkdir -p {remote}/dataset && tar -xf - -C {remote}/dataset",
         f"mkdir -p {remote} && cd {remote} && env RUN_ID=r1 TRAIN_DATASET_DIR={remote}/dataset "
         f"TRAIN_OUTPUT_DIR={remote}/artifacts RUNPOD_PHASE_TIMING_LOG={remote}/timings.jsonl "
+        f"TRAIN_PROGRESS_JSONL_OUT={remote}/progress.jsonl "
         f"TRAIN_EPOCHS=5 TRAIN_EXTRA_ARGS='--embed-dim 32' {PRESET}",
         f"cd {remote} && tar -cf - artifacts $(test -f timings.jsonl && echo timings.jsonl)",
     ]
@@ -128,7 +129,8 @@ def test_cycle_defaults_run_id_out_and_remote_root(h: Harness) -> None:
         f"mkdir -p /workspace/runs/{run_id} && cd /workspace/runs/{run_id} && env "
         f"RUN_ID={run_id} TRAIN_DATASET_DIR=/srv/chessbot/data/sample "
         f"TRAIN_OUTPUT_DIR=/workspace/runs/{run_id}/artifacts "
-        f"RUNPOD_PHASE_TIMING_LOG=/workspace/runs/{run_id}/timings.jsonl {PRESET}")
+        f"RUNPOD_PHASE_TIMING_LOG=/workspace/runs/{run_id}/timings.jsonl "
+        f"TRAIN_PROGRESS_JSONL_OUT=/workspace/runs/{run_id}/progress.jsonl {PRESET}")
     assert {r["run_id"] for r in h.records() if r["source"] == "host_cycle"} == {run_id}
 
 
