@@ -463,7 +463,8 @@ def options(args: argparse.Namespace, run_id: str, out: Path) -> WatchOptions:
     if args.stall_minutes <= 0:
         raise CliError(f"--stall-minutes {args.stall_minutes}: must be above 0", 2)
     return WatchOptions(run_id=run_id, remote_dir=f"{args.remote_root.rstrip('/')}/{run_id}",
-                        out=out, stall_s=args.stall_minutes * 60, on_stall=args.on_stall,
+                        out=out, stall_s=args.stall_minutes * 60,
+                        on_stall=getattr(args, "on_stall", "collect"),
                         as_json=args.json, user=args.user, tick_s=args.tick)
 
 
@@ -482,13 +483,14 @@ def cmd_watch(env: Env, args: argparse.Namespace) -> int:
         return Watcher(env, client, pod, options(args, run_id, out)).run()
 
 
-def add_watch_options(sp: argparse.ArgumentParser) -> None:
-    """The options `watch` and `cycle --watch` share."""
+def add_watch_options(sp: argparse.ArgumentParser, on_stall: bool = True) -> None:
+    """The options `watch` and `cycle --watch` share (cycle's own cleanup follows a stall)."""
     sp.add_argument("--stall-minutes", type=float, default=30.0,
                     help="no progress event for this long is a stall (default %(default)s)")
-    sp.add_argument("--on-stall", choices=ON_STALL, default="collect",
-                    help="on a stall: none (warn, keep watching), collect the checkpoints "
-                    "(default), or collect then stop / terminate the watched pod")
+    if on_stall:
+        sp.add_argument("--on-stall", choices=ON_STALL, default="collect",
+                        help="on a stall: none (warn, keep watching), collect the checkpoints "
+                        "(default), or collect then stop / terminate the watched pod")
     sp.add_argument("--tick", type=float, default=0.5, help=argparse.SUPPRESS)
 
 

@@ -374,3 +374,41 @@ def test_bad_options(h: Harness, args: list[str], message: str) -> None:
     code, cli = watch(h, fake, pod_id, *args)
     assert (code, cli.err) == (2, message)
     assert fake.streams == []
+
+
+def test_cycle_watch_copies_checkpoints_and_fetches(h: Harness) -> None:
+    from host_tools.podjobs import PRESET
+    from host_tools.provision import main
+    from tests.utils.localpod import make_cli_env
+    fake = FakeRunPod(jsonl(events(2)))
+
+    def remote(argv: list[str], stdin: Path | None, stdout: Path | None) -> int:
+        if argv[-1].endswith(PRESET):  # the preset runs until the watcher has seen it done
+            assert stdout is not None and stdin is None
+            stdout.write_text("epoch 1/2 ...\n")
+            fake.copied_epoch.wait_for(2)
+            return 0
+        if CAT.match(argv[-1]) or argv[-1].startswith("nvidia-smi"):
+            return fake.remote(argv, stdin, stdout)
+        return h.pod(argv, stdin, stdout)
+
+    cli = make_cli_env()
+    cli.env.remote = remote
+    cli.env.stream = fake.stream
+    h.clis.append(cli)
+    out = h.tmp / "out"
+    code = main(["cycle", *GPU, "--run-id", "r1", "--out", str(out), "--poll-interval", "0.5",
+                 "--watch", "--tick", "0.01"], cli.env)
+    assert code == 0, cli.err
+    assert fake.streams == [f"tail -n +1 -F {REMOTE}/progress.jsonl"]
+    assert fake.copies == [(n, f"{n}@epoch{e}".encode()) for e in (1, 2, 2)
+                           for n in ("model_best.pt", "checkpoint_last.pt")]
+    assert (out / "train.log").read_text() == "epoch 1/2 ...\n"
+    assert "watch: run r1 done" in cli.out
+    # The fetch at the end replaces the copies with the pod's final files.
+    assert (out / "artifacts" / "model_best.pt").read_bytes() == b"weights"
+    assert (out / "artifacts" / "checkpoint_last.pt").read_bytes() == \
+        b"checkpoint_last.pt@epoch2"
+    assert h.phases() == [("provision", "ok"), ("wait_ssh", "ok"), ("train", "ok"),
+                          ("fetch_artifacts", "ok"), ("then_stop", "ok")]
+    h.assert_no_canary()
