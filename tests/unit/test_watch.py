@@ -412,3 +412,57 @@ def test_cycle_watch_copies_checkpoints_and_fetches(h: Harness) -> None:
     assert h.phases() == [("provision", "ok"), ("wait_ssh", "ok"), ("train", "ok"),
                           ("fetch_artifacts", "ok"), ("then_stop", "ok")]
     h.assert_no_canary()
+
+
+def test_cycle_watch_stall_fails_the_run_and_cleanup_stops_the_pod(h: Harness) -> None:
+    from host_tools.podjobs import PRESET
+    from host_tools.provision import main
+    from tests.utils.localpod import make_cli_env
+    fake = FakeRunPod(jsonl(events(2)), pause_at=3, pause_s=30.0)
+    released = threading.Event()
+
+    def remote(argv: list[str], stdin: Path | None, stdout: Path | None) -> int:
+        if argv[-1].endswith(PRESET):  # hung: ssh returns only when the pod stops
+            released.wait(10)
+            return 255
+        if CAT.match(argv[-1]) or argv[-1].startswith("nvidia-smi"):
+            return fake.remote(argv, stdin, stdout)
+        return h.pod(argv, stdin, stdout)
+
+    cli = make_cli_env()
+    cli.env.remote = remote
+    cli.env.stream = fake.stream
+    cli.env.monotonic = ticking(10.0)
+    h.clis.append(cli)
+    out = h.tmp / "out"
+    try:
+        code = main(["cycle", *GPU, "--run-id", "r1", "--out", str(out), "--poll-interval",
+                     "0.5", "--watch", "--stall-minutes", "1", "--tick", "0.01"], cli.env)
+    finally:
+        released.set()
+    assert code == 1
+    assert (f"error: the training in pod {h.only_pod().id} stalled (no progress event for 1 "
+            f"min); its log: {out / 'train.log'}\n") in cli.err
+    assert (out / "artifacts" / "checkpoint_last.pt").read_bytes() == \
+        b"checkpoint_last.pt@epoch1"
+    assert h.only_pod().status == "EXITED"  # stopped: its volume may hold more
+    assert h.phases() == [("provision", "ok"), ("wait_ssh", "ok"), ("train", "error"),
+                          ("cleanup_stop", "ok")]
+    h.assert_no_canary()
+
+
+def test_process_lines_reads_while_running_and_close_ends_it(tmp_path: Path) -> None:
+    from host_tools.cli import ProcessLines
+    stream = ProcessLines(["bash", "-c", "printf 'a\\nb\\n'; exec sleep 30"])
+    got = []
+    for line in stream:
+        got.append(line)
+        if len(got) == 2:
+            break
+    stream.close()
+    assert got == ["a\n", "b\n"]
+    assert stream.proc.returncode == -9
+    ended = ProcessLines(["printf", "x\\ny"])
+    assert list(ended) == ["x\n", "y"]  # the last line without its newline, as it came
+    ended.close()
+    assert ended.proc.returncode == 0
