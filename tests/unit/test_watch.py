@@ -54,8 +54,12 @@ class FakeStream:
         lines = self.pod.lines
         end = len(lines) if self.count is None else self.start - 1 + self.count
         for i in range(self.start - 1, min(end, len(lines))):
-            if i == self.pod.pause_at and self.closed.wait(self.pod.pause_s):
-                return
+            if i == self.pod.pause_at:
+                self.pod.quiet.set()
+                closed = self.closed.wait(self.pod.pause_s)
+                self.pod.quiet.clear()
+                if closed:
+                    return
             if self.closed.is_set():
                 return
             yield lines[i]
@@ -99,6 +103,7 @@ class FakeRunPod:
     pause_s: float = 0.0
     has_best: bool = True
     served_epoch: int = 0
+    quiet: threading.Event = field(default_factory=threading.Event)  # in the pause
     copied_epoch: EpochGate = field(default_factory=EpochGate)
     streams: list[str] = field(default_factory=list)
     copies: list[tuple[str, bytes]] = field(default_factory=list)
@@ -223,11 +228,13 @@ def test_text_view_newest_run_and_missing_best(h: Harness, monkeypatch: pytest.M
         b"checkpoint_last.pt@epoch2"
 
 
-def ticking(step: float) -> Any:
+def ticking(fake: FakeRunPod, step: float = 10.0) -> Any:
+    """A clock that runs `step` seconds a reading while the pod's file is quiet, else stands."""
     now = [0.0]
 
     def monotonic() -> float:
-        now[0] += step
+        if fake.quiet.is_set():
+            now[0] += step
         return now[0]
     return monotonic
 
@@ -236,12 +243,12 @@ def ticking(step: float) -> Any:
 def test_stall_actions(h: Harness, action: str) -> None:
     watched, other = pods(h)
     recs = events(2)
-    # After epoch 1 the file stays quiet (the fake clock runs 10 s a tick); with none the watch
+    # After epoch 1 the file stays quiet (the fake clock runs 10 s a reading); with none the watch
     # goes on and the run comes back.
-    fake = FakeRunPod(jsonl(recs), pause_at=3, pause_s=1.0)
+    fake = FakeRunPod(jsonl(recs), pause_at=3, pause_s=3.0)
     out = h.tmp / "run"
     code, cli = watch(h, fake, watched, "--run-id", "r1", "--out", str(out), "--stall-minutes",
-                      "1", "--on-stall", action, monotonic=ticking(10.0))
+                      "1", "--on-stall", action, monotonic=ticking(fake))
     states = {p.id: p.status for p in h.server.account.pods.values()}
     stalled = [line for line in cli.out.splitlines() if "stalled" in line]
     assert len(stalled) == 1, cli.out
@@ -329,7 +336,7 @@ def test_healthchecks_stall_fail_ping(h: Harness, monkeypatch: pytest.MonkeyPatc
         lines = jsonl(events(2))
         fake = FakeRunPod(lines, pause_at=3, pause_s=5.0)
         code, cli = watch(h, fake, pod_id, "--run-id", "r1", "--out", str(h.tmp / "o"),
-                          "--stall-minutes", "1", monotonic=ticking(10.0))
+                          "--stall-minutes", "1", monotonic=ticking(fake))
     finally:
         server.close()
     assert code == 1
@@ -432,7 +439,7 @@ def test_cycle_watch_stall_fails_the_run_and_cleanup_stops_the_pod(h: Harness) -
     cli = make_cli_env()
     cli.env.remote = remote
     cli.env.stream = fake.stream
-    cli.env.monotonic = ticking(10.0)
+    cli.env.monotonic = ticking(fake)
     h.clis.append(cli)
     out = h.tmp / "out"
     try:
@@ -464,5 +471,6 @@ def test_process_lines_reads_while_running_and_close_ends_it(tmp_path: Path) -> 
     assert stream.proc.returncode == -9
     ended = ProcessLines(["printf", "x\\ny"])
     assert list(ended) == ["x\n", "y"]  # the last line without its newline, as it came
-    ended.close()
+    assert ended.proc.wait(10) == 0
+    ended.close()  # an ended command is left as it ended
     assert ended.proc.returncode == 0
