@@ -102,6 +102,7 @@ class FakeRunPod:
     pause_at: int = -1
     pause_s: float = 0.0
     has_best: bool = True
+    runs: str = "r1/progress.jsonl\n"
     served_epoch: int = 0
     quiet: threading.Event = field(default_factory=threading.Event)  # in the pause
     copied_epoch: EpochGate = field(default_factory=EpochGate)
@@ -125,8 +126,8 @@ class FakeRunPod:
             stdout.write_text("87\n")
             return 0
         if command.startswith("cd /workspace/cycle && ls -1t"):
-            stdout.write_text("r1/progress.jsonl\n")
-            return 0
+            stdout.write_text(self.runs)
+            return 0 if self.runs else 2
         match = CAT.match(command)
         assert match is not None, command
         name = Path(match.group(1)).name
@@ -474,3 +475,12 @@ def test_process_lines_reads_while_running_and_close_ends_it(tmp_path: Path) -> 
     assert ended.proc.wait(10) == 0
     ended.close()  # an ended command is left as it ended
     assert ended.proc.returncode == 0
+
+
+def test_no_run_in_the_pod(h: Harness) -> None:
+    pod_id, = pods(h, 1)
+    fake = FakeRunPod([], runs="")
+    code, cli = watch(h, fake, pod_id, "--remote-root", "/workspace/cycle")
+    assert (code, cli.err) == (1, "error: no run with a progress.jsonl under /workspace/cycle in "
+                               f"pod {pod_id}; give --run-id (or --remote-root)\n")
+    assert fake.streams == []
