@@ -46,6 +46,7 @@ ON_STALL = ("none", "collect", "stop", "terminate")
 CHECKPOINTS = (BEST_MODEL, LAST_CHECKPOINT)
 GPU_QUERY = "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits"
 LOG_LINES = 20
+CLEAR_LINE = "\r\x1b[K"  # back to the start of the terminal's line, erase it
 _ABSENT = 3  # the copy command's exit status for "no such file in the pod"
 
 
@@ -88,7 +89,6 @@ class Watcher:
     next_line: int = 1
     last: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     copy_due: bool = False
-    copied: list[str] = field(default_factory=list)
     stalled: bool = False
 
     def __post_init__(self) -> None:
@@ -100,29 +100,24 @@ class Watcher:
 
     # -- output -----------------------------------------------------------------------------
 
-    def say(self, text: str) -> None:
-        if self.tty:
-            print("\r\x1b[K", end="", file=self.env.out)
-        print(f"watch: {text}", file=self.env.err if self.opts.as_json else self.env.out,
-              flush=True)
-
     def note(self, what: str, text: str, **fields: Any) -> None:
         """A watcher event: a JSON line with --json, else a line of text."""
         if self.opts.as_json:
             print(json.dumps({"event": "watch", "what": what, **fields}, sort_keys=True),
                   file=self.env.out, flush=True)
         else:
-            self.say(text)
+            print(f"{CLEAR_LINE if self.tty else ''}watch: {text}", file=self.env.out,
+                  flush=True)
 
     def show(self, rec: dict[str, Any]) -> None:
         if self.opts.as_json:
             print(json.dumps(rec, sort_keys=True), file=self.env.out, flush=True)
             return
         line = self.view.line(self.wall())
-        if self.tty and rec.get("event") == "step":
-            print(f"\r\x1b[K{line}", end="", file=self.env.out, flush=True)
+        if self.tty and rec.get("event") == "step":  # rewritten in place by the next line
+            print(f"{CLEAR_LINE}{line}", end="", file=self.env.out, flush=True)
         else:
-            print(("\r\x1b[K" if self.tty else "") + line, file=self.env.out, flush=True)
+            print(f"{CLEAR_LINE if self.tty else ''}{line}", file=self.env.out, flush=True)
 
     # -- the pod ----------------------------------------------------------------------------
 
@@ -179,7 +174,6 @@ class Watcher:
                 atomic_write(dest, partial(_copy_from, part))
                 copied.append(str(dest))
         if copied:
-            self.copied = copied
             self.note("copied", f"copied {', '.join(Path(c).name for c in copied)} to "
                       f"{self.opts.out / 'artifacts'}", files=copied, epoch=self.view.epoch)
         return copied

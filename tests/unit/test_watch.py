@@ -484,3 +484,31 @@ def test_no_run_in_the_pod(h: Harness) -> None:
     assert (code, cli.err) == (1, "error: no run with a progress.jsonl under /workspace/cycle in "
                                f"pod {pod_id}; give --run-id (or --remote-root)\n")
     assert fake.streams == []
+
+
+def test_terminal_rewrites_the_step_line_in_place(h: Harness) -> None:
+    import io
+
+    from host_tools.provision import main
+    from tests.utils.localpod import make_cli_env
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    pod_id, = pods(h, 1)
+    fake = FakeRunPod(jsonl(events(1)))
+    cli = make_cli_env()
+    cli.env.out, cli.env.remote, cli.env.stream = Terminal(), fake.remote, fake.stream
+    code = main(["watch", pod_id, "--run-id", "r1", "--out", str(h.tmp / "o"), "--tick", "0.01"],
+                cli.env)
+    assert code == 0
+    text = cli.env.out.getvalue()
+    chunks = text.split("\r\x1b[K")
+    assert chunks[0] == ""
+    assert [c.split("  ")[:2] for c in chunks[1:] if c.startswith("epoch ")] == [
+        ["epoch -/1", "step -"], ["epoch 1/1", "step 50/100"], ["epoch 1/1", "step -"],
+        ["epoch 1/1", "step -"]]
+    step = next(c for c in chunks if "step 50/100" in c)
+    assert not step.endswith("\n")  # the next line overwrites it
+    assert all(c.endswith("\n") for c in chunks[1:] if "step 50/100" not in c)
