@@ -11,11 +11,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 import httpx
 from pydantic_settings import BaseSettings
@@ -40,6 +40,32 @@ def run_remote(argv: list[str], stdin: Path | None, stdout: Path | None) -> int:
         return subprocess.call(argv, stdin=src, stdout=dst)
 
 
+class LineStream(Protocol):
+    def __iter__(self) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+class ProcessLines:
+    """A command's stdout as lines while it runs (ssh ... tail -F); close() ends the command and
+    with it the iteration."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def __iter__(self) -> Iterator[str]:
+        assert self.proc.stdout is not None
+        return iter(self.proc.stdout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 @dataclass
 class Env:
     """What the commands touch outside themselves; tests replace any of it."""
@@ -55,6 +81,8 @@ class Env:
     which: Callable[[str], str | None] = shutil.which
     remote: Callable[[list[str], Path | None, Path | None], int] = \
         lambda argv, stdin, stdout: run_remote(argv, stdin, stdout)
+    # A command whose output is read while it runs: an iterable of lines with close().
+    stream: Callable[[list[str]], LineStream] = ProcessLines
     http_get: Callable[[str], httpx.Response] = lambda url: httpx.get(url, timeout=15)
 
 

@@ -21,6 +21,7 @@ import json
 import shlex
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from appliance import settings
 from appliance.runpod import Pod, RunpodClient
 from appliance.runtime.podcheck import Check
 from appliance.timing import TimingLog
+from host_tools import watch
 from host_tools.cli import CliError, Env, emit, load_settings, table
 from host_tools.image import IMAGE_CODE_DIR
 from host_tools.pod_args import create_request, parse_env_pairs, provision_options, wait_request
@@ -150,6 +152,9 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
         raise CliError(f"--out {out} is not empty; choose another --out or --run-id", 2)
     ssh_settings()  # a bad known-hosts setting fails before anything bills
     remote = f"{args.remote_root.rstrip('/')}/{run_id}"
+    watching = args.watch if args.watch is not None else env.out.isatty()
+    if watching:
+        watch.options(args, run_id, out)  # a bad --stall-minutes fails before anything bills
     phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env.err)
     started = env.monotonic()
     pod: Pod | None = None
@@ -181,7 +186,8 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                        + f" {PRESET}")
             state["train_started"] = True
             with phases.phase("train", f"{PRESET} in pod {pod.id}"):
-                code = _remote(env, pod, args, command)
+                code = (_train_watched(env, client, pod, args, command, run_id, out) if watching
+                        else _remote(env, pod, args, command))
                 if code != 0:
                     raise CliError(f"the training preset in pod {pod.id} failed (exit {code}); "
                                    f"its output is above, its files under {remote}")
@@ -235,6 +241,35 @@ def _report(env: Env, info: RunInfo, out: Path, timing_log: Path) -> str | None:
         print(f"warning: no run report: {exc}; `provision.py report {info.run_id} --dir {out}` "
               "tries again", file=env.err)
         return None
+
+
+def _train_watched(env: Env, client: RunpodClient, pod: Pod, args: argparse.Namespace,
+                   command: str, run_id: str, out: Path) -> int:
+    """The preset with its output in OUT/train.log while `watch` shows its progress and copies
+    its checkpoints; a stall (after the copy) fails the run, and the cleanup follows."""
+    log = out / "train.log"
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, int | BaseException] = {}
+
+    def train() -> None:
+        try:
+            result["code"] = _remote(env, pod, args, command, stdout=log)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            result["code"] = exc
+
+    thread = threading.Thread(target=train, name="cycle-train", daemon=True)
+    thread.start()
+    print(f"  the preset's output goes to {log}", file=env.err, flush=True)
+    watched = watch.Watcher(env, client, pod, watch.options(args, run_id, out),
+                            should_end=lambda: not thread.is_alive()).run()
+    if watched != 0:
+        raise CliError(f"the training in pod {pod.id} stalled (no progress event for "
+                       f"{args.stall_minutes:g} min); its log: {log}")
+    thread.join()
+    code = result["code"]
+    if isinstance(code, BaseException):
+        raise code
+    return code
 
 
 def _fetch(env: Env, pod: Pod, args: argparse.Namespace, remote: str, out: Path) -> list[str]:
@@ -408,7 +443,8 @@ def _public_healthz(env: Env, pod: Pod, attempts: int = 10, pause: float = 2.0) 
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Adds cycle and smoke through provision.py's `add(name, help, handler)`."""
+    """Adds cycle, smoke and watch through provision.py's `add(name, help, handler)`."""
+    watch.add_command(add)
     sp = add("cycle", "provision, wait for SSH, train in the pod, copy the artifacts back, then "
              "stop/terminate/keep; cleans up on failure", cmd_cycle)
     provision_options(sp)
@@ -430,6 +466,10 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                     help="the code in the pod, for its sample data (default %(default)s, the "
                     "image's APPLIANCE_CODE_DIR)")
     sp.add_argument("--user", default=SSH_USER, help=argparse.SUPPRESS)
+    sp.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None,
+                    help="follow the training live (`provision.py watch`), its output in "
+                    "OUT/train.log (default: when stdout is a terminal)")
+    watch.add_watch_options(sp, on_stall=False)
 
     sp = add("smoke", "check a pod end to end: SSH, supervisorctl status, /healthz, /infer, "
              "Jupyter API, one training epoch; without POD on a throwaway pod", cmd_smoke)

@@ -1,9 +1,9 @@
 """Workstation CLI for RunPod pods: gpu-search, template-list, provision (--wait), pods, status,
 stop, start, terminate, ssh, doctor, (host_tools/podjobs.py) cycle and smoke, and
 (host_tools/templates.py) template-create/-update/-show and registry-auth, (host_tools/report.py)
-report; a thin layer
-over appliance.runpod. Runs as `python host_tools/provision.py`, `python -m host_tools.provision`
-or `appliance-provision`. The lifecycle steps are in pods.py, their options in pod_args.py.
+report, (host_tools/watch.py) watch; a thin layer over appliance.runpod. Runs as `python
+host_tools/provision.py`, `python -m host_tools.provision` or `appliance-provision`. The lifecycle
+steps are in pods.py, their options in pod_args.py.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from appliance import settings
 from appliance.atomic import atomic_write_json
 from host_tools.cli import CliError, Env, emit, load_settings, table
@@ -324,10 +326,10 @@ def plot_loss_curves(epochs: list[dict[str, Any]], path: Path) -> dict[str, list
     fig.suptitle("loss per epoch")
     fig.tight_layout()
     lines = {line.get_label(): line for line in [*ax.get_lines(), *lr_ax.get_lines()]}
-    series = {"epoch": [float(x) for x in lines["train loss"].get_xdata()]}
+    series = {"epoch": [float(x) for x in np.asarray(lines["train loss"].get_xdata())]}
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"),
                        ("lr", "learning rate")):
-        series[key] = [float(y) for y in lines[label].get_ydata()]
+        series[key] = [float(y) for y in np.asarray(lines[label].get_ydata())]
     fig.savefig(path, dpi=FIG_DPI, format="png")
     return series
 

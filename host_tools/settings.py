@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.settings import SettingsError, load
@@ -20,7 +20,7 @@ from appliance.settings import SettingsError, load
 ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["EngineSettings", "HostSshSettings", "ImageSettings", "LocalPodSettings",
-           "SettingsError", "SmokeSettings", "host_settings_classes", "load"]
+           "SettingsError", "SmokeSettings", "WatchSettings", "host_settings_classes", "load"]
 
 
 class _HostEnv(BaseSettings):
@@ -113,6 +113,16 @@ class HostSshSettings(_HostEnv):
     def known_hosts_path(self, repo_dir: Path = ROOT) -> Path:
         path = self.RUNPOD_SSH_KNOWN_HOSTS_FILE.expanduser()
         return path if path.is_absolute() else repo_dir / path
+
+
+class WatchSettings(_HostEnv):
+    """What `provision.py watch` (and `cycle --watch`) reports to besides the terminal."""
+
+    RUNPOD_HEALTHCHECKS_URL: SecretStr | None = Field(
+        None, description="Healthchecks-style ping URL for `provision.py watch`: URL/start, URL "
+        "(success), URL/fail and URL/log get the run's last progress lines; a secret, never "
+        "printed."
+    )
 
 
 def host_settings_classes() -> list[type[BaseSettings]]:

@@ -24,7 +24,7 @@ from host_tools.settings import (
 from tests.unit.process_fakes import ENV_VARS
 
 HOST_VARIABLES = {*ENV_VARS, "RUNPOD_SSH_HOST_KEY_CHECKING", "RUNPOD_SSH_KNOWN_HOSTS_FILE",
-                  "RUNPOD_SSH_IDENTITY_FILE"}
+                  "RUNPOD_SSH_IDENTITY_FILE", "RUNPOD_HEALTHCHECKS_URL"}
 
 
 @pytest.fixture(autouse=True)
