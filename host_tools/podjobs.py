@@ -33,7 +33,7 @@ from appliance import settings
 from appliance.runpod import Pod, RunpodClient
 from appliance.runtime.podcheck import Check
 from appliance.timing import TimingLog
-from host_tools.cli import CliError, Env, emit, load_settings, table
+from host_tools.cli import CliError, Env, emit, load_settings, price, table, usd
 from host_tools.image import IMAGE_CODE_DIR
 from host_tools.pod_args import create_request, parse_env_pairs, provision_options, wait_request
 from host_tools.pods import (
@@ -149,11 +149,14 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     remote = f"{args.remote_root.rstrip('/')}/{run_id}"
     phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env.err)
     pod: Pod | None = None
+    created_at = env.clock()
     state = {"train_started": False, "fetched": False}
     with env.client_factory() as client:
         try:
             with phases.phase("provision"):
-                pod = create_pod(env, client, create_request(args, f"chessbot-{run_id}"))
+                pod = create_pod(env, client, create_request(args, f"chessbot-{run_id}",
+                                                             {"RUN_ID": run_id}))
+                created_at = env.clock()
             with phases.phase("wait_ssh"):
                 pod = wait_ready(env, client, pod, wait_request(args, left_running=False))
             dataset = f"{args.pod_repo_dir}/data/sample"
@@ -192,11 +195,16 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
             if isinstance(exc, KeyboardInterrupt):
                 raise CliError("interrupted", 130) from None
             raise
+    hours = (env.clock() - created_at) / 3600
+    cost = pod.cost_per_hr * hours
     summary = {"run_id": run_id, "pod": pod.id, "then": args.then, "out": str(out),
-               "files": files, "phases": phases.done, "timing_log": str(phases.path)}
+               "files": files, "phases": phases.done, "timing_log": str(phases.path),
+               "cost": {"usd": round(cost, 4), "hours": round(hours, 4),
+                        "costPerHr": pod.cost_per_hr}}
     emit(env, args.json, summary, f"{phases.table()}\n\ncycle {run_id}: pod {pod.id} "
           f"{_then_text(args.then, pod)}; artifacts in {out} ({len(files)} files); timings in "
-          f"{phases.path}")
+          f"{phases.path}\ncost: {usd(cost)} ({hours:.2f} h at {price(pod.cost_per_hr)}, from "
+          f"create to {args.then}{'' if args.then != 'keep' else '; it is still billing'})")
     return 0
 
 

@@ -22,7 +22,7 @@ from appliance.runpod.errors import (
     ServerError,
     TransportError,
 )
-from appliance.runpod.models import Cloud, GpuType, Pod, PodSpec, Template
+from appliance.runpod.models import Cloud, GpuType, Pod, PodSpec, Template, epoch_seconds
 from appliance.runpod.session import USER_AGENT
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "ServerError",
     "Template",
     "TransportError",
+    "epoch_seconds",
     "resolve_api_key",
     "strip_api_key",
 ]

@@ -76,8 +76,12 @@ def test_cycle_trains_fetches_and_then(h: Harness, then: str) -> None:
 
     # The text summary.
     text = THEN_TEXT[then].format(id=pod.id)
-    assert cli.out.splitlines()[-1] == (
-        f"cycle r1: pod {pod.id} {text}; artifacts in {out} (3 files); timings in {h.log}")
+    assert cli.out.splitlines()[-2:] == [
+        f"cycle r1: pod {pod.id} {text}; artifacts in {out} (3 files); timings in {h.log}",
+        f"cost: $0.48 (1.50 h at $0.32/h, from create to {then}"
+        + ("; it is still billing)" if then == "keep" else ")")]
+    # The pod carries the run id (`provision.py pods --all` shows it).
+    assert pod.env["RUN_ID"] == "r1"
     rows = table_rows(cli.out, "PHASE")
     assert [r[:2] for r in rows] == [["provision", "ok"], ["wait_ssh", "ok"],
                                      ["upload_dataset", "ok"], ["train", "ok"],
@@ -105,7 +109,8 @@ def test_cycle_json_summary_and_sample_dataset(h: Harness) -> None:
                        "out": str(h.tmp / "out"),
                        "files": ["artifacts/metrics.json", "artifacts/model_best.pt",
                                  "timings.jsonl"],
-                       "phases": host, "timing_log": str(h.log)}
+                       "phases": host, "timing_log": str(h.log),
+                       "cost": {"usd": 0.48, "hours": 1.5, "costPerHr": 0.32}}
     # Without --dataset: no upload, the image's sample data.
     assert [p["phase"] for p in summary["phases"]] == [
         "provision", "wait_ssh", "train", "fetch_artifacts", "then_terminate"]
@@ -145,7 +150,7 @@ def test_cycle_without_pod_timings_still_succeeds(h: Harness) -> None:
     code, cli = cycle(h)
     assert code == 0, cli.err
     assert [r["source"] for r in h.records()] == ["host_cycle"] * 5
-    assert cli.out.splitlines()[-1].endswith(f"artifacts in {h.tmp / 'out'} (1 files); "
+    assert cli.out.splitlines()[-2].endswith(f"artifacts in {h.tmp / 'out'} (1 files); "
                                              f"timings in {h.log}")
 
 
