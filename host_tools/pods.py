@@ -140,27 +140,38 @@ def host_key_alias(pod_id: str) -> str:
     return f"runpod-{pod_id}"
 
 
-def ssh_argv(pod: Pod, settings: HostSshSettings, user: str, command: Sequence[str],
-             batch: bool = False) -> list[str]:
-    """`batch`: for commands run by a tool (no prompts, bounded connect, keep-alives)."""
+def ssh_options(pod: Pod, settings: HostSshSettings, batch: bool = False) -> list[str]:
+    """The `-o`/`-i` options that pin the pod's host key (ssh, scp and rsync's ssh share them).
+    `batch`: for commands run by a tool (no prompts, bounded connect, keep-alives)."""
+    known_hosts = settings.known_hosts_path()
+    opts = ["-o", f"StrictHostKeyChecking={settings.RUNPOD_SSH_HOST_KEY_CHECKING}",
+            "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", f"HostKeyAlias={host_key_alias(pod.id)}"]
+    if settings.RUNPOD_SSH_IDENTITY_FILE is not None:
+        opts += ["-i", str(settings.RUNPOD_SSH_IDENTITY_FILE.expanduser()),
+                 "-o", "IdentitiesOnly=yes"]
+    if batch:
+        opts += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+                 "-o", "ServerAliveInterval=30", "-o", "LogLevel=ERROR"]
+    return opts
+
+
+def ssh_endpoint(pod: Pod) -> tuple[str, int]:
+    """The pod's SSH host and port, or a CliError saying why there is none."""
     endpoint = pod.ssh_endpoint()
     if endpoint is None:
         raise CliError(f"pod {pod.id} has no SSH endpoint (status {pod.status}); it needs "
                        "22/tcp in its ports and must be RUNNING: `provision.py status "
                        f"{pod.id}`")
-    known_hosts = settings.known_hosts_path()
-    host, port = endpoint
-    argv = ["ssh", "-p", str(port), "-o",
-            f"StrictHostKeyChecking={settings.RUNPOD_SSH_HOST_KEY_CHECKING}",
-            "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", f"HostKeyAlias={host_key_alias(pod.id)}"]
-    if settings.RUNPOD_SSH_IDENTITY_FILE is not None:
-        argv += ["-i", str(settings.RUNPOD_SSH_IDENTITY_FILE.expanduser()),
-                 "-o", "IdentitiesOnly=yes"]
-    if batch:
-        argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-                 "-o", "ServerAliveInterval=30", "-o", "LogLevel=ERROR"]
-    return [*argv, f"{user}@{host}", *command]
+    return endpoint
+
+
+def ssh_argv(pod: Pod, settings: HostSshSettings, user: str, command: Sequence[str],
+             batch: bool = False) -> list[str]:
+    """`batch`: for commands run by a tool (no prompts, bounded connect, keep-alives)."""
+    host, port = ssh_endpoint(pod)
+    return ["ssh", "-p", str(port), *ssh_options(pod, settings, batch), f"{user}@{host}",
+            *command]
 
 
 def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:

@@ -1,7 +1,8 @@
 """Workstation CLI for RunPod pods: gpu-search, template-list, provision (--wait), pods, status,
-stop, start, terminate, ssh, doctor, and (host_tools/podjobs.py) cycle and smoke; a thin layer
-over appliance.runpod. Runs as `python host_tools/provision.py`, `python -m host_tools.provision`
-or `appliance-provision`. The lifecycle steps are in pods.py, their options in pod_args.py.
+stop, start, terminate, ssh, doctor, (host_tools/podjobs.py) cycle and smoke, and
+(host_tools/podfiles.py) logs, cp and ssh-config; a thin layer over appliance.runpod. Runs as
+`python host_tools/provision.py`, `python -m host_tools.provision` or `appliance-provision`. The
+lifecycle steps are in pods.py, their options in pod_args.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from appliance.runpod import NoApiKeyError, Pod, RunpodClient, RunpodError
 from appliance.settings import SettingsError
-from host_tools import podjobs
+from host_tools import podfiles, podjobs
 from host_tools.cli import CliError, Env, confirm, emit, price, table, usd
 from host_tools.engine import installed
 from host_tools.pod_args import create_request, filters, provision_options, wait_request, waiting
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("doctor", "check the local setup: ssh, container engine, API key, API, known hosts",
         cmd_doctor)
     podjobs.add_commands(add)
+    podfiles.add_commands(add)
     return p
 
 
