@@ -208,7 +208,7 @@ def update_ssh_config(text: str, pods: list[Pod], only: str | None, user: str
     body = [*own, *([""] if own and kept else [])]
     for i, pid in enumerate(sorted(kept)):
         body += ([""] if i else []) + kept[pid]
-    return ("\n".join(body) + "\n" if body else ""), written, removed
+    return ("\n".join(body) + "\n" if body else ""), sorted(written), removed
 
 
 def cmd_ssh_config(env: Env, args: argparse.Namespace) -> int:
