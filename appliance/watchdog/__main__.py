@@ -160,12 +160,12 @@ def build_action(cfg: Config) -> Action:
 
 
 def container_started(now: float) -> float:
-    """When this container started: PID 1's start time (in a container its own init), else
-    `now` (the watchdog's own start)."""
+    """When this pod's supervisord started (the bootstrap exec's into it as the container
+    starts; a restart of this program keeps it), else `now`."""
     import psutil
 
     try:
-        return min(float(psutil.Process(1).create_time()), now)
+        return min(float(psutil.Process(os.getppid()).create_time()), now)
     except (psutil.Error, OSError):
         return now
 
