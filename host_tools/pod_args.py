@@ -72,7 +72,7 @@ def create_request(args: argparse.Namespace, default_name: str | None = None,
         own[MAX_HOURS_ENV] = f"{args.max_hours:g}"
     for name in own:
         if name in extra_env:
-            flag = "--max-hours" if name == MAX_HOURS_ENV else "this command"
+            flag = "--max-hours" if name == MAX_HOURS_ENV else getattr(args, "command", "it")
             raise CliError(f"--env {name}: {flag} sets it", 2)
     extra_env.update(own)
     ports = parse_ports(args.ports)

@@ -146,6 +146,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise CliError(f"--out {out} is not empty; choose another --out or --run-id", 2)
     ssh_settings()  # a bad known-hosts setting fails before anything bills
+    request = create_request(args, f"chessbot-{run_id}", {"RUN_ID": run_id})
     remote = f"{args.remote_root.rstrip('/')}/{run_id}"
     phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env.err)
     pod: Pod | None = None
@@ -154,8 +155,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     with env.client_factory() as client:
         try:
             with phases.phase("provision"):
-                pod = create_pod(env, client, create_request(args, f"chessbot-{run_id}",
-                                                             {"RUN_ID": run_id}))
+                pod = create_pod(env, client, request)
                 created_at = env.clock()
             with phases.phase("wait_ssh"):
                 pod = wait_ready(env, client, pod, wait_request(args, left_running=False))

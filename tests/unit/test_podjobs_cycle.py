@@ -359,6 +359,9 @@ def test_cycle_refuses_a_non_empty_out_before_anything_bills(h: Harness) -> None
      "error: --train-env TRAIN_OUTPUT_DIR: cycle sets it (use --run-id or --dataset)\n"),
     (["--train-env", "RUN_ID=x"],
      "error: --train-env RUN_ID: cycle sets it (use --run-id or --dataset)\n"),
+    (["--env", "RUN_ID=x"], "error: --env RUN_ID: cycle sets it\n"),
+    (["--max-hours", "2", "--env", "AUTOSTOP_MAX_HOURS=1"],
+     "error: --env AUTOSTOP_MAX_HOURS: --max-hours sets it\n"),
 ])
 def test_cycle_bad_input_is_a_usage_error(h: Harness, extra: list[str], message: str) -> None:
     code, cli = h.run("cycle", *GPU, "--out", str(h.tmp / "out"), *extra)
