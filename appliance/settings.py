@@ -388,6 +388,11 @@ class WatchdogSettings(_Env):
         None, description="Keep-alive file (touch it, or `python -m appliance.watchdog keepalive "
         "2h`); default $WORKSPACE_DIR/.autostop-keepalive."
     )
+    AUTOSTOP_MAX_HOURS: float | None = Field(
+        None, gt=0, description="Hard cap: stop the pod this many hours after its container "
+        "started, active or not (pending uploads are flushed first). Set, it runs the watchdog "
+        "even with START_IDLE_WATCHDOG=0 (then for the cap alone)."
+    )
     AUTOSTOP_LOG_LEVEL: LogLevel = Field("INFO", description="The idle watchdog's log level.")
 
 

@@ -78,6 +78,7 @@ class Env:
     ask: Callable[[str], str] = input
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.time  # wall clock (epoch seconds), for costs so far
     which: Callable[[str], str | None] = shutil.which
     remote: Callable[[list[str], Path | None, Path | None], int] = \
         lambda argv, stdin, stdout: run_remote(argv, stdin, stdout)
@@ -101,6 +102,10 @@ def emit(env: Env, as_json: bool, data: Any, text: str) -> None:
 
 def price(value: float | None) -> str:
     return "-" if value is None else f"${value:.2f}/h"
+
+
+def usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:.2f}"
 
 
 def confirm(env: Env, yes: bool, question: str) -> None:

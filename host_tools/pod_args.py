@@ -14,6 +14,17 @@ from host_tools.cli import CliError
 from host_tools.pods import DEFAULT_PORTS, CreateRequest, WaitRequest
 
 DEFAULT_IMAGE_HINT = "localhost/chessbot-appliance:latest"
+MAX_HOURS_ENV = "AUTOSTOP_MAX_HOURS"
+
+
+def positive_hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = 0.0
+    if not 0 < hours < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours above 0")
+    return hours
 
 
 def parse_env_pairs(pairs: Sequence[str], env_file: Path | None, flag: str = "--env"
@@ -50,10 +61,20 @@ def parse_ports(spec: str) -> list[str]:
     return ports
 
 
-def create_request(args: argparse.Namespace, default_name: str | None = None) -> CreateRequest:
+def create_request(args: argparse.Namespace, default_name: str | None = None,
+                   own_env: dict[str, str] | None = None) -> CreateRequest:
     """The pod the provision options describe; bad --env/--ports are usage errors. The name
-    defaults to `default_name`, else chessbot-<local time>."""
+    defaults to `default_name`, else chessbot-<local time>. `own_env`: variables the caller
+    sets (e.g. cycle's RUN_ID); --env may not set them, nor AUTOSTOP_MAX_HOURS with --max-hours."""
     extra_env = parse_env_pairs(args.env or [], args.env_file)
+    own = dict(own_env or {})
+    if args.max_hours is not None:
+        own[MAX_HOURS_ENV] = f"{args.max_hours:g}"
+    for name in own:
+        if name in extra_env:
+            flag = "--max-hours" if name == MAX_HOURS_ENV else getattr(args, "command", "it")
+            raise CliError(f"--env {name}: {flag} sets it", 2)
+    extra_env.update(own)
     ports = parse_ports(args.ports)
     return CreateRequest(
         name=args.name or default_name or f"chessbot-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -113,6 +134,9 @@ def provision_options(sp: argparse.ArgumentParser) -> None:
                     help="/workspace volume, kept on stop (default 20)")
     sp.add_argument("--registry-auth", metavar="NAME|ID", help="container registry auth to "
                     "pull a private image with (`provision.py registry-auth add`)")
+    sp.add_argument("--max-hours", type=positive_hours, metavar="H",
+                    help=f"the pod stops itself H hours after it starts, whatever it is doing "
+                    f"(the idle watchdog's hard cap, {MAX_HOURS_ENV}; pending uploads first)")
     sp.add_argument("--half-created", choices=["adopt", "remove"], default="adopt",
                     help="when create fails but the pod exists (found by this request's "
                     "marker, never by name alone): keep using it or terminate it")

@@ -36,7 +36,7 @@ from appliance.runpod import Pod, RunpodClient
 from appliance.runtime.podcheck import Check
 from appliance.timing import TimingLog
 from host_tools import watch
-from host_tools.cli import CliError, Env, emit, load_settings, table
+from host_tools.cli import CliError, Env, emit, load_settings, price, table, usd
 from host_tools.image import IMAGE_CODE_DIR
 from host_tools.pod_args import create_request, parse_env_pairs, provision_options, wait_request
 from host_tools.pods import (
@@ -151,18 +151,20 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise CliError(f"--out {out} is not empty; choose another --out or --run-id", 2)
     ssh_settings()  # a bad known-hosts setting fails before anything bills
+    request = create_request(args, f"chessbot-{run_id}", {"RUN_ID": run_id})
     remote = f"{args.remote_root.rstrip('/')}/{run_id}"
     watching = args.watch if args.watch is not None else env.out.isatty()
     if watching:
         watch.options(args, run_id, out)  # a bad --stall-minutes fails before anything bills
     phases = Phases(_timing_log(CYCLE_SOURCE, run_id), env.err)
-    started = env.monotonic()
     pod: Pod | None = None
+    created_at = env.clock()
     state = {"train_started": False, "fetched": False}
     with env.client_factory() as client:
         try:
             with phases.phase("provision"):
-                pod = create_pod(env, client, create_request(args, f"chessbot-{run_id}"))
+                pod = create_pod(env, client, request)
+                created_at = env.clock()
             with phases.phase("wait_ssh"):
                 pod = wait_ready(env, client, pod, wait_request(args, left_running=False))
             dataset = f"{args.pod_repo_dir}/data/sample"
@@ -197,21 +199,25 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
             phases.merge(out / "timings.jsonl")  # the pod's preset phases, in the same log
             with phases.phase(f"then_{args.then}"):
                 _finish(client, pod, args.then)
-            info = _run_info(run_id, pod, args, dataset, env.monotonic() - started)
+            info = _run_info(run_id, pod, args, dataset, env.clock() - created_at)
         except (Exception, KeyboardInterrupt) as exc:
             if pod is not None:
                 _cleanup_on_failure(env, client, pod, args, phases, state)
             if isinstance(exc, KeyboardInterrupt):
                 raise CliError("interrupted", 130) from None
             raise
+    hours = (env.clock() - created_at) / 3600
+    cost = pod.cost_per_hr * hours
     report = _report(env, info, out, phases.path)
     summary = {"run_id": run_id, "pod": pod.id, "then": args.then, "out": str(out),
                "files": files, "phases": phases.done, "timing_log": str(phases.path),
-               "report": report, "cost_usd": info.cost_usd()}
-    cost = "" if info.cost_usd() is None else f"; cost ${info.cost_usd():.4f}"
+               "report": report, "cost": {"usd": round(cost, 4), "hours": round(hours, 4),
+                                          "costPerHr": pod.cost_per_hr}}
     emit(env, args.json, summary, f"{phases.table()}\n\ncycle {run_id}: pod {pod.id} "
           f"{_then_text(args.then, pod)}; artifacts in {out} ({len(files)} files); timings in "
-          f"{phases.path}; report {report or '(none)'}{cost}")
+          f"{phases.path}; report {report or '(none)'}\ncost: {usd(cost)} ({hours:.2f} h at "
+          f"{price(pod.cost_per_hr)}, from create to {args.then}"
+          f"{'' if args.then != 'keep' else '; it is still billing'})")
     return 0
 
 

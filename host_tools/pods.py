@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from appliance import settings
@@ -34,8 +33,9 @@ from appliance.runpod import (
     ServerError,
     Template,
     TransportError,
+    epoch_seconds,
 )
-from host_tools.cli import CliError, Env, load_settings, price
+from host_tools.cli import CliError, Env, load_settings, price, usd
 from host_tools.settings import HostSshSettings
 
 SSH_USER = settings.default(settings.RuntimeSettings, "APPLIANCE_USER")
@@ -142,27 +142,38 @@ def host_key_alias(pod_id: str) -> str:
     return f"runpod-{pod_id}"
 
 
-def ssh_argv(pod: Pod, settings: HostSshSettings, user: str, command: Sequence[str],
-             batch: bool = False) -> list[str]:
-    """`batch`: for commands run by a tool (no prompts, bounded connect, keep-alives)."""
+def ssh_options(pod: Pod, settings: HostSshSettings, batch: bool = False) -> list[str]:
+    """The `-o`/`-i` options that pin the pod's host key (ssh, scp and rsync's ssh share them).
+    `batch`: for commands run by a tool (no prompts, bounded connect, keep-alives)."""
+    known_hosts = settings.known_hosts_path()
+    opts = ["-o", f"StrictHostKeyChecking={settings.RUNPOD_SSH_HOST_KEY_CHECKING}",
+            "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", f"HostKeyAlias={host_key_alias(pod.id)}"]
+    if settings.RUNPOD_SSH_IDENTITY_FILE is not None:
+        opts += ["-i", str(settings.RUNPOD_SSH_IDENTITY_FILE.expanduser()),
+                 "-o", "IdentitiesOnly=yes"]
+    if batch:
+        opts += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+                 "-o", "ServerAliveInterval=30", "-o", "LogLevel=ERROR"]
+    return opts
+
+
+def ssh_endpoint(pod: Pod) -> tuple[str, int]:
+    """The pod's SSH host and port, or a CliError saying why there is none."""
     endpoint = pod.ssh_endpoint()
     if endpoint is None:
         raise CliError(f"pod {pod.id} has no SSH endpoint (status {pod.status}); it needs "
                        "22/tcp in its ports and must be RUNNING: `provision.py status "
                        f"{pod.id}`")
-    known_hosts = settings.known_hosts_path()
-    host, port = endpoint
-    argv = ["ssh", "-p", str(port), "-o",
-            f"StrictHostKeyChecking={settings.RUNPOD_SSH_HOST_KEY_CHECKING}",
-            "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", f"HostKeyAlias={host_key_alias(pod.id)}"]
-    if settings.RUNPOD_SSH_IDENTITY_FILE is not None:
-        argv += ["-i", str(settings.RUNPOD_SSH_IDENTITY_FILE.expanduser()),
-                 "-o", "IdentitiesOnly=yes"]
-    if batch:
-        argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-                 "-o", "ServerAliveInterval=30", "-o", "LogLevel=ERROR"]
-    return [*argv, f"{user}@{host}", *command]
+    return endpoint
+
+
+def ssh_argv(pod: Pod, settings: HostSshSettings, user: str, command: Sequence[str],
+             batch: bool = False) -> list[str]:
+    """`batch`: for commands run by a tool (no prompts, bounded connect, keep-alives)."""
+    host, port = ssh_endpoint(pod)
+    return ["ssh", "-p", str(port), *ssh_options(pod, settings, batch), f"{user}@{host}",
+            *command]
 
 
 def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -178,9 +189,21 @@ def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
 # -- a pod as text or JSON ------------------------------------------------------------------------
 
 
-def pod_text(pod: Pod) -> str:
+def cost_text(pod: Pod, now: float) -> str:
+    """"$0.74/h, $1.23 so far (1.7 h)": the price, and for a running pod what it cost since it
+    last started."""
+    so_far = pod.cost_so_far(now)
+    running = pod.running_s(now)
+    if so_far is None or running is None:
+        return price(pod.cost_per_hr)
+    return f"{price(pod.cost_per_hr)}, {usd(so_far)} so far ({running / 3600:.1f} h)"
+
+
+def pod_text(pod: Pod, now: float | None = None) -> str:
+    """`now` (epoch seconds): also the cost so far."""
+    cost = price(pod.cost_per_hr) if now is None else cost_text(pod, now)
     lines = [f"pod {pod.id} ({pod.name}): {pod.status}",
-             f"  gpu: {pod.gpu_count} x {pod.gpu_id or '?'}   cost: {price(pod.cost_per_hr)}"]
+             f"  gpu: {pod.gpu_count} x {pod.gpu_id or '?'}   cost: {cost}"]
     endpoint = pod.ssh_endpoint()
     if endpoint:
         lines.append(f"  ssh: ssh -p {endpoint[1]} {SSH_USER}@{endpoint[0]}"
@@ -190,12 +213,17 @@ def pod_text(pod: Pod) -> str:
     return "\n".join(lines)
 
 
-def pod_json(pod: Pod) -> dict[str, Any]:
+def pod_json(pod: Pod, now: float | None = None) -> dict[str, Any]:
+    """`now` (epoch seconds): also runningSeconds and costSoFar (USD; null when unknown)."""
     data = pod.to_dict()
     data["proxyUrls"] = {str(k): v for k, v in pod.proxy_urls().items()}
     endpoint = pod.ssh_endpoint()
     data["ssh"] = {"host": endpoint[0], "port": endpoint[1], "user": SSH_USER} if endpoint \
         else None
+    if now is not None:
+        data["runningSeconds"] = pod.running_s(now)
+        so_far = pod.cost_so_far(now)
+        data["costSoFar"] = None if so_far is None else round(so_far, 4)
     return data
 
 
@@ -301,23 +329,6 @@ def new_marker() -> str:
     return str(uuid.uuid4())
 
 
-def created_epoch(created_at: str) -> float | None:
-    """RunPod's createdAt (RFC 3339 or unix seconds) in epoch seconds; None when absent or
-    unreadable."""
-    text = created_at.strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-
-
 def find_marked_pods(env: Env, client: RunpodClient, name: str, marker: str, since: float,
                      until: float) -> list[Pod]:
     """The pods named `name` that carry `marker` in MARKER_ENV and were created between `since`
@@ -329,7 +340,7 @@ def find_marked_pods(env: Env, client: RunpodClient, name: str, marker: str, sin
             continue
         if MARKER_ENV not in pod.env:  # a list may leave env out: read the pod itself
             pod = client.get_pod(pod.id)
-        created = created_epoch(pod.created_at)
+        created = epoch_seconds(pod.created_at)
         if pod.env.get(MARKER_ENV) != marker:
             why = "it does not carry this request's marker"
         elif created is not None and not (since - WINDOW_SLACK_S <= created

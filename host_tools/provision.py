@@ -1,9 +1,10 @@
 """Workstation CLI for RunPod pods: gpu-search, template-list, provision (--wait), pods, status,
 stop, start, terminate, ssh, doctor, (host_tools/podjobs.py) cycle and smoke, and
 (host_tools/templates.py) template-create/-update/-show and registry-auth, (host_tools/report.py)
-report, (host_tools/watch.py) watch; a thin layer over appliance.runpod. Runs as `python
-host_tools/provision.py`, `python -m host_tools.provision` or `appliance-provision`. The lifecycle
-steps are in pods.py, their options in pod_args.py.
+report, (host_tools/watch.py) watch, (host_tools/podfiles.py) logs, cp and ssh-config; a thin
+layer over appliance.runpod. Runs as `python host_tools/provision.py`, `python -m
+host_tools.provision` or `appliance-provision`. The lifecycle steps are in pods.py, their options
+in pod_args.py.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from appliance.runpod import NoApiKeyError, RunpodClient, RunpodError
+from appliance.runpod import NoApiKeyError, Pod, RunpodClient, RunpodError
 from appliance.settings import SettingsError
-from host_tools import podjobs, report, templates
-from host_tools.cli import CliError, Env, confirm, emit, price, table
+from host_tools import podfiles, podjobs, report, templates
+from host_tools.cli import CliError, Env, confirm, emit, price, table, usd
 from host_tools.engine import installed
 from host_tools.pod_args import create_request, filters, provision_options, wait_request, waiting
 from host_tools.pods import (
+    MARKER_ENV,
     SSH_USER,
     create_pod,
     filter_gpus,
@@ -73,23 +75,42 @@ def cmd_provision(env: Env, args: argparse.Namespace) -> int:
     return 0
 
 
+def ours(pod: Pod) -> bool:
+    """Created by provision.py (it carries the create marker)."""
+    return MARKER_ENV in pod.env
+
+
 def cmd_pods(env: Env, args: argparse.Namespace) -> int:
+    """This tool's pods (those carrying the create marker); --all: every pod of the account,
+    with the run id of ours (RUN_ID, set by cycle)."""
     with env.client_factory() as client:
-        pods = client.list_pods()
+        listed = client.list_pods()
+    now = env.clock()
+    pods = listed if args.all else [p for p in listed if ours(p)]
     rows = []
     for p in pods:
         endpoint = p.ssh_endpoint()
+        run = (p.env.get("RUN_ID") or "-") if ours(p) else "(not ours)"
         rows.append([p.id, p.name, p.status, f"{p.gpu_count}x {p.gpu_id}",
-                     price(p.cost_per_hr), f"{endpoint[0]}:{endpoint[1]}" if endpoint else "-"])
-    emit(env, args.json, [pod_json(p) for p in pods],
-         table(rows, ["ID", "NAME", "STATUS", "GPU", "COST", "SSH"]) if rows else "no pods")
+                     price(p.cost_per_hr), usd(p.cost_so_far(now)), run,
+                     f"{endpoint[0]}:{endpoint[1]}" if endpoint else "-"])
+    text = table(rows, ["ID", "NAME", "STATUS", "GPU", "$/H", "SO FAR", "RUN", "SSH"]) \
+        if rows else "no pods"
+    hidden = len(listed) - len(pods)
+    if hidden:
+        text += (f"\n({hidden} more pod{'s' if hidden > 1 else ''} not created by provision.py: "
+                 "`provision.py pods --all`)")
+    data = [{**pod_json(p, now), "ours": ours(p), "runId": p.env.get("RUN_ID") if ours(p)
+             else None} for p in pods]
+    emit(env, args.json, data, text)
     return 0
 
 
 def cmd_status(env: Env, args: argparse.Namespace) -> int:
     with env.client_factory() as client:
         pod = client.get_pod(args.pod)
-    emit(env, args.json, pod_json(pod), pod_text(pod))
+    now = env.clock()
+    emit(env, args.json, pod_json(pod, now), pod_text(pod, now))
     return 0
 
 
@@ -223,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true",
                     help="wait until the pod runs and SSH answers")
 
-    add("pods", "list pods", cmd_pods)
+    sp = add("pods", "this tool's pods with $/h and the cost so far", cmd_pods)
+    sp.add_argument("--all", action="store_true",
+                    help="every pod of the account, not only those provision.py created")
     sp = add("status", "one pod's state, SSH endpoint and proxy URLs", cmd_status)
     sp.add_argument("pod")
     sp = add("stop", "STOP a pod: GPU released, /workspace volume KEPT (and billed as storage)",
@@ -250,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     podjobs.add_commands(add)
     templates.add_commands(add)
     report.add_command(add)
+    podfiles.add_commands(add)
     return p
 
 

@@ -4,8 +4,8 @@ checkpoints copied home at each epoch, stall detection and healthchecks pings.
 The trainer appends JSON-lines events (start, step, epoch, done: appliance.training.progress) to
 RUN_DIR/artifacts/progress.jsonl in the pod; the watcher follows that file over SSH with
 `tail -n +K -F`, counting the lines it has read so that after a dropped connection it resumes
-at the next one (backoff from appliance.retry): no event shown twice or lost. After each epoch event it copies
-model_best.pt and checkpoint_last.pt (`cat` over SSH, written atomically) to OUT/artifacts/, the
+at the next one (backoff from appliance.retry): no event shown twice or lost. After each epoch
+event it copies model_best.pt and checkpoint_last.pt (`cat` over SSH, written atomically) to OUT/artifacts/, the
 layout cycle's final fetch uses, so a lost pod loses at most one epoch. No event for
 --stall-minutes: it collects what there is and does --on-stall (none: warn and keep watching;
 collect; stop or terminate the watched pod and nothing else). RUNPOD_HEALTHCHECKS_URL, a secret,
@@ -34,9 +34,9 @@ from appliance import settings
 from appliance.atomic import atomic_write
 from appliance.model import BEST_MODEL, LAST_CHECKPOINT
 from appliance.retry import backoff_delay
-from appliance.runpod import Pod, RunpodClient, RunpodError
+from appliance.runpod import Pod, RunpodClient, RunpodError, epoch_seconds
 from host_tools.cli import CliError, Env, LineStream, load_settings
-from host_tools.pods import SSH_USER, created_epoch, ssh_argv, ssh_settings
+from host_tools.pods import SSH_USER, ssh_argv, ssh_settings
 from host_tools.settings import WatchSettings
 from host_tools.watch_report import Healthchecks, RunView
 
@@ -136,7 +136,7 @@ class Watcher:
             self.note("pod_unknown", f"pod {self.pod.id}: {exc}", pod=self.pod.id)
             return
         self.view.cost_per_hr = self.pod.cost_per_hr or None
-        self.view.created = created_epoch(self.pod.created_at)
+        self.view.created = epoch_seconds(self.pod.created_at)
         if self.pod.gpu_count and self.pod.ssh_endpoint() is not None:
             self.view.gpu_util = self._gpu_util()
 

@@ -31,6 +31,7 @@ from appliance.runpod.models import (
     Registry,
     Template,
     TemplateSpec,
+    epoch_seconds,
 )
 from appliance.runpod.session import USER_AGENT
 
@@ -55,6 +56,7 @@ __all__ = [
     "Template",
     "TemplateSpec",
     "TransportError",
+    "epoch_seconds",
     "resolve_api_key",
     "strip_api_key",
 ]

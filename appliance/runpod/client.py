@@ -179,6 +179,11 @@ class RunpodClient:
         except RunpodError:
             return Pod.from_graphql(value)
 
+    def pod_logs(self, pod_id: str, tail: int = 100) -> list[str]:
+        """The last `tail` lines the pod's container wrote (REST v2 only: GraphQL has none)."""
+        check_pod_id(pod_id)
+        return self._rest.pod_logs(pod_id, tail)
+
     # -- catalog --
 
     def list_gpus(self, cloud: Cloud = "ALL", gpu_count: int = 1) -> list[GpuType]:

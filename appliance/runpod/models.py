@@ -5,6 +5,7 @@ pod and template specs, read from REST v2 or GraphQL answers into one vocabulary
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from appliance.settings import pod_ports
@@ -47,6 +48,23 @@ class Pod:
     actions: list[str] = field(default_factory=list)
     volume_gb: int = 0
     created_at: str = ""
+    started_at: str = ""  # when it last started (REST v2 startedAt, GraphQL lastStartedAt)
+    uptime_s: float | None = None  # seconds running since then, where the API says
+
+    def running_s(self, now: float) -> float | None:
+        """Seconds this pod has been running since it last started: the API's uptime, else
+        `now` (epoch seconds) less startedAt; None when it is not RUNNING or neither is known."""
+        if self.status != "RUNNING":
+            return None
+        if self.uptime_s:
+            return self.uptime_s
+        started = epoch_seconds(self.started_at)
+        return None if started is None else max(0.0, now - started)
+
+    def cost_so_far(self, now: float) -> float | None:
+        """USD since the pod last started: costPerHr x its running time (None when unknown)."""
+        running = self.running_s(now)
+        return None if running is None else self.cost_per_hr * running / 3600
 
     def ssh_endpoint(self) -> tuple[str, int] | None:
         for m in self.mappings:
@@ -63,7 +81,7 @@ class Pod:
             "id": self.id, "name": self.name, "status": self.status, "image": self.image,
             "gpu": {"id": self.gpu_id, "count": self.gpu_count}, "costPerHr": self.cost_per_hr,
             "ports": self.ports, "actions": self.actions, "volumeInGb": self.volume_gb,
-            "createdAt": self.created_at,
+            "createdAt": self.created_at, "startedAt": self.started_at,
             "runtime": {"ports": [m.__dict__ for m in self.mappings]} if self.mappings else None,
         }
 
@@ -79,6 +97,8 @@ class Pod:
             env=dict(d.get("env") or {}), actions=list(d.get("actions") or []),
             volume_gb=int((mounts.get("persistent") or {}).get("size") or 0),
             created_at=str(d.get("createdAt") or ""),
+            started_at=str(d.get("startedAt") or ""),
+            uptime_s=_float_or_none(runtime.get("uptime")),
             mappings=[PortMapping(int(p["private"]), int(p["public"]), str(p.get("type", "tcp")),
                                   str(p.get("ip", ""))) for p in runtime.get("ports") or []],
         )
@@ -99,6 +119,9 @@ class Pod:
             cost_per_hr=float(d.get("costPerHr") or 0.0),
             ports=[p for p in ports.split(",") if p] if isinstance(ports, str) else list(ports),
             env=env, volume_gb=int(d.get("volumeInGb") or 0),
+            started_at=str(d.get("lastStartedAt") or ""),
+            uptime_s=_float_or_none((runtime or {}).get("uptimeInSeconds",
+                                                         d.get("uptimeSeconds"))),
             mappings=[PortMapping(int(p["privatePort"]), int(p["publicPort"]),
                                   str(p.get("type", "tcp")), str(p.get("ip", "")))
                       for p in (runtime or {}).get("ports") or []],
@@ -268,3 +291,19 @@ def _float_or_none(value: Any) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+def epoch_seconds(stamp: str) -> float | None:
+    """An API time (RFC 3339 or unix seconds) in epoch seconds; None when absent or unreadable."""
+    text = stamp.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()

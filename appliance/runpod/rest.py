@@ -1,10 +1,11 @@
-"""RunPod's REST v2 API, the client's first choice: pods and their actions, the GPU catalog,
-templates and container registry auths. A denied or missing call raises its typed error;
+"""RunPod's REST v2 API, the client's first choice: pods and their actions and logs, the GPU
+catalog, templates and container registry auths. A denied or missing call raises its typed error;
 falling back is the client's business.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,6 +63,29 @@ class RestApi:
         body = self.call("POST", f"/pods/{pod_id}/action", f"{action} pod {pod_id}",
                          json_body={"action": action}, ok=(200, 204))
         return Pod.from_v2(body) if body else None
+
+    def pod_logs(self, pod_id: str, tail: int) -> list[str]:
+        """The last `tail` lines of the pod's container output: server-sent events whose data is
+        `{"source": "container", "line": ...}` (a data line that is not such JSON is taken as
+        the line itself)."""
+        call = f"pod logs {pod_id} (GET /v2/pods/{pod_id}/logs)"
+        response = self.session.request(
+            "GET", f"{self.url}/pods/{pod_id}/logs", call,
+            params={**self.params, "source": "container", "tail": str(tail)})
+        if response.status_code != 200:
+            raise self.session.error(call, response)
+        lines = []
+        for raw in response.text.splitlines():
+            if not raw.startswith("data:"):
+                continue
+            data = raw[5:].removeprefix(" ")
+            try:
+                event = json.loads(data)
+            except ValueError:
+                event = None
+            lines.append(str(event["line"]) if isinstance(event, dict) and "line" in event
+                         else data)
+        return lines
 
     def list_gpus(self, cloud: Cloud, gpu_count: int) -> list[GpuType]:
         params = {"include": "AVAILABILITY", "product": "POD", "count": str(gpu_count)}

@@ -294,7 +294,7 @@ class Bootstrap:
         notes = self.write_secrets()
         self.rendered = render_all(self.cfg, lay, torch_ok=self.torch_ok, environ=self.environ,
                                    secret_names=frozenset(self.secrets))
-        p = plan(self.cfg.services, self.torch_ok)
+        p = plan(self.cfg.services, self.torch_ok, self.cfg.max_hours)
         self.left_out = dict(p.left_out)
         for name in p.left_out:
             self.left_out[name] = f"{p.left_out[name]} ({self.torch_why})"

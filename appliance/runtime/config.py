@@ -75,6 +75,13 @@ class PodConfig:
                    group(settings.SshSettings), group(settings.JupyterSettings),
                    group(settings.InferenceSettings), tuple(loaded.values()))
 
+    @property
+    def max_hours(self) -> float | None:
+        """AUTOSTOP_MAX_HOURS: the watchdog's hard cap, which runs the idle-watchdog program even
+        with START_IDLE_WATCHDOG=0."""
+        wd = next(g for g in self.groups if isinstance(g, settings.WatchdogSettings))
+        return wd.AUTOSTOP_MAX_HOURS
+
     def secret_values(self) -> dict[str, str]:
         """The secrets that are set, by variable."""
         out: dict[str, str] = {}

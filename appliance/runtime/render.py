@@ -58,14 +58,16 @@ class Plan:
     left_out: Mapping[str, str]
 
 
-def plan(services: settings.ServiceSettings, torch_ok: bool) -> Plan:
+def plan(services: settings.ServiceSettings, torch_ok: bool,
+         max_hours: float | None = None) -> Plan:
+    """`max_hours` (AUTOSTOP_MAX_HOURS): the watchdog runs for its hard cap alone."""
     wanted = {
         "fatal-reviver": True,
         "sshd": services.START_SSHD,
         "inference": services.START_INFERENCE_API,
         "jupyter": services.START_JUPYTER,
         "hf-sync": services.START_HF_SYNC,
-        "idle-watchdog": services.START_IDLE_WATCHDOG,
+        "idle-watchdog": services.START_IDLE_WATCHDOG or max_hours is not None,
     }
     left_out = {}
     if wanted["inference"] and not torch_ok:
@@ -280,7 +282,7 @@ def render_all(cfg: PodConfig, layout: Layout, *, torch_ok: bool, environ: Mappi
                secret_names: frozenset[str]) -> dict[str, Rendered]:
     """Every file the bootstrap writes, by name: supervisord.conf, conf.d/NN-<program>.conf,
     sshd_config (when sshd runs), supervisorctl and appliance-env.sh."""
-    p = plan(cfg.services, torch_ok)
+    p = plan(cfg.services, torch_ok, cfg.max_hours)
     out = {"supervisord.conf": Rendered(
         supervisord_conf(layout, cfg.runtime.APPLIANCE_EXTRA_CONF_DIR), 0o644)}
     for name in p.programs:

@@ -50,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # The running watchdog's own view (its state file): reading signals here would need its
     # secrets and could disagree with what it decides.
-    watchdog = read_json(layout.state_dir / STATE_FILE) if cfg.services.START_IDLE_WATCHDOG \
-        else None
+    watchdog = read_json(layout.state_dir / STATE_FILE) \
+        if cfg.services.START_IDLE_WATCHDOG or cfg.max_hours is not None else None
     if args.json:
         print(json.dumps({**report.to_json(), "watchdog": watchdog}, indent=2))
     else:

@@ -31,7 +31,7 @@ from appliance.watchdog.actions import (
     SyncGate,
     wall,
 )
-from appliance.watchdog.daemon import TIMING_SOURCE, Watchdog
+from appliance.watchdog.daemon import TIMING_SOURCE, HardCap, Watchdog
 from appliance.watchdog.decision import STATE_FILE, Tracker, render_table, snapshot
 from appliance.watchdog.signals import (
     GpuSignal,
@@ -159,14 +159,31 @@ def build_action(cfg: Config) -> Action:
     return RunpodStop(pod_id.strip(), client)
 
 
-def build(cfg: Config, now: float) -> Watchdog:
+def container_started(now: float) -> float:
+    """When this pod's supervisord started (the bootstrap exec's into it as the container
+    starts; a restart of this program keeps it), else `now`."""
+    import psutil
+
+    try:
+        return min(float(psutil.Process(os.getppid()).create_time()), now)
+    except (psutil.Error, OSError):
+        return now
+
+
+def build(cfg: Config, now: float, started: float | None = None) -> Watchdog:
+    """`started`: the container's start for the hard cap (default: container_started)."""
     wd = cfg.wd
     tracker = Tracker(wd.AUTOSTOP_IDLE_MINUTES * 60, wd.AUTOSTOP_WARN_MINUTES * 60, started=now)
     gate = SyncGate(cfg.hf.sync_state_dir(cfg.paths.REPO_DIR), wd.AUTOSTOP_SYNC_FLUSH_SECONDS,
                     interval_s=min(1.0, wd.AUTOSTOP_POLL_SECONDS))
     timing = TimingLog(cfg.paths.timing_log, TIMING_SOURCE, cfg.paths.RUN_ID)
+    cap = None
+    if wd.AUTOSTOP_MAX_HOURS is not None:
+        cap = HardCap(container_started(now) if started is None else started,
+                      wd.AUTOSTOP_MAX_HOURS * 3600)
     return Watchdog(build_signals(cfg), tracker, build_action(cfg), gate, timing,
-                    state_path=cfg.state_path, poll_s=wd.AUTOSTOP_POLL_SECONDS, notify=wall)
+                    state_path=cfg.state_path, poll_s=wd.AUTOSTOP_POLL_SECONDS, notify=wall,
+                    cap=cap, idle=_enabled())
 
 
 def _run(cfg: Config) -> int:
@@ -182,9 +199,18 @@ def _run(cfg: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     wd = cfg.wd
-    log.info("watching: stop (%s) after %g idle min, warning %g min ahead, poll every %g s; "
-             "signals %s", dog.action.name, wd.AUTOSTOP_IDLE_MINUTES, wd.AUTOSTOP_WARN_MINUTES,
-             wd.AUTOSTOP_POLL_SECONDS, ", ".join(s.name for s in dog.signals))
+    if dog.idle:
+        log.info("watching: stop (%s) after %g idle min, warning %g min ahead, poll every %g "
+                 "s; signals %s", dog.action.name, wd.AUTOSTOP_IDLE_MINUTES,
+                 wd.AUTOSTOP_WARN_MINUTES, wd.AUTOSTOP_POLL_SECONDS,
+                 ", ".join(s.name for s in dog.signals))
+    else:
+        log.info("idle stop off (START_IDLE_WATCHDOG=0): running for the hard cap alone")
+    if dog.cap is not None:
+        log.info("hard cap: stop (%s) at %s, %g h after the container started, active or not",
+                 dog.action.name, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                time.localtime(dog.cap.deadline)),
+                 wd.AUTOSTOP_MAX_HOURS)
     dog.run(stop)
     return EXIT_OK
 
@@ -222,10 +248,12 @@ def explain(cfg: Config, now: float) -> dict[str, Any]:
     d = tracker.step(readings, now)
     phase = "warned" if tracker.warned_at is not None else (
         str(running.get("phase")) if running else "watching")
+    cap = running.get("hard_cap") if running else None
     state = snapshot(d, readings, tracker, action=action_name,
-                     pid=int(running["pid"]) if running else 0, phase=phase, note=note)
+                     pid=int(running["pid"]) if running else 0, phase=phase, note=note,
+                     idle=_enabled(), cap=cap if isinstance(cap, dict) else None)
     state["watchdog_running"] = running is not None
-    state["enabled"] = _enabled()
+    state["enabled"] = state["idle_stop"]
     return state
 
 

@@ -84,8 +84,10 @@ def write_state(path: Path, data: dict[str, Any]) -> None:
 
 
 def snapshot(decision: Decision, readings: Sequence[Reading], tracker: Tracker, *, action: str,
-             pid: int, phase: str, note: str = "") -> dict[str, Any]:
-    """What the state file and `--json` hold."""
+             pid: int, phase: str, note: str = "", idle: bool = True,
+             cap: dict[str, float] | None = None) -> dict[str, Any]:
+    """What the state file and `--json` hold; `idle`: idle stops on; `cap`: the hard cap
+    (max_hours, started_epoch, deadline_epoch) or None."""
     return {
         "pid": pid,
         "updated_epoch": decision.now,
@@ -100,6 +102,8 @@ def snapshot(decision: Decision, readings: Sequence[Reading], tracker: Tracker, 
         "left_s": round(decision.left_s, 3),
         "active": list(decision.active),
         "note": note,
+        "idle_stop": idle,
+        "hard_cap": cap,
         "signals": [
             {**r.to_json(), "last_seen_epoch": tracker.last_seen.get(r.name)} for r in readings
         ],
@@ -111,6 +115,13 @@ def summary_line(state: dict[str, Any]) -> str:
     action = state.get("action", "?")
     active = state.get("active") or []
     note = f"; {state['note']}" if state.get("note") else ""
+    cap = state.get("hard_cap")
+    if isinstance(cap, dict):
+        left = float(cap["deadline_epoch"]) - float(state.get("updated_epoch", 0))
+        note += (f"; hard cap {float(cap['max_hours']):g} h: stop ({action}) in "
+                 f"{duration(max(0.0, left))}")
+    if state.get("idle_stop") is False:
+        return f"idle watchdog: idle stop off (START_IDLE_WATCHDOG=0){note}"
     if active:
         return f"idle watchdog: active ({', '.join(active)}); stop after " \
                f"{float(state.get('idle_minutes', 0)):g} idle min ({action}){note}"

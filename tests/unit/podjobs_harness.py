@@ -32,6 +32,7 @@ THEN_TEXT = {
     "terminate": "terminated, nothing left billing",
     "keep": "still RUNNING and billing: `provision.py ssh {id}`, then stop or terminate it",
 }
+START_EPOCH = 1_780_315_200.0  # 2026-06-01T12:00:00Z
 POD_STATUS = {"stop": "EXITED", "terminate": "TERMINATED", "keep": "RUNNING"}
 CHECKS_OK = [
     {"check": "supervisorctl", "status": "PASS", "detail": "RUNNING: inference jupyter sshd",
@@ -89,6 +90,8 @@ class FakePod:
     checks_code: int = 0
     calls: list[tuple[list[str], Path | None, Path | None]] = field(default_factory=list)
     uploaded: dict[str, bytes] = field(default_factory=dict)
+    clock: list[float] = field(default_factory=lambda: [START_EPOCH])  # the CLI's wall clock
+    train_s: float = 5400.0  # how far the preset moves the clock
 
     @property
     def commands(self) -> list[str]:
@@ -107,6 +110,7 @@ class FakePod:
             return self.upload_code
         if command.endswith(PRESET):
             assert stdin is None and stdout is None  # its output goes to the terminal
+            self.clock[0] += self.train_s
             if self.train_raises is not None:
                 raise self.train_raises
             return self.train_code
@@ -154,6 +158,7 @@ class Harness:
         cli = make_cli_env()
         cli.env.remote = self.pod
         cli.env.http_get = self.http_get
+        cli.env.clock = lambda: self.pod.clock[0]
         self.clis.append(cli)
         return main(list(args), cli.env), cli
 

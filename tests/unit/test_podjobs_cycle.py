@@ -78,9 +78,13 @@ def test_cycle_trains_fetches_and_then(h: Harness, then: str) -> None:
 
     # The text summary.
     text = THEN_TEXT[then].format(id=pod.id)
-    assert cli.out.splitlines()[-1] == (
+    assert cli.out.splitlines()[-2:] == [
         f"cycle r1: pod {pod.id} {text}; artifacts in {out} (3 files); timings in {h.log}; "
-        f"report {out / 'report.md'}; cost ${pod.price * sum(cli.sleeps) / 3600:.4f}")
+        f"report {out / 'report.md'}",
+        f"cost: $0.48 (1.50 h at $0.32/h, from create to {then}"
+        + ("; it is still billing)" if then == "keep" else ")")]
+    # The pod carries the run id (`provision.py pods --all` shows it).
+    assert pod.env["RUN_ID"] == "r1"
     rows = table_rows(cli.out, "PHASE")
     assert [r[:2] for r in rows] == [["provision", "ok"], ["wait_ssh", "ok"],
                                      ["upload_dataset", "ok"], ["train", "ok"],
@@ -110,7 +114,7 @@ def test_cycle_json_summary_and_sample_dataset(h: Harness) -> None:
                                  "timings.jsonl"],
                        "phases": host, "timing_log": str(h.log),
                        "report": str(h.tmp / "out" / "report.md"),
-                       "cost_usd": round(pod.price * sum(cli.sleeps) / 3600, 4)}
+                       "cost": {"usd": 0.48, "hours": 1.5, "costPerHr": 0.32}}
     # Without --dataset: no upload, the image's sample data.
     assert [p["phase"] for p in summary["phases"]] == [
         "provision", "wait_ssh", "train", "fetch_artifacts", "then_terminate"]
@@ -151,8 +155,9 @@ def test_cycle_without_pod_timings_still_succeeds(h: Harness) -> None:
     code, cli = cycle(h)
     assert code == 0, cli.err
     assert [r["source"] for r in h.records()] == ["host_cycle"] * 5
-    assert f"artifacts in {h.tmp / 'out'} (1 files); timings in {h.log}; report " \
-        f"{h.tmp / 'out' / 'report.md'}; cost $" in cli.out.splitlines()[-1]
+    assert cli.out.splitlines()[-2].endswith(f"artifacts in {h.tmp / 'out'} (1 files); "
+                                             f"timings in {h.log}; report "
+                                             f"{h.tmp / 'out' / 'report.md'}")
 
 
 # -- cycle: failures and cleanup ------------------------------------------------------------------
@@ -360,6 +365,9 @@ def test_cycle_refuses_a_non_empty_out_before_anything_bills(h: Harness) -> None
      "error: --train-env TRAIN_OUTPUT_DIR: cycle sets it (use --run-id or --dataset)\n"),
     (["--train-env", "RUN_ID=x"],
      "error: --train-env RUN_ID: cycle sets it (use --run-id or --dataset)\n"),
+    (["--env", "RUN_ID=x"], "error: --env RUN_ID: cycle sets it\n"),
+    (["--max-hours", "2", "--env", "AUTOSTOP_MAX_HOURS=1"],
+     "error: --env AUTOSTOP_MAX_HOURS: --max-hours sets it\n"),
 ])
 def test_cycle_bad_input_is_a_usage_error(h: Harness, extra: list[str], message: str) -> None:
     code, cli = h.run("cycle", *GPU, "--out", str(h.tmp / "out"), *extra)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from appliance.runpod import GpuType, Pod, PodSpec, RunpodClient, RunpodError
+from appliance.runpod import GpuType, Pod, PodSpec, RunpodClient, RunpodError, epoch_seconds
 from host_tools.cli import CliError
 from host_tools.emulators.localpod import Fault, LocalPodServer
 from host_tools.pod_args import create_request, provision_options, wait_request
@@ -19,7 +19,6 @@ from host_tools.pods import (
     WaitRequest,
     cheapest_cloud,
     create_pod,
-    created_epoch,
     wait_ready,
 )
 from tests.utils.localpod import make_cli_env
@@ -72,12 +71,12 @@ def test_pod_args_build_the_requests() -> None:
 # -- the create marker ----------------------------------------------------------------------------
 
 
-def test_created_epoch_reads_rfc3339_and_unix_seconds() -> None:
-    assert created_epoch("2026-06-01T12:00:00Z") == 1780315200.0
-    assert created_epoch("2026-06-01T12:00:00") == 1780315200.0  # no zone: UTC
-    assert created_epoch("2026-06-01T14:00:00.500+02:00") == 1780315200.5
-    assert created_epoch("1780315200") == 1780315200.0
-    assert [created_epoch(t) for t in ("", "  ", "yesterday")] == [None, None, None]
+def test_epoch_seconds_reads_rfc3339_and_unix_seconds() -> None:
+    assert epoch_seconds("2026-06-01T12:00:00Z") == 1780315200.0
+    assert epoch_seconds("2026-06-01T12:00:00") == 1780315200.0  # no zone: UTC
+    assert epoch_seconds("2026-06-01T14:00:00.500+02:00") == 1780315200.5
+    assert epoch_seconds("1780315200") == 1780315200.0
+    assert [epoch_seconds(t) for t in ("", "  ", "yesterday")] == [None, None, None]
 
 
 def record_specs(client: RunpodClient, monkeypatch: pytest.MonkeyPatch) -> list[PodSpec]:

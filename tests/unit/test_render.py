@@ -150,3 +150,13 @@ def test_the_templates_are_package_data_found_through_importlib_resources():
     shipped = pyproject["tool"]["setuptools"]["package-data"]["appliance.runtime"]
     package_dir = ROOT / "appliance" / "runtime"
     assert {p.name for pattern in shipped for p in package_dir.glob(pattern)} >= set(found)
+
+
+def test_max_hours_runs_the_watchdog_without_start_idle_watchdog(monkeypatch):
+    env, torch_ok = CASES["ssh_only"]
+    files = _render(monkeypatch, {**env, "AUTOSTOP_MAX_HOURS": "2"}, torch_ok)
+    assert sorted(n for n in files if n.startswith("conf.d/")) == [
+        "conf.d/00-fatal-reviver.conf", "conf.d/10-sshd.conf", "conf.d/50-idle-watchdog.conf"]
+    services = PodConfig.load().services
+    assert plan(services, True, 2.0).programs == ("fatal-reviver", "sshd", "idle-watchdog")
+    assert plan(services, True, None).programs == ("fatal-reviver", "sshd")
