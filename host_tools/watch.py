@@ -2,14 +2,14 @@
 checkpoints copied home at each epoch, stall detection and healthchecks pings.
 
 The trainer appends JSON-lines events (start, step, epoch, done: appliance.training.progress) to
-RUN_DIR/artifacts/progress.jsonl in the pod; the watcher follows that file over SSH with
-`tail -n +K -F`, counting the lines it has read so that after a dropped connection it resumes
-at the next one (backoff from appliance.retry): no event shown twice or lost. After each epoch
-event it copies model_best.pt and checkpoint_last.pt (`cat` over SSH, written atomically) to
-OUT/artifacts/, the layout cycle's final fetch uses, so a lost pod loses at most one epoch. No
-event for --stall-minutes: it collects what there is and does --on-stall (none: warn and keep
-watching; collect; stop or terminate the watched pod and nothing else). RUNPOD_HEALTHCHECKS_URL, a secret,
-gets start / log / success / fail pings; a failed ping is a warning that shows the URL redacted.
+RUN_DIR/artifacts/progress.jsonl in the pod; the watcher follows that file over SSH with `tail -n
++K -F`, counting the lines it has read so that after a dropped connection it resumes at the next
+one (backoff from appliance.retry): no event shown twice or lost. After each epoch event it copies
+model_best.pt and checkpoint_last.pt (`cat` over SSH, written atomically) to OUT/artifacts/, the
+layout cycle's final fetch uses, so a lost pod loses at most one epoch. No event for --stall-
+minutes: it collects what there is and does --on-stall (none: warn and keep watching; collect; stop
+or terminate the watched pod and nothing else). RUNPOD_HEALTHCHECKS_URL, a secret, gets start / log
+/ success / fail pings; a failed ping is a warning that shows the URL redacted.
 The status line and the pings are host_tools/watch_report.py's.
 """
 
