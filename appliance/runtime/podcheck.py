@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import chess
 import httpx
@@ -88,6 +90,23 @@ def supervisor_states(run: Callable[..., subprocess.CompletedProcess[str]] = sub
         raise CheckFailed(f"supervisorctl status answered nothing (exit {proc.returncode}): "
                           f"{(proc.stderr or proc.stdout).strip()[-300:]}")
     return states
+
+
+def wait_listening(url: str, timeout: float) -> None:
+    """Wait until something accepts connections at `url`'s host and port: supervisord calls a
+    program RUNNING after its startsecs, which a loaded pod can reach before the port is bound."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise CheckFailed(f"nothing accepts connections on {host}:{port} after "
+                                  f"{timeout:g} s ({exc.strerror or exc})") from None
+        time.sleep(0.25)
 
 
 def wait_healthy(url: str, timeout: float) -> dict[str, Any]:
@@ -165,6 +184,7 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
         if "inference" not in states:
             out.update(status=SKIP, detail="no inference program in this pod")
         else:
+            wait_listening(api, settle_timeout)
             resp = httpx.get(f"{api}/healthz", timeout=10)
             body = resp.json()
             if resp.status_code == 200:
@@ -181,6 +201,7 @@ def run_checks(emit: Callable[[Check], None], dataset: Path | None = None,
             out.update(status=SKIP, detail="no jupyter program in this pod")
         else:
             url = local_url(bind, jupyter.JUPYTER_PORT, "/api/status")
+            wait_listening(url, settle_timeout)
             anonymous = httpx.get(url, timeout=10)
             resp = httpx.get(url, timeout=10,
                              headers={"Authorization": f"token {jupyter.token or ''}"})

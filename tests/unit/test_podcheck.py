@@ -6,8 +6,10 @@ pod-bound parts (supervisorctl, the preset, service restarts) replaced.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +35,7 @@ from appliance.runtime.podcheck import (
     wait_healthy,
 )
 from appliance.settings import DEFAULT_REPO_DIR
+from tests.utils import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -516,3 +519,39 @@ def test_main_bad_setting_is_exit_2(monkeypatch: pytest.MonkeyPatch,
     assert captured.out == ""
     assert captured.err.startswith("error: bad environment: INFERENCE_PORT='eighty': ")
 
+
+
+def test_run_checks_wait_for_a_port_that_is_not_bound_yet(pod: Pod, refused_port: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """RUNNING comes after supervisord's startsecs; a loaded pod can get there before Jupyter
+    binds its port: the check waits for the port (bounded), then fails naming it."""
+    monkeypatch.setenv("JUPYTER_PORT", str(refused_port))
+    started = time.monotonic()
+    results = podcheck.run_checks(lambda c: None, settle_timeout=0.6)
+    assert rows(results)[2] == ("jupyter_api", FAIL, "nothing accepts connections on "
+                                f"127.0.0.1:{refused_port} after 0.6 s (Connection refused)")
+    assert 0.6 <= time.monotonic() - started < 30
+    assert rows(results)[1][:2] == ("healthz", PASS)
+
+
+def test_wait_listening_returns_once_the_port_is_bound() -> None:
+    port = free_port()
+
+    def bind_later() -> None:
+        time.sleep(0.5)
+        with socket.socket() as srv:
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind(("127.0.0.1", port))
+            srv.listen()
+            accepted.wait(5)
+
+    accepted = threading.Event()
+    thread = threading.Thread(target=bind_later)
+    thread.start()
+    try:
+        started = time.monotonic()
+        podcheck.wait_listening(f"http://127.0.0.1:{port}/api/status", 10)
+        assert 0.4 <= time.monotonic() - started < 10
+    finally:
+        accepted.set()
+        thread.join()
