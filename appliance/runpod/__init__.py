@@ -2,8 +2,8 @@
 use are re-exported here; the package's modules are:
 
   errors.py   typed errors with actions, and `classify` (answer -> error)
-  models.py   Pod, GpuType, Template, TemplateSpec, Registry, PodSpec (REST v2 and GraphQL
-              answers in one vocabulary)
+  models.py   Pod, GpuType, Template, TemplateSpec, Registry, NetworkVolume, PodSpec
+              (REST v2 and GraphQL answers in one vocabulary)
   session.py  the one HTTP session: key in the Authorization header only, retries, scrubbing
   rest.py     REST v2 calls          graphql.py  the GraphQL fallback
   client.py   RunpodClient (REST first, GraphQL where REST is denied), API key lookup
@@ -26,6 +26,7 @@ from appliance.runpod.errors import (
 from appliance.runpod.models import (
     Cloud,
     GpuType,
+    NetworkVolume,
     Pod,
     PodSpec,
     Registry,
@@ -43,6 +44,7 @@ __all__ = [
     "ConflictError",
     "GpuType",
     "InvalidRequestError",
+    "NetworkVolume",
     "NoApiKeyError",
     "NoCapacityError",
     "PaymentRequiredError",

@@ -25,6 +25,7 @@ from appliance.runpod.graphql import GraphqlApi
 from appliance.runpod.models import (
     Cloud,
     GpuType,
+    NetworkVolume,
     Pod,
     PodAction,
     PodSpec,
@@ -223,3 +224,17 @@ class RunpodClient:
     def delete_registry(self, registry_id: str) -> None:
         check_pod_id(registry_id, "registry auth")
         self._rest.delete_registry(registry_id)
+
+    def list_network_volumes(self) -> list[NetworkVolume]:
+        return self._rest.list_network_volumes()
+
+    def get_network_volume(self, volume_id: str) -> NetworkVolume:
+        check_pod_id(volume_id, "network volume")
+        return self._rest.get_network_volume(volume_id)
+
+    def create_network_volume(self, name: str, size_gb: int, data_center: str) -> NetworkVolume:
+        return self._rest.create_network_volume(name, size_gb, data_center)
+
+    def delete_network_volume(self, volume_id: str) -> None:
+        check_pod_id(volume_id, "network volume")
+        self._rest.delete_network_volume(volume_id)

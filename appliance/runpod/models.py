@@ -1,5 +1,6 @@
 """What the RunPod client hands out and takes in: pods, GPU types, templates, registry auths,
-pod and template specs, read from REST v2 or GraphQL answers into one vocabulary (REST v2's).
+network volumes, pod and template specs, read from REST v2 or GraphQL answers into one
+vocabulary (REST v2's).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Pod:
     created_at: str = ""
     started_at: str = ""  # when it last started (REST v2 startedAt, GraphQL lastStartedAt)
     uptime_s: float | None = None  # seconds running since then, where the API says
+    network_volume_id: str = ""  # the network volume mounted instead of a pod volume
+    data_center_id: str = ""
 
     def running_s(self, now: float) -> float | None:
         """Seconds this pod has been running since it last started: the API's uptime, else
@@ -82,6 +85,7 @@ class Pod:
             "gpu": {"id": self.gpu_id, "count": self.gpu_count}, "costPerHr": self.cost_per_hr,
             "ports": self.ports, "actions": self.actions, "volumeInGb": self.volume_gb,
             "createdAt": self.created_at, "startedAt": self.started_at,
+            "networkVolumeId": self.network_volume_id, "dataCenterId": self.data_center_id,
             "runtime": {"ports": [m.__dict__ for m in self.mappings]} if self.mappings else None,
         }
 
@@ -96,6 +100,8 @@ class Pod:
             cost_per_hr=float(d.get("cost") or 0.0), ports=list(d.get("ports") or []),
             env=dict(d.get("env") or {}), actions=list(d.get("actions") or []),
             volume_gb=int((mounts.get("persistent") or {}).get("size") or 0),
+            network_volume_id=str(((mounts.get("network") or [{}])[0]).get("volumeId") or ""),
+            data_center_id=str(d.get("dataCenterId") or ""),
             created_at=str(d.get("createdAt") or ""),
             started_at=str(d.get("startedAt") or ""),
             uptime_s=_float_or_none(runtime.get("uptime")),
@@ -119,6 +125,7 @@ class Pod:
             cost_per_hr=float(d.get("costPerHr") or 0.0),
             ports=[p for p in ports.split(",") if p] if isinstance(ports, str) else list(ports),
             env=env, volume_gb=int(d.get("volumeInGb") or 0),
+            network_volume_id=str(d.get("networkVolumeId") or ""),
             started_at=str(d.get("lastStartedAt") or ""),
             uptime_s=_float_or_none((runtime or {}).get("uptimeInSeconds",
                                                          d.get("uptimeSeconds"))),
@@ -247,6 +254,28 @@ class Registry:
         return cls(id=str(r["id"]), name=str(r.get("name") or ""))
 
 
+@dataclass(frozen=True)
+class NetworkVolume:
+    """A RunPod network volume (REST v2 /network-volumes): storage in one data center that
+    outlives pods; a pod created with it mounts it instead of a pod volume."""
+
+    id: str
+    name: str
+    size_gb: int
+    data_center: str
+    type: str = "STANDARD"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "size": self.size_gb,
+                "dataCenter": self.data_center, "type": self.type}
+
+    @classmethod
+    def from_v2(cls, v: dict[str, Any]) -> NetworkVolume:
+        return cls(id=str(v["id"]), name=str(v.get("name") or ""),
+                   size_gb=int(v.get("size") or 0), data_center=str(v.get("dataCenter") or ""),
+                   type=str(v.get("type") or "STANDARD"))
+
+
 @dataclass
 class PodSpec:
     """What to create; `to_v2()` is the REST v2 CreatePodRequest body."""
@@ -264,6 +293,8 @@ class PodSpec:
     volume_path: str = "/workspace"
     start_ssh: bool = True
     registry: str = ""  # container registry auth id, for a private image
+    network_volume_id: str = ""  # mounted at volume_path instead of a pod volume
+    data_center_id: str = ""  # pins the pod (a network volume's data center)
 
     def to_v2(self) -> dict[str, Any]:
         if not self.image and not self.template_id:
@@ -272,9 +303,14 @@ class PodSpec:
             "name": self.name, "cloud": self.cloud, "ports": self.ports, "disk": self.disk_gb,
             # count is always sent: without it RunPod answers a misleading "no instances" 400.
             "gpu": {"id": self.gpu_type_id, "count": self.gpu_count},
-            "mounts": {"persistent": {"size": self.volume_gb, "path": self.volume_path}},
+            "mounts": ({"network": [{"volumeId": self.network_volume_id,
+                                     "path": self.volume_path}]}
+                       if self.network_volume_id else
+                       {"persistent": {"size": self.volume_gb, "path": self.volume_path}}),
             "startSsh": self.start_ssh,
         }
+        if self.data_center_id:
+            body["dataCenterIds"] = [self.data_center_id]
         if self.image:
             body["image"] = self.image
         if self.template_id:

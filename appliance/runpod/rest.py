@@ -1,6 +1,6 @@
 """RunPod's REST v2 API, the client's first choice: pods and their actions and logs, the GPU
-catalog, templates and container registry auths. A denied or missing call raises its typed error;
-falling back is the client's business.
+catalog, templates, container registry auths and network volumes. A denied or missing call
+raises its typed error; falling back is the client's business.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from appliance.runpod.errors import ServerError
 from appliance.runpod.models import (
     Cloud,
     GpuType,
+    NetworkVolume,
     Pod,
     PodAction,
     PodSpec,
@@ -127,3 +128,22 @@ class RestApi:
     def delete_registry(self, registry_id: str) -> None:
         self.call("DELETE", f"/registries/{registry_id}", f"delete registry auth {registry_id}",
                   ok=(200, 204))
+
+    def list_network_volumes(self) -> list[NetworkVolume]:
+        body = self.call("GET", "/network-volumes",
+                         "list network volumes (GET /v2/network-volumes)")
+        return [NetworkVolume.from_v2(v) for v in (body or {}).get("networkVolumes", [])]
+
+    def get_network_volume(self, volume_id: str) -> NetworkVolume:
+        return NetworkVolume.from_v2(self.call("GET", f"/network-volumes/{volume_id}",
+                                               f"get network volume {volume_id}"))
+
+    def create_network_volume(self, name: str, size_gb: int, data_center: str) -> NetworkVolume:
+        return NetworkVolume.from_v2(self.call(
+            "POST", "/network-volumes", f"create network volume {name!r}",
+            json_body={"name": name, "size": size_gb, "dataCenter": data_center},
+            ok=(200, 201), retry_5xx=False))
+
+    def delete_network_volume(self, volume_id: str) -> None:
+        self.call("DELETE", f"/network-volumes/{volume_id}",
+                  f"delete network volume {volume_id}", ok=(200, 204))

@@ -1,7 +1,7 @@
 """localpod against RunPod's own OpenAPI document for REST v2
 (tests/fixtures/runpod_openapi_v2.json, structure only): a bounded schemathesis run over pods,
-templates, container registry auths, the GPU, CPU and data-center catalog and the account's SSH
-keys (no server errors,
+templates, container registry auths, network volumes, the GPU, CPU and data-center catalog and
+the account's SSH keys (no server errors,
 answers, headers and status codes as the document lists them, invalid requests refused, 405
 with Allow for unlisted methods), plus localpod's real answers along a pod's life checked
 against the document's response schemas.
@@ -22,10 +22,10 @@ from tests.utils.runpod_schema import DOCUMENT, conforms
 
 pytestmark = pytest.mark.timeout(120)
 KEY = "rpk_conformance_3f9a"
-# The parts localpod emulates; the rest of the document (clusters, serverless, network volumes,
-# ECR delegations, billing) is not served (404).
+# The parts localpod emulates; the rest of the document (clusters, serverless, ECR delegations,
+# billing) is not served (404).
 EMULATED = (r"^/v2/(pods|templates|registries(/\{id\})?$|catalog/(gpus|datacenters|cpus|templates)"
-            r"|account/ssh-keys)")
+            r"|account/ssh-keys|network-volumes)")
 
 schema = schemathesis.openapi.from_path(DOCUMENT).include(path_regex=EMULATED)
 schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE,
@@ -39,7 +39,9 @@ CHECKS = [checks.status_code_conformance, checks.content_type_conformance,
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LocalPodServer]:
-    with LocalPodServer(Account(RecordsBackend(), {KEY})) as running:
+    account = Account(RecordsBackend(), {KEY})
+    account.rate_limit = (100_000, 10)  # the run's burst is not what this test is about
+    with LocalPodServer(account) as running:
         yield running
 
 
@@ -102,5 +104,44 @@ def test_a_pods_life_answers_as_the_document_says(server: LocalPodServer) -> Non
         answers.append((api.post("/pods", json={"name": "x"}).json(), "ErrorResponse"))
         deleted = api.delete(f"/pods/{pod_id}")
         assert (deleted.status_code, deleted.content) == (204, b"")
+    for answer, name in answers:
+        conforms(answer, name)
+
+
+def test_a_network_volumes_life_answers_as_the_document_says(server: LocalPodServer) -> None:
+    with httpx.Client(base_url=f"{server.url}/v2",
+                      headers={"Authorization": f"Bearer {KEY}"}) as api:
+        created = api.post("/network-volumes", json={"name": "data", "size": 50,
+                                                     "dataCenter": "LOCAL-1"})
+        assert created.status_code == 201
+        volume = created.json()
+        assert {k: v for k, v in volume.items() if k != "id"} == {
+            "name": "data", "size": 50, "dataCenter": "LOCAL-1", "type": "STANDARD"}
+        answers = [(volume, "NetworkVolume"),
+                   (api.get("/network-volumes").json(), "ListNetworkVolumesResponse"),
+                   (api.get(f"/network-volumes/{volume['id']}").json(), "NetworkVolume")]
+        grown = api.patch(f"/network-volumes/{volume['id']}", json={"size": 60})
+        assert (grown.status_code, grown.json()["size"]) == (200, 60)
+        shrunk = api.patch(f"/network-volumes/{volume['id']}", json={"size": 20})
+        assert (shrunk.status_code, shrunk.json()["detail"]) == (
+            400, "a network volume can only grow: 60 GB now, 20 GB asked")
+        pod = api.post("/pods", json={
+            "name": "nv", "image": "img:1", "gpu": {"id": "NVIDIA RTX A4000", "count": 1},
+            "dataCenterIds": ["LOCAL-1"],
+            "mounts": {"network": [{"volumeId": volume["id"], "path": "/workspace"}]}})
+        assert pod.status_code == 201
+        assert pod.json()["mounts"] == {"network": [{"volumeId": volume["id"],
+                                                     "path": "/workspace"}]}
+        in_use = api.delete(f"/network-volumes/{volume['id']}")
+        assert (in_use.status_code, in_use.json()["detail"]) == (
+            409, f"network volume {volume['id']} is in use by pod(s) {pod.json()['id']}: "
+            "terminate them first")
+        answers += [(pod.json(), "Pod"), (shrunk.json(), "ErrorResponse"),
+                    (in_use.json(), "ErrorResponse"),
+                    (api.get("/network-volumes/nosuchvol0").json(), "ErrorResponse")]
+        assert api.delete(f"/pods/{pod.json()['id']}").status_code == 204
+        deleted = api.delete(f"/network-volumes/{volume['id']}")
+        assert (deleted.status_code, deleted.content) == (204, b"")
+        assert api.get(f"/network-volumes/{volume['id']}").status_code == 404
     for answer, name in answers:
         conforms(answer, name)

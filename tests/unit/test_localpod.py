@@ -13,6 +13,7 @@ import pytest
 
 from host_tools.emulators.localpod import Account, Fault, LocalPodServer, RecordsBackend
 from host_tools.emulators.localpod.containers import ContainerBackend
+from host_tools.emulators.localpod.state import ApiError
 from tests.utils import wait_until
 from tests.utils.localpod import CANARY
 
@@ -205,6 +206,63 @@ def test_container_backend_with_docker_stops_before_removing() -> None:
     assert [argv for argv, _ in engine.calls] == [
         ["docker", "stop", "-t", "10", name], ["docker", "rm", "-f", name],
         ["docker", "volume", "rm", "-f", volume]]
+
+
+def test_container_backend_network_volume_is_one_named_volume_shared_and_kept() -> None:
+    engine = FakeEngine()
+    acc = Account(ContainerBackend("podman", run=engine), {CANARY})
+    volume = acc.create_volume("data", 50, "LOCAL-1", "STANDARD")
+    shared = f"localpod-netvol-{volume['id']}"
+    spec = {"name": "a", "image": "img:1", "gpu_id": "NVIDIA A40", "gpu_count": 1,
+            "cloud": "SECURE", "ports": ["22/tcp"], "network_volume": volume["id"]}
+    first = acc.create_pod(spec, "account")
+    name = f"localpod-{first.id}"
+    argvs = [argv for argv, _ in engine.calls]
+    assert argvs[:3] == [["podman", "rm", "-f", name], ["podman", "volume", "inspect", shared],
+                         ["podman", "volume", "create", shared]]
+    assert f"{shared}:/workspace" in argvs[3] and not any("-workspace" in a for a in argvs[3])
+    engine.calls.clear()
+    acc.action(first.id, "terminate", "account")  # the network volume is kept
+    assert [argv for argv, _ in engine.calls] == [["podman", "rm", "-f", "-t", "10", name]]
+    engine.calls.clear()
+    second = acc.create_pod({**spec, "name": "b"}, "account")
+    assert f"{shared}:/workspace" in engine.calls[3][0]
+    with pytest.raises(ApiError) as in_use:
+        acc.delete_volume(volume["id"])
+    assert (in_use.value.status, in_use.value.message) == (
+        409, f"network volume {volume['id']} is in use by pod(s) {second.id}: "
+        "terminate them first")
+    acc.action(second.id, "terminate", "account")
+    engine.calls.clear()
+    acc.delete_volume(volume["id"])
+    assert [argv for argv, _ in engine.calls] == [["podman", "volume", "rm", "-f", shared]]
+    assert acc.volumes == {}
+
+
+def test_network_volume_routes_check_what_they_are_given(localpod: LocalPodServer) -> None:
+    with api(localpod) as client:
+        small = client.post("/v2/network-volumes",
+                            json={"name": "v", "size": 5, "dataCenter": "LOCAL-1"})
+        assert (small.status_code, small.json()["detail"]) == (
+            422, "Request validation failed: size: Input should be greater than or equal to 10")
+        elsewhere = client.post("/v2/network-volumes",
+                                json={"name": "v", "size": 10, "dataCenter": "EU-RO-1"})
+        assert (elsewhere.status_code, elsewhere.json()["detail"]) == (
+            400, "unknown data center 'EU-RO-1': localpod has LOCAL-1 only")
+        unknown = client.post("/v2/pods", json={**POD, "mounts": {"network": [
+            {"volumeId": "nosuchvol0", "path": "/workspace"}]}})
+        assert (unknown.status_code, unknown.json()["detail"]) == (
+            400, "network volume 'nosuchvol0' not found")
+        volume = client.post("/v2/network-volumes",
+                             json={"name": "v", "size": 10, "dataCenter": "LOCAL-1"}).json()
+        pinned = client.post("/v2/pods", json={**POD, "dataCenterIds": ["EU-RO-1"], "mounts": {
+            "network": [{"volumeId": volume["id"], "path": "/workspace"}]}})
+        assert (pinned.status_code, pinned.json()["detail"]) == (
+            400, f"network volume '{volume['id']}' is in LOCAL-1, not in the pod's data "
+            "centers EU-RO-1")
+        assert client.get("/v2/pods").json() == {"pods": []}
+        missing = client.delete("/v2/network-volumes/nosuchvol0")
+        assert (missing.status_code, missing.json()["detail"]) == (404, "resource not found")
 
 
 def test_container_backend_host_network_moves_the_services_to_the_chosen_loopback_ports(

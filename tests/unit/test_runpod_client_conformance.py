@@ -91,13 +91,24 @@ def test_every_request_the_client_sends_is_documented_and_valid(
         client.get_template(template.id)
         client.list_registries()
         client.delete_registry(registry.id)
+        volume = client.create_network_volume("data", 50, "LOCAL-1")
+        assert client.list_network_volumes() == [volume]
+        assert client.get_network_volume(volume.id) == volume
+        on_volume = client.create_pod(PodSpec(name="nv", gpu_type_id="NVIDIA A40", image="img:1",
+                                              network_volume_id=volume.id,
+                                              data_center_id="LOCAL-1"))
+        assert (on_volume.network_volume_id, on_volume.data_center_id) == (volume.id, "LOCAL-1")
+        client.terminate_pod(on_volume.id)
+        client.delete_network_volume(volume.id)
     assert all(r["status"] < 400 for r in localpod.account.requests)
     operations = [check_request(r) for r in recording.sent]
     assert sorted(set(operations)) == [
-        "DELETE /v2/registries/{id}", "GET /v2/catalog/gpus", "GET /v2/pods",
-        "GET /v2/pods/{id}", "GET /v2/registries", "GET /v2/templates",
-        "GET /v2/templates/{id}", "PATCH /v2/templates/{id}", "POST /v2/pods",
-        "POST /v2/pods/{id}/action", "POST /v2/registries", "POST /v2/templates"]
+        "DELETE /v2/network-volumes/{id}", "DELETE /v2/registries/{id}",
+        "GET /v2/catalog/gpus", "GET /v2/network-volumes", "GET /v2/network-volumes/{id}",
+        "GET /v2/pods", "GET /v2/pods/{id}", "GET /v2/registries", "GET /v2/templates",
+        "GET /v2/templates/{id}", "PATCH /v2/templates/{id}", "POST /v2/network-volumes",
+        "POST /v2/pods", "POST /v2/pods/{id}/action", "POST /v2/registries",
+        "POST /v2/templates"]
 
 
 def test_the_check_refuses_what_the_document_refuses() -> None:
@@ -115,6 +126,8 @@ def test_the_check_refuses_what_the_document_refuses() -> None:
         request("POST", "/v2/templates", json={"name": "n"}),  # no image
         request("PATCH", "/v2/templates/t", json={"startSsh": "yes"}),
         request("POST", "/v2/registries", json={"name": "n", "username": "u"}),
+        request("POST", "/v2/network-volumes", json={"name": "n", "size": 5,
+                                                     "dataCenter": "d"}),
     ]
     for bad in refused:
         with pytest.raises(jsonschema.ValidationError):

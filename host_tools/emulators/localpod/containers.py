@@ -1,5 +1,7 @@
 """localpod's container backend: each pod is a podman (or Docker) container of our image on a named
 /workspace volume, ports published on 127.0.0.1; stop keeps the volume, terminate removes it.
+A pod on a network volume mounts the named volume `localpod-netvol-<id>` instead, shared by
+every pod that names it: terminate keeps it, deleting the network volume removes it.
 
 With `host_network=True` a pod shares the host's network (`--network host`, nothing published):
 its sshd, Jupyter and inference API listen on the host loopback ports localpod chose (SSH_PORT,
@@ -66,6 +68,9 @@ class ContainerBackend:
 
     @staticmethod
     def names(pod: PodRecord) -> tuple[str, str]:
+        """The pod's container and the volume at its /workspace (its network volume's, if any)."""
+        if pod.network_volume:
+            return f"localpod-{pod.id}", network_volume_name(pod.network_volume)
         return f"localpod-{pod.id}", f"localpod-{pod.id}-workspace"
 
     def _check(self, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
@@ -159,4 +164,12 @@ class ContainerBackend:
         container, volume = self.names(pod)
         self._settle(pod)
         self._remove_container(container, check=False)
-        self._run([self.engine, "volume", "rm", "-f", volume], None)
+        if not pod.network_volume:  # a network volume outlives its pods
+            self._run([self.engine, "volume", "rm", "-f", volume], None)
+
+    def remove_network_volume(self, volume_id: str) -> None:
+        self._run([self.engine, "volume", "rm", "-f", network_volume_name(volume_id)], None)
+
+
+def network_volume_name(volume_id: str) -> str:
+    return f"localpod-netvol-{volume_id}"

@@ -8,9 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
-from host_tools.emulators.localpod.state import MIN_VOLUME_GB, check_env, check_image, check_port
+from host_tools.emulators.localpod.state import (
+    MAX_NETWORK_VOLUME_GB,
+    MIN_VOLUME_GB,
+    check_env,
+    check_image,
+    check_port,
+)
 
 Cloud = Literal["SECURE", "COMMUNITY"]
 PodStatus = Literal["PROVISIONING", "STARTING", "RUNNING", "EXITED", "ERROR", "TERMINATED"]
@@ -145,6 +159,27 @@ class CreateRegistryRequest(Request):
     username: str = Field(min_length=1)
 
 
+VolumeType = Literal["STANDARD", "HIGH_PERFORMANCE"]
+
+
+class CreateNetworkVolumeRequest(Request):
+    dataCenter: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    size: int = Field(ge=MIN_VOLUME_GB, le=MAX_NETWORK_VOLUME_GB)
+    type: VolumeType = "STANDARD"
+
+
+class UpdateNetworkVolumeRequest(Request):
+    name: str | None = Field(default=None, min_length=1)
+    size: int | None = Field(default=None, ge=MIN_VOLUME_GB, le=MAX_NETWORK_VOLUME_GB)
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateNetworkVolumeRequest:
+        if self.name is None and self.size is None:
+            raise ValueError("name or size is required")
+        return self
+
+
 class SetSecretRequest(Request):
     """POST /_localpod/secrets (localpod's own control: RunPod's document has no secrets
     routes; there one creates a secret in the console)."""
@@ -181,8 +216,20 @@ class PersistentMountOut(BaseModel):
     path: str
 
 
+class NetworkMountOut(BaseModel):
+    volumeId: str
+    path: str
+
+
 class MountsOut(BaseModel):
-    persistent: PersistentMountOut
+    """A pod's persistent volume or its network volume: the one it lacks is left out."""
+
+    persistent: PersistentMountOut | None = None
+    network: list[NetworkMountOut] | None = None
+
+    @model_serializer(mode="wrap")
+    def _present_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class SshEndpoint(BaseModel):
@@ -272,6 +319,18 @@ class Registry(BaseModel):
 
 class ListRegistriesResponse(BaseModel):
     registries: list[Registry]
+
+
+class NetworkVolume(BaseModel):
+    id: str
+    name: str
+    size: int
+    dataCenter: str
+    type: VolumeType
+
+
+class ListNetworkVolumesResponse(BaseModel):
+    networkVolumes: list[NetworkVolume]
 
 
 class CloudPrices(BaseModel):

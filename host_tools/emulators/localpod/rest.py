@@ -1,6 +1,6 @@
 """localpod's RunPod REST v2 (/v2/...) as a FastAPI router: pods (create, read, update, actions,
 logs), the GPU and data-center catalog, templates, container registry auths (their passwords
-never answered) and the account's SSH keys, answered from an
+never answered), network volumes and the account's SSH keys, answered from an
 Account as RunPod's JSON (shapes in models.py). Every route needs a key (`caller`), which is also
 where injected faults answer; errors are raised as ApiError and answered as problem+json.
 """
@@ -19,6 +19,7 @@ from appliance import settings
 from host_tools.emulators.base import HOST
 from host_tools.emulators.localpod import models
 from host_tools.emulators.localpod.state import (
+    DATA_CENTER_ID,
     SERVER_ERROR,
     Account,
     ApiError,
@@ -29,7 +30,7 @@ from host_tools.emulators.localpod.state import (
 )
 
 USER = settings.default(settings.RuntimeSettings, "APPLIANCE_USER")  # the image's login
-DATA_CENTER = {"id": "LOCAL-1", "name": "localpod", "region": "UNKNOWN",
+DATA_CENTER = {"id": DATA_CENTER_ID, "name": "localpod", "region": "UNKNOWN",
                "networkVolumeTypes": [], "compliance": [], "globalNetwork": False}
 PROBLEM = {"model": models.ErrorResponse, "content": {"application/problem+json": {}}}
 ERRORS: dict[int | str, dict[str, Any]] = {status: PROBLEM for status in (
@@ -90,9 +91,11 @@ def pod_v2(pod: PodRecord) -> dict[str, Any]:
         "id": pod.id, "name": pod.name, "image": pod.image, "args": "", "disk": pod.disk_gb,
         "ports": pod.ports, "env": pod.env, "registry": pod.registry, "status": pod.status,
         "actions": pod.actions,
-        "mounts": {"persistent": {"size": pod.volume_gb, "path": pod.volume_path}},
+        "mounts": ({"network": [{"volumeId": pod.network_volume, "path": pod.volume_path}]}
+                   if pod.network_volume else
+                   {"persistent": {"size": pod.volume_gb, "path": pod.volume_path}}),
         "gpu": {"id": pod.gpu_id, "count": pod.gpu_count}, "cloud": pod.cloud,
-        "dataCenterId": "LOCAL-1", "cudaVersion": "12.8", "template": pod.template_id,
+        "dataCenterId": DATA_CENTER_ID, "cudaVersion": "12.8", "template": pod.template_id,
         "cost": pod.cost(), "locked": pod.locked, "globalNetworking": {"enabled": False},
         "ssh": {"proxy": None, "direct": None if ssh_port is None else {
             "host": HOST, "port": ssh_port, "username": USER,
@@ -143,14 +146,18 @@ def list_pods(acc: Acc, scope: Scope, includeClusterPods: bool = False) -> Any:
 def create_pod(body: models.CreatePodRequest, request: Request, acc: Acc, scope: Scope) -> Any:
     if body.cpu is not None or body.gpu is None:
         raise ApiError(400, "CPU pods are not emulated by localpod: the request needs \"gpu\"")
-    if body.mounts is not None and body.mounts.network:
-        raise ApiError(400, "network volumes are not emulated by localpod")
     persistent = body.mounts.persistent if body.mounts is not None else None
+    network = body.mounts.network[0] if body.mounts is not None and body.mounts.network else None
+    if persistent is not None and network is not None:
+        raise ApiError(400, "mounts: persistent and network are mutually exclusive")
     req = {"name": body.name, "image": body.image, "template_id": body.templateId,
            "gpu_id": body.gpu.id, "gpu_count": body.gpu.count, "cloud": body.cloud,
            "ports": body.ports, "env": body.env, "disk_gb": body.disk, "registry": body.registry,
            "volume_gb": persistent.size if persistent else None,
-           "volume_path": persistent.path if persistent else None}
+           "volume_path": (persistent.path if persistent else network.path if network
+                           else None),
+           "network_volume": network.volumeId if network else None,
+           "data_center_ids": body.dataCenterIds}
     fault = acc.take_fault(f"CREATE {request.url.path}")
     if fault is not None and fault.kind != "create_then_500":
         raise fault.error(graphql=False)
@@ -172,7 +179,7 @@ def update_pod(id: str, body: models.UpdatePodRequest, acc: Acc,  # noqa: A002
         raise ApiError(400, "localpod does not emulate changing a pod's template, registry "
                        "or global networking")
     if body.mounts is not None and (body.mounts.network or body.mounts.persistent is None):
-        raise ApiError(400, "network volumes are not emulated by localpod")
+        raise ApiError(400, "a pod's network volume is attached at creation only")
     changes: dict[str, Any] = {k: v for k, v in {
         "name": body.name, "image": body.image, "ports": body.ports, "env": body.env,
         "disk_gb": body.disk, "locked": body.locked}.items() if v is not None}
@@ -442,3 +449,40 @@ def put_ssh_keys(body: models.UpdateSshKeysRequest, acc: Acc, scope: Scope) -> A
     account_only(scope)
     acc.public_key = "\n".join(body.keys)
     return {"keys": body.keys}
+
+
+# -- network volumes --
+
+
+@router.get("/network-volumes", response_model=models.ListNetworkVolumesResponse)
+def list_network_volumes(acc: Acc, scope: Scope) -> Any:
+    account_only(scope)
+    with acc.lock:
+        return {"networkVolumes": [dict(v) for v in acc.volumes.values()]}
+
+
+@router.post("/network-volumes", status_code=201, response_model=models.NetworkVolume)
+def create_network_volume(body: models.CreateNetworkVolumeRequest, acc: Acc,
+                          scope: Scope) -> Any:
+    account_only(scope)
+    return acc.create_volume(body.name, body.size, body.dataCenter, body.type)
+
+
+@router.get("/network-volumes/{id}", response_model=models.NetworkVolume)
+def get_network_volume(id: str, acc: Acc, scope: Scope) -> Any:  # noqa: A002
+    account_only(scope)
+    return acc.get_volume(id)
+
+
+@router.patch("/network-volumes/{id}", response_model=models.NetworkVolume)
+def update_network_volume(id: str, body: models.UpdateNetworkVolumeRequest,  # noqa: A002
+                          acc: Acc, scope: Scope) -> Any:
+    account_only(scope)
+    return acc.update_volume(id, body.name, body.size)
+
+
+@router.delete("/network-volumes/{id}", status_code=204, response_class=Response)
+def delete_network_volume(id: str, acc: Acc, scope: Scope) -> Response:  # noqa: A002
+    account_only(scope)
+    acc.delete_volume(id)
+    return Response(status_code=204)

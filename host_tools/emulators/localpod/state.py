@@ -77,7 +77,9 @@ def default_templates(image: str) -> list[dict[str, Any]]:
 
 # -- what a pod request may hold (shared by REST's models and GraphQL's create) --
 
+DATA_CENTER_ID = "LOCAL-1"  # localpod's one data center
 MIN_VOLUME_GB = 10  # RunPod's PersistentMount minimum; 0 (GraphQL) means no volume
+MAX_NETWORK_VOLUME_GB = 4096  # RunPod's NetworkVolume maximum
 PORT_SPEC = re.compile(r"^([0-9]{1,5})/(tcp|http)$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
@@ -144,6 +146,7 @@ class PodRecord:
     price: float = 0.0
     locked: bool = False
     registry: str | None = None  # the container registry auth the image is pulled with
+    network_volume: str | None = None  # the network volume at volume_path (no pod volume)
 
     @property
     def actions(self) -> list[str]:
@@ -196,6 +199,9 @@ class PodBackend(Protocol):
     def logs(self, pod: PodRecord, tail: int) -> list[str]:
         """The last `tail` lines the pod's container wrote (none when it has no container)."""
 
+    def remove_network_volume(self, volume_id: str) -> None:
+        """Remove a deleted network volume's data."""
+
 
 class RecordsBackend:
     """No containers: a pod is RUNNING after `boot_polls` reads. `port_map` pins public ports
@@ -220,6 +226,9 @@ class RecordsBackend:
 
     def logs(self, pod: PodRecord, tail: int) -> list[str]:
         return []  # records only: no container, no output
+
+    def remove_network_volume(self, volume_id: str) -> None:
+        self.events.append(("remove-network-volume", volume_id))
 
 
 def free_port() -> int:
@@ -278,6 +287,7 @@ class Account(Controls[Fault, dict[str, Any]]):
         self.templates = default_templates(image)
         self.registries: dict[str, dict[str, str]] = {}  # id -> name, username, password
         self.secrets: dict[str, str] = {}  # name -> value
+        self.volumes: dict[str, dict[str, Any]] = {}  # id -> REST v2 NetworkVolume
         self.catalog_denied = catalog_denied
         self.pods: dict[str, PodRecord] = {}
         self.api_base = ""
@@ -332,10 +342,12 @@ class Account(Controls[Fault, dict[str, Any]]):
 
     def create_pod(self, req: dict[str, Any], scope: str) -> PodRecord:
         """Create a pod from a request (keys: name, image, template_id, gpu_id, gpu_count,
-        cloud, ports, env, disk_gb, volume_gb, volume_path). Every value is checked before
+        cloud, ports, env, disk_gb, volume_gb, volume_path; network_volume and data_center_ids
+        optional). Every value is checked before
         anything changes: a refused request (ApiError 400) leaves the account as it was."""
         if scope != "account":
             raise ApiError(403, "access denied: a pod-scoped key cannot create pods")
+        network_volume, data_centers = req.get("network_volume"), req.get("data_center_ids")
         req = checked_request(req)
         with self.lock:
             gpu_id, count, cloud = req["gpu_id"], req["gpu_count"], req["cloud"]
@@ -362,6 +374,8 @@ class Account(Controls[Fault, dict[str, Any]]):
             self.check_secrets(env)
             registry = req["registry"] or (template or {}).get("registry")
             self.check_registry(registry)
+            if network_volume is not None:
+                self.check_pod_volume(network_volume, data_centers)
             pod_id = new_id()
             pod = PodRecord(
                 id=pod_id, name=req["name"], image=image,
@@ -372,7 +386,7 @@ class Account(Controls[Fault, dict[str, Any]]):
                 disk_gb=req["disk_gb"] or (template["disk"] if template else 30),
                 volume_gb=req["volume_gb"] or persistent.get("size") or 20,
                 volume_path=req["volume_path"] or persistent.get("path") or "/workspace",
-                template_id=template["id"] if template else None,
+                template_id=template["id"] if template else None, network_volume=network_volume,
                 pod_key="rpa_pod_" + secrets.token_hex(16), created_at=_now(), price=price,
                 polls_left=self.boot_polls,
             )
@@ -387,6 +401,59 @@ class Account(Controls[Fault, dict[str, Any]]):
             if name not in self.secrets:
                 raise ApiError(400, f"secret {name!r} (referenced by env "
                                f"{', '.join(variables)}) does not exist: create it first")
+
+    def check_pod_volume(self, volume_id: str, data_centers: list[str] | None) -> None:
+        """ApiError 400 unless the network volume exists in one of the pod's data centers."""
+        volume = self.volumes.get(volume_id)
+        if volume is None:
+            raise ApiError(400, f"network volume {volume_id!r} not found")
+        if data_centers and volume["dataCenter"] not in data_centers:
+            raise ApiError(400, f"network volume {volume_id!r} is in {volume['dataCenter']}, "
+                           f"not in the pod's data centers {', '.join(data_centers)}")
+
+    # -- network volumes --
+
+    def create_volume(self, name: str, size: int, data_center: str, type_: str) -> dict[str, Any]:
+        with self.lock:
+            if data_center != DATA_CENTER_ID:
+                raise ApiError(400, f"unknown data center {data_center!r}: localpod has "
+                               f"{DATA_CENTER_ID} only")
+            volume_id = new_id(10)
+            volume = {"id": volume_id, "name": name, "size": size, "dataCenter": data_center,
+                      "type": type_}
+            self.volumes[volume_id] = volume
+            return dict(volume)
+
+    def get_volume(self, volume_id: str) -> dict[str, Any]:
+        with self.lock:
+            if volume_id not in self.volumes:
+                raise ApiError(404, "resource not found")
+            return dict(self.volumes[volume_id])
+
+    def update_volume(self, volume_id: str, name: str | None, size: int | None) -> dict[str, Any]:
+        """Rename, or grow (a network volume never shrinks)."""
+        with self.lock:
+            volume = self.volumes.get(volume_id)
+            if volume is None:
+                raise ApiError(404, "resource not found")
+            if size is not None and size <= volume["size"]:
+                raise ApiError(400, f"a network volume can only grow: {volume['size']} GB now, "
+                               f"{size} GB asked")
+            volume.update({k: v for k, v in (("name", name), ("size", size)) if v is not None})
+            return dict(volume)
+
+    def delete_volume(self, volume_id: str) -> None:
+        """409 while a pod that is not terminated has it mounted."""
+        with self.lock:
+            if volume_id not in self.volumes:
+                raise ApiError(404, "resource not found")
+            users = sorted(p.id for p in self.pods.values()
+                           if p.network_volume == volume_id and p.status != "TERMINATED")
+            if users:
+                raise ApiError(409, f"network volume {volume_id} is in use by pod(s) "
+                               f"{', '.join(users)}: terminate them first")
+            self.backend.remove_network_volume(volume_id)
+            del self.volumes[volume_id]
 
     def check_registry(self, registry: str | None) -> None:
         if registry is not None and registry not in self.registries:
