@@ -83,7 +83,7 @@ def create_request(args: argparse.Namespace, default_name: str | None = None,
         candidates=args.candidates, cloud=args.cloud, min_memory=args.min_memory,
         max_price=args.max_price, gpu_count=args.gpu_count, ports=tuple(ports), env=extra_env,
         disk_gb=args.disk_gb, volume_gb=args.volume_gb, half_created=args.half_created,
-        registry_auth=args.registry_auth or "")
+        registry_auth=args.registry_auth or "", network_volume=args.volume or "")
 
 
 def wait_request(args: argparse.Namespace, left_running: bool = True) -> WaitRequest:
@@ -134,6 +134,9 @@ def provision_options(sp: argparse.ArgumentParser) -> None:
                     help="/workspace volume, kept on stop (default 20)")
     sp.add_argument("--registry-auth", metavar="NAME|ID", help="container registry auth to "
                     "pull a private image with (`provision.py registry-auth add`)")
+    sp.add_argument("--volume", metavar="NAME|ID", help="network volume at /workspace instead "
+                    "of a pod volume (`provision.py volume create`): the pod runs in its data "
+                    "center and terminate keeps its data")
     sp.add_argument("--max-hours", type=positive_hours, metavar="H",
                     help=f"the pod stops itself H hours after it starts, whatever it is doing "
                     f"(the idle watchdog's hard cap, {MAX_HOURS_ENV}; pending uploads first)")

@@ -37,6 +37,7 @@ from appliance.runpod import (
 )
 from host_tools.cli import CliError, Env, load_settings, price, usd
 from host_tools.settings import HostSshSettings
+from host_tools.volumes import find_volume, volume_text
 
 SSH_USER = settings.default(settings.RuntimeSettings, "APPLIANCE_USER")
 DEFAULT_PORTS = settings.pod_ports()
@@ -71,6 +72,7 @@ class CreateRequest:
     volume_gb: int = 20
     half_created: Literal["adopt", "remove"] = "adopt"
     registry_auth: str = ""  # a container registry auth's name or id, for a private image
+    network_volume: str = ""  # a network volume's name or id, mounted instead of volume_gb
 
 
 @dataclass(frozen=True)
@@ -399,13 +401,16 @@ def create_pod(env: Env, client: RunpodClient, req: CreateRequest,
                        "create request", 2)
     template_id, template_env = _template(env, client, req)
     registry = find_registry(client, req.registry_auth).id if req.registry_auth else ""
+    volume = find_volume(client, req.network_volume) if req.network_volume else None
     tried: list[str] = []
     for offer in _candidates(env, client, req):
         this = marker()
         spec = PodSpec(name=req.name, gpu_type_id=offer.gpu_id, image=req.image,
                        template_id=template_id, gpu_count=req.gpu_count, cloud=offer.cloud,
                        ports=list(req.ports), env={**template_env, **req.env, MARKER_ENV: this},
-                       disk_gb=req.disk_gb, volume_gb=req.volume_gb, registry=registry)
+                       disk_gb=req.disk_gb, volume_gb=req.volume_gb, registry=registry,
+                       network_volume_id=volume.id if volume else "",
+                       data_center_id=volume.data_center if volume else "")
         try:
             pod = _create(env, client, spec, req, this)
         except NoCapacityError as exc:
@@ -415,6 +420,8 @@ def create_pod(env: Env, client: RunpodClient, req: CreateRequest,
             continue
         print(f"created pod {pod.id} ({req.name}) on {pod.gpu_id or offer.gpu_id} "
               f"({offer.text()})", file=env.err)
+        if volume is not None:
+            print(f"/workspace is {volume_text(volume)}: terminate keeps its data", file=env.err)
         return pod
     raise CliError(f"no capacity for any candidate ({', '.join(tried)}); try other GPU types, "
                    "the other cloud, or later")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from appliance.runpod import NoApiKeyError, Pod, RunpodClient, RunpodError
 from appliance.settings import SettingsError
-from host_tools import podfiles, podjobs, report, templates
+from host_tools import podfiles, podjobs, report, templates, volumes
 from host_tools.cli import CliError, Env, confirm, emit, price, table, usd
 from host_tools.engine import installed
 from host_tools.pod_args import create_request, filters, provision_options, wait_request, waiting
@@ -136,12 +136,17 @@ def cmd_start(env: Env, args: argparse.Namespace) -> int:
 
 
 def cmd_terminate(env: Env, args: argparse.Namespace) -> int:
-    confirm(env, args.yes, f"TERMINATE pod {args.pod}? The pod and its /workspace volume "
-            "are deleted for good.")
     with env.client_factory() as client:
+        kept = client.get_pod(args.pod).network_volume_id
+        confirm(env, args.yes, f"TERMINATE pod {args.pod}? " + (
+            f"The pod is deleted for good; its network volume {kept} keeps /workspace." if kept
+            else "The pod and its /workspace volume are deleted for good."))
         client.terminate_pod(args.pod)
-    emit(env, args.json, {"id": args.pod, "status": "TERMINATED"},
-         f"terminated pod {args.pod}: it and its volume are gone")
+    emit(env, args.json,
+         {"id": args.pod, "status": "TERMINATED", "networkVolumeKept": kept or None},
+         f"terminated pod {args.pod}: " + (
+             f"it is gone; its network volume {kept} keeps the data of /workspace" if kept
+             else "it and its volume are gone"))
     return 0
 
 
@@ -274,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     templates.add_commands(add)
     report.add_command(add)
     podfiles.add_commands(add)
+    volumes.add_commands(add)
     return p
 
 
