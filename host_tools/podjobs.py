@@ -304,7 +304,9 @@ def _finish(client: RunpodClient, pod: Pod, then: str) -> None:
 def _then_text(then: str, pod: Pod) -> str:
     return {"stop": f"stopped, /workspace kept (`provision.py start {pod.id}` resumes, "
                     f"`provision.py terminate {pod.id}` deletes it)",
-            "terminate": "terminated, nothing left billing",
+            "terminate": (f"terminated; its network volume {pod.network_volume_id} keeps "
+                          "/workspace (datasets, artifacts) and bills as storage"
+                          if pod.network_volume_id else "terminated, nothing left billing"),
             "keep": f"still RUNNING and billing: `provision.py ssh {pod.id}`, then stop or "
                     "terminate it"}[then]
 

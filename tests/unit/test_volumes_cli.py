@@ -1,6 +1,7 @@
 """provision.py's network volumes against records-only localpod: `volume create|list|delete`,
 `provision --volume` (the pod on the volume, in its data center), terminate keeping the data,
-delete refused while a pod uses the volume, and clear errors for unknown volumes and bad sizes.
+delete refused while a pod uses the volume, clear errors for unknown volumes and bad sizes, and
+`cycle --volume`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 
 from host_tools.emulators.localpod import LocalPodServer
 from host_tools.provision import main
+from tests.unit.podjobs_harness import Harness, cycle, make_dataset
 from tests.utils.localpod import CANARY, CliEnv, make_cli_env
 
 pytestmark = pytest.mark.timeout(60)
@@ -137,3 +139,19 @@ def test_unknown_volumes_and_bad_sizes_are_clear_errors(
             f"provision.py volume create: error: argument --size: {size!r} is not a whole "
             "number of GB from 10 to 4096")
     assert len(localpod.account.volumes) == 2
+
+
+def test_cycle_on_a_volume_keeps_it_after_terminate(h: Harness) -> None:
+    volume = h.server.account.create_volume("runs", 100, "LOCAL-1", "STANDARD")
+    dataset = make_dataset(h.tmp / "ds", "train.jsonl", "val.jsonl")
+    code, cli = cycle(h, "--dataset", str(dataset), "--volume", "runs", "--then", "terminate")
+    assert code == 0, cli.err
+    pod = h.only_pod()
+    assert (pod.network_volume, pod.volume_path, pod.status) == (
+        volume["id"], "/workspace", "TERMINATED")
+    assert h.pod.commands[0] == ("mkdir -p /workspace/cycle/r1/dataset && "
+                                 "tar -xf - -C /workspace/cycle/r1/dataset")
+    assert cli.out.splitlines()[-2].startswith(
+        f"cycle r1: pod {pod.id} terminated; its network volume {volume['id']} keeps /workspace "
+        "(datasets, artifacts) and bills as storage; artifacts in ")
+    assert list(h.server.account.volumes) == [volume["id"]]
