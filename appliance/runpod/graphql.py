@@ -15,7 +15,7 @@ from appliance.runpod.session import Session
 log = logging.getLogger("appliance.runpod")
 
 POD_FIELDS = ("id name desiredStatus imageName costPerHr gpuCount ports env volumeInGb "
-              "uptimeSeconds machine { gpuTypeId } "
+              "networkVolumeId uptimeSeconds machine { gpuTypeId } "
               "runtime { ports { ip isIpPublic privatePort publicPort type } }")
 
 

@@ -371,6 +371,19 @@ def test_graphql_creates_are_checked_as_rest_ones(localpod: LocalPodServer) -> N
     assert localpod.account.pods == {} and localpod.account.catalog["NVIDIA A40"].free == 2
 
 
+def test_graphql_pods_on_a_network_volume(localpod: LocalPodServer) -> None:
+    volume = localpod.account.create_volume("data", 20, "LOCAL-1", "STANDARD")
+    deploy = ('mutation { podFindAndDeployOnDemand(input: {name: "g", imageName: "img", '
+              'gpuTypeId: "NVIDIA A40", networkVolumeId: "%s"}) { id networkVolumeId } }')
+    unknown = gql(localpod, deploy % "nosuchvol0")
+    assert unknown.json()["errors"][0]["message"] == "network volume 'nosuchvol0' not found"
+    created = gql(localpod, deploy % volume["id"]).json()["data"]["podFindAndDeployOnDemand"]
+    assert created["networkVolumeId"] == volume["id"]
+    assert localpod.account.pods[created["id"]].network_volume == volume["id"]
+    listed = gql(localpod, "{ myself { pods { id networkVolumeId } } }").json()
+    assert listed == {"data": {"myself": {"pods": [created]}}}
+
+
 def test_every_error_is_problem_json_with_its_own_title(localpod: LocalPodServer) -> None:
     with api(localpod) as client:
         too_big = client.post("/v2/pods", content=b"x" * ((1 << 20) + 1))

@@ -20,6 +20,7 @@ from appliance.runpod import (
     NoApiKeyError,
     NoCapacityError,
     PaymentRequiredError,
+    Pod,
     PodSpec,
     RateLimitedError,
     RunpodClient,
@@ -238,3 +239,16 @@ def test_logs_never_hold_the_key(caplog: pytest.LogCaptureFixture) -> None:
     client_for(lambda r: answers.pop(0)).list_pods()
     assert "retry 1/4" in caplog.text
     assert CANARY not in caplog.text
+
+
+def test_a_network_volume_replaces_the_pod_volume_and_pins_the_data_center() -> None:
+    spec = PodSpec(name="n", gpu_type_id="g", image="i", network_volume_id="vol1",
+                   data_center_id="EU-RO-1")
+    body = spec.to_v2()
+    assert (body["mounts"], body["dataCenterIds"]) == (
+        {"network": [{"volumeId": "vol1", "path": "/workspace"}]}, ["EU-RO-1"])
+    assert "dataCenterIds" not in PodSpec(name="n", gpu_type_id="g", image="i").to_v2()
+    v2 = Pod.from_v2({"id": "p", "dataCenterId": "EU-RO-1",
+                      "mounts": {"network": [{"volumeId": "vol1", "path": "/workspace"}]}})
+    assert (v2.network_volume_id, v2.data_center_id, v2.volume_gb) == ("vol1", "EU-RO-1", 0)
+    assert Pod.from_graphql({"id": "p", "networkVolumeId": "vol1"}).network_volume_id == "vol1"

@@ -41,7 +41,7 @@ def pod_graphql(pod: PodRecord) -> dict[str, Any]:
         "memoryInGb": 16, "podType": "RESERVED", "port": None, "ports": ",".join(pod.ports),
         "uptimeSeconds": 0, "vcpuCount": 2, "volumeInGb": pod.volume_gb,
         "volumeMountPath": pod.volume_path, "templateId": pod.template_id,
-        "createdAt": pod.created_at,
+        "networkVolumeId": pod.network_volume, "createdAt": pod.created_at,
         "machine": {"gpuDisplayName": pod.gpu_id, "gpuTypeId": pod.gpu_id,
                     "podHostId": f"{pod.id}-localpod", "dataCenterId": "LOCAL-1"},
         "runtime": ({"uptimeInSeconds": 0, "ports": [
@@ -196,4 +196,6 @@ def _create_request(inp: dict[str, Any]) -> dict[str, Any]:
                       if isinstance(ports, str) else ports) or None,
             "env": {e["key"]: e["value"] for e in env},
             "disk_gb": inp.get("containerDiskInGb"), "volume_gb": inp.get("volumeInGb"),
-            "volume_path": inp.get("volumeMountPath")}
+            "volume_path": inp.get("volumeMountPath"),
+            "network_volume": inp.get("networkVolumeId"),
+            "data_center_ids": [inp["dataCenterId"]] if inp.get("dataCenterId") else None}
