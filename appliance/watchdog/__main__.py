@@ -183,7 +183,7 @@ def build(cfg: Config, now: float, started: float | None = None) -> Watchdog:
                       wd.AUTOSTOP_MAX_HOURS * 3600)
     return Watchdog(build_signals(cfg), tracker, build_action(cfg), gate, timing,
                     state_path=cfg.state_path, poll_s=wd.AUTOSTOP_POLL_SECONDS, notify=wall,
-                    cap=cap, idle=_enabled())
+                    cap=cap, idle=_idle_stops(wd))
 
 
 def _run(cfg: Config) -> int:
@@ -251,10 +251,17 @@ def explain(cfg: Config, now: float) -> dict[str, Any]:
     cap = running.get("hard_cap") if running else None
     state = snapshot(d, readings, tracker, action=action_name,
                      pid=int(running["pid"]) if running else 0, phase=phase, note=note,
-                     idle=_enabled(), cap=cap if isinstance(cap, dict) else None)
+                     idle=_idle_stops(wd), cap=cap if isinstance(cap, dict) else None)
     state["watchdog_running"] = running is not None
-    state["enabled"] = state["idle_stop"]
+    state["enabled"] = _enabled()
     return state
+
+
+def _idle_stops(wd: settings.WatchdogSettings) -> bool:
+    """Idle stops are on unless the watchdog runs only for its hard cap: AUTOSTOP_MAX_HOURS set
+    while START_IDLE_WATCHDOG=0 (the bootstrap then starts it for the cap alone). Started by
+    hand without a cap, it watches for idleness as it always did."""
+    return wd.AUTOSTOP_MAX_HOURS is None or _enabled()
 
 
 def _enabled() -> bool:

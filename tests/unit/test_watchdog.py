@@ -818,6 +818,10 @@ def test_max_hours_builds_the_cap_and_runs_without_idle_stop(
     monkeypatch.delenv("AUTOSTOP_MAX_HOURS")
     dog = cli.build(cli.Config.load(), T0)
     assert (dog.cap, dog.idle) == (None, True)
+    # Started by hand without a cap (START_IDLE_WATCHDOG unset): it watches for idleness.
+    monkeypatch.delenv("START_IDLE_WATCHDOG")
+    dog = cli.build(cli.Config.load(), T0)
+    assert (dog.cap, dog.idle) == (None, True)
     # supervisord's start (here: the test runner's parent), never in the future.
     assert cli.container_started(1000.0) == 1000.0
     assert cli.container_started(4e9) == psutil.Process(os.getppid()).create_time()
