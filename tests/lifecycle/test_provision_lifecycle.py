@@ -148,10 +148,16 @@ def test_cycle_trains_in_the_pod_and_brings_the_artifacts_back(
     assert code == 0, err
     summary = json.loads(out)
     pod_id = summary["pod"]
-    assert summary["files"] == ["artifacts/checkpoint_last.pt", "artifacts/metrics.json",
-                                "artifacts/model_best.pt", "timings.jsonl"]
+    assert summary["files"] == ["artifacts/checkpoint_last.pt", "artifacts/evaluation.json",
+                                "artifacts/metrics.json", "artifacts/model_best.pt",
+                                "artifacts/progress.jsonl", "timings.jsonl"]
     metrics = json.loads((out_dir / "artifacts" / "metrics.json").read_text())
     assert metrics["best_epoch"] == 1
+    # The run report, written at the end from what came back: one epoch, its loss curves.
+    assert summary["report"] == str(out_dir / "report.md")
+    report = json.loads((out_dir / "report.json").read_text())
+    assert len(report["epochs"]) == 1 and report["gpu"]["pod_id"] == pod_id
+    assert (out_dir / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The pod's training output streams onto this process's stderr as it comes.
     assert "epoch 1/1: train loss" in capfd.readouterr().err
     assert localpod.account.pods[pod_id].status == "TERMINATED"
