@@ -119,6 +119,28 @@ def confirm(env: Env, yes: bool, question: str) -> None:
 S = TypeVar("S", bound=BaseSettings)
 
 
+class Named(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=Named)
+
+
+def find_by_ref(items: Sequence[N], ref: str, what: str, listing: str) -> N:
+    """The item whose id, else whose name, is `ref`. None found, or a name several items share,
+    is a CliError: names are not unique on RunPod, so an ambiguous one is never acted on."""
+    found = [i for i in items if i.id == ref] or [i for i in items if i.name == ref]
+    if not found:
+        raise CliError(f"no {what} has the id or name {ref!r}; `{listing}` shows them")
+    if len(found) > 1:
+        raise CliError(f"{len(found)} {what}s are named {ref!r} "
+                       f"({', '.join(i.id for i in found)}): give the id")
+    return found[0]
+
+
 def load_settings(cls: type[S]) -> S:
     """`cls` from the environment; a bad variable is a usage error (exit 2) naming it."""
     try:

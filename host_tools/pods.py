@@ -35,7 +35,7 @@ from appliance.runpod import (
     TransportError,
     epoch_seconds,
 )
-from host_tools.cli import CliError, Env, load_settings, price, usd
+from host_tools.cli import CliError, Env, find_by_ref, load_settings, price, usd
 from host_tools.settings import HostSshSettings
 from host_tools.volumes import find_volume, volume_text
 
@@ -316,14 +316,9 @@ def _template(env: Env, client: RunpodClient, req: CreateRequest) -> tuple[str, 
 
 
 def find_registry(client: RunpodClient, ref: str) -> Registry:
-    """The container registry auth whose id or name is `ref` (ids first)."""
-    auths = client.list_registries()
-    found = next((r for r in auths if r.id == ref), None) or next(
-        (r for r in auths if r.name == ref), None)
-    if found is None:
-        raise CliError(f"no registry auth has the id or name {ref!r}; "
-                       "`provision.py registry-auth list` shows them")
-    return found
+    """The container registry auth whose id, else name, is `ref` (never an ambiguous name)."""
+    return find_by_ref(client.list_registries(), ref, "registry auth",
+                       "provision.py registry-auth list")
 
 
 def new_marker() -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from appliance import settings
 from appliance.runpod import PodSpec, RunpodClient, Template, TemplateSpec
-from host_tools.cli import CliError, Env, confirm, emit, table
+from host_tools.cli import CliError, Env, confirm, emit, find_by_ref, table
 from host_tools.pod_args import parse_env_pairs
 from host_tools.pods import find_registry
 
@@ -133,14 +133,8 @@ def check_sizes(disk_gb: int | None, volume_gb: int | None) -> None:
 
 
 def find_template(client: RunpodClient, ref: str) -> Template:
-    """The account's template whose id or name is `ref` (ids first)."""
-    templates = client.list_templates()
-    found = next((t for t in templates if t.id == ref), None) or next(
-        (t for t in templates if t.name == ref), None)
-    if found is None:
-        raise CliError(f"no template has the id or name {ref!r}; `provision.py template-list` "
-                       "shows them")
-    return found
+    """The account's template whose id or name is `ref` (ids first; never an ambiguous name)."""
+    return find_by_ref(client.list_templates(), ref, "template", "provision.py template-list")
 
 
 def template_text(verb: str, t: Template, secrets: list[NeededSecret]) -> str:

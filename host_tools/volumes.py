@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 
 from appliance.runpod import NetworkVolume, RunpodClient
-from host_tools.cli import CliError, Env, confirm, emit, table
+from host_tools.cli import CliError, Env, confirm, emit, find_by_ref, table
 
 MIN_GB, MAX_GB = 10, 4096  # RunPod's limits on a network volume's size
 
@@ -32,16 +32,8 @@ def size_gb(text: str) -> int:
 def find_volume(client: RunpodClient, ref: str) -> NetworkVolume:
     """The network volume whose id or name is `ref` (ids first; a name two volumes share is an
     error)."""
-    volumes = client.list_network_volumes()
-    by_id = [v for v in volumes if v.id == ref]
-    found = by_id or [v for v in volumes if v.name == ref]
-    if not found:
-        raise CliError(f"no network volume has the id or name {ref!r}; "
-                       "`provision.py volume list` shows them")
-    if len(found) > 1:
-        raise CliError(f"{len(found)} network volumes are named {ref!r} "
-                       f"({', '.join(v.id for v in found)}): give the id")
-    return found[0]
+    return find_by_ref(client.list_network_volumes(), ref, "network volume",
+                       "provision.py volume list")
 
 
 def volume_text(volume: NetworkVolume) -> str:

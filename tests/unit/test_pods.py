@@ -4,12 +4,12 @@ records-only mode, and pod_args turning the provision options into those request
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 
 from appliance.runpod import GpuType, Pod, PodSpec, RunpodClient, RunpodError, epoch_seconds
-from host_tools.cli import CliError
+from host_tools.cli import CliError, find_by_ref
 from host_tools.emulators.localpod import Fault, LocalPodServer
 from host_tools.pod_args import create_request, provision_options, wait_request
 from host_tools.pods import (
@@ -201,3 +201,21 @@ def test_cheapest_cloud_is_the_cloud_whose_price_is_checked() -> None:
     assert cheapest_cloud(gpu(0.30, 0.30), "ALL") == ("SECURE", 0.30)  # a tie: secure
     assert cheapest_cloud(gpu(0.40, None), "ALL") == ("SECURE", 0.40)
     assert cheapest_cloud(gpu(0.40, None), "COMMUNITY") is None
+
+
+def test_find_by_ref_takes_ids_first_and_never_an_ambiguous_name() -> None:
+    @dataclass(frozen=True)
+    class Item:
+        id: str
+        name: str
+
+    items = [Item("a1", "dev"), Item("b2", "a1"), Item("c3", "twin"), Item("d4", "twin")]
+    assert find_by_ref(items, "a1", "template", "provision.py template-list") == items[0]
+    assert find_by_ref(items, "dev", "template", "provision.py template-list") == items[0]
+    with pytest.raises(CliError) as exc:
+        find_by_ref(items, "twin", "template", "provision.py template-list")
+    assert str(exc.value) == "2 templates are named 'twin' (c3, d4): give the id"
+    with pytest.raises(CliError) as exc:
+        find_by_ref(items, "nope", "registry auth", "provision.py registry-auth list")
+    assert str(exc.value) == ("no registry auth has the id or name 'nope'; "
+                              "`provision.py registry-auth list` shows them")
