@@ -31,7 +31,7 @@ from appliance.datasets.dataset_dir import (
     DatasetWriter,
     utc_now_iso,
 )
-from appliance.datasets.rows import DatasetError
+from appliance.datasets.rows import DatasetError, open_data_file
 from appliance.model.encoding import EncodingError, short_repr, start_board
 
 MAX_SKIP_REPORTS = 100
@@ -158,15 +158,7 @@ class _ZstdFrames(io.RawIOBase):
 @contextmanager
 def open_pgn(path: Path) -> Iterator[IO[str]]:
     """Text lines of a PGN file; compression is detected from the content, not the name."""
-    try:
-        raw = path.open("rb")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a directory, expected a PGN file") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read: {exc.strerror}") from None
-    with raw:
+    with open_data_file(path, "PGN") as raw:
         magic = raw.read(4)
         raw.seek(0)
         name = path.name.lower()

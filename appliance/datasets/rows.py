@@ -25,7 +25,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -162,17 +162,22 @@ def parse_line(raw: bytes) -> Any:
         raise DatasetError("JSON nested too deeply (a row is a flat object)") from None
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed row); blank lines are skipped."""
+def open_data_file(path: Path, kind: str) -> BinaryIO:
+    """`path` opened for binary reading; a missing, directory or unreadable path is a
+    DatasetError naming it (`kind`, e.g. "JSONL", says what was expected)."""
     try:
-        fh = path.open("rb")
+        return path.open("rb")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise DatasetError(f"{path}: is a directory, expected a JSONL file") from None
+        raise DatasetError(f"{path}: is a directory, expected a {kind} file") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc.strerror}") from None
-    with fh:
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed row); blank lines are skipped."""
+    with open_data_file(path, "JSONL") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
