@@ -22,7 +22,8 @@ from host_tools.image import build
 from tests.utils import free_port, wait_until
 
 TEST_REPO = "localhost/chessbot-appliance-test"
-TEST_TAG = "current"
+# One tag per work tree when several build at once (CHESSBOT_TEST_IMAGE_TAG); CI uses "current".
+TEST_TAG = os.environ.get("CHESSBOT_TEST_IMAGE_TAG", "current")
 
 
 @pytest.fixture(scope="session")
