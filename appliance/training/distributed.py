@@ -41,9 +41,10 @@ RDZV_ID = "chess-bot-train"
 # Batch size (games per rank and step) on CPU, and its bounds on a GPU.
 CPU_BATCH_SIZE = 32
 GPU_BATCH_RANGE = (32, 512)
-# Games per GiB of GPU memory: the default model (256/512, 2 LSTM layers) at up to 300 plies
-# peaks at about 70 MiB a game under bf16 autocast, so this leaves room for longer games and
-# bigger models; the out-of-memory ladder catches the rest.
+# Games per GiB of GPU memory. The default model (256/512, 2 LSTM layers) took about 18 MiB
+# a 300-ply game for forward and backward (fp32, measured on CPU by peak RSS), so this leaves
+# room for longer games, bigger models and the optimizer; the out-of-memory ladder catches the
+# rest. Not yet measured on a GPU.
 GAMES_PER_GIB = 4
 MAX_WORKERS = 8
 # torchrun's error-file messages that mean the nodes never met.
