@@ -18,13 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from host_tools.emulators.localpod.state import (
-    MAX_NETWORK_VOLUME_GB,
-    MIN_VOLUME_GB,
-    check_env,
-    check_image,
-    check_port,
-)
+from host_tools.emulators.localpod.pods import MIN_VOLUME_GB, check_env, check_image, check_port
+from host_tools.emulators.localpod.volumes import MAX_NETWORK_VOLUME_GB
 
 Cloud = Literal["SECURE", "COMMUNITY"]
 PodStatus = Literal["PROVISIONING", "STARTING", "RUNNING", "EXITED", "ERROR", "TERMINATED"]

@@ -18,16 +18,16 @@ from fastapi.responses import StreamingResponse
 from appliance import settings
 from host_tools.emulators.base import HOST
 from host_tools.emulators.localpod import models
-from host_tools.emulators.localpod.state import (
+from host_tools.emulators.localpod.common import (
     DATA_CENTER_ID,
     SERVER_ERROR,
-    Account,
     ApiError,
     GpuStock,
-    PodRecord,
     new_id,
-    template,
 )
+from host_tools.emulators.localpod.pods import PodRecord
+from host_tools.emulators.localpod.state import Account
+from host_tools.emulators.localpod.templates import template
 
 USER = settings.default(settings.RuntimeSettings, "APPLIANCE_USER")  # the image's login
 DATA_CENTER = {"id": DATA_CENTER_ID, "name": "localpod", "region": "UNKNOWN",

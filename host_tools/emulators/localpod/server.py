@@ -28,9 +28,10 @@ from starlette.exceptions import HTTPException
 
 from host_tools.emulators.base import AsgiServer, ControlRoute, FaultSpecError, HttpError
 from host_tools.emulators.localpod import models
+from host_tools.emulators.localpod.common import ApiError
 from host_tools.emulators.localpod.graphql import graphql
 from host_tools.emulators.localpod.rest import account, bearer, router
-from host_tools.emulators.localpod.state import Account, ApiError
+from host_tools.emulators.localpod.state import Account
 
 MAX_BODY = 1 << 20
 CONTROL = ControlRoute("/_localpod", added_status=201, cleared_status=204, cleared_body=None)
