@@ -105,6 +105,8 @@ def pod_v2(pod: PodRecord) -> dict[str, Any]:
              "type": pod.port_type(private)} for private, public in pod.mappings.items()]}
                     if running else None),
         "createdAt": pod.created_at, "startedAt": pod.started_at,
+        "cluster": None if pod.cluster is None else {
+            "id": pod.cluster.cluster_id, "rank": pod.cluster.rank, "ip": pod.cluster.ip},
     }
 
 
@@ -139,7 +141,7 @@ def listed(value: str | None, name: str, allowed: tuple[str, ...] | None = None,
 
 @router.get("/pods", response_model=models.ListPodsResponse)
 def list_pods(acc: Acc, scope: Scope, includeClusterPods: bool = False) -> Any:
-    return {"pods": [pod_v2(p) for p in acc.list_pods(scope)]}
+    return {"pods": [pod_v2(p) for p in acc.list_pods(scope, includeClusterPods)]}
 
 
 @router.post("/pods", status_code=201, response_model=models.Pod)
