@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from host_tools.emulators.localpod import models
 from host_tools.emulators.localpod.clusters import ClusterRecord
-from host_tools.emulators.localpod.common import DATA_CENTER_ID
+from host_tools.emulators.localpod.common import DATA_CENTER_ID, SERVER_ERROR, ApiError
 from host_tools.emulators.localpod.pods import PodRecord
 from host_tools.emulators.localpod.rest import ERRORS, Acc, Scope, pod_v2
 
@@ -107,7 +107,7 @@ def list_clusters(acc: Acc, scope: Scope) -> Any:
 
 
 @router.post("/clusters", status_code=201, response_model=Cluster)
-def create_cluster(body: CreateClusterRequest, acc: Acc, scope: Scope) -> Any:
+def create_cluster(body: CreateClusterRequest, request: Request, acc: Acc, scope: Scope) -> Any:
     persistent = body.mounts.persistent if body.mounts is not None else None
     network = body.mounts.network[0] if body.mounts is not None and body.mounts.network else None
     req = {"name": body.name, "image": body.image, "template_id": None,
@@ -118,7 +118,13 @@ def create_cluster(body: CreateClusterRequest, acc: Acc, scope: Scope) -> Any:
            "volume_path": persistent.path if persistent else None,
            "network_volume": network.volumeId if network else None,
            "data_center_ids": body.dataCenterIds}
-    return cluster_v2(*acc.create_cluster(req, body.compute.podCount, body.type, scope))
+    fault = acc.take_fault(f"CREATE {request.url.path}")
+    if fault is not None and fault.kind != "create_then_500":
+        raise fault.error(graphql=False)
+    created = acc.create_cluster(req, body.compute.podCount, body.type, scope)
+    if fault is not None:
+        raise ApiError(500, SERVER_ERROR)
+    return cluster_v2(*created)
 
 
 @router.get("/clusters/{id}", response_model=Cluster)

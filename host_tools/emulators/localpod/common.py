@@ -71,7 +71,8 @@ def free_port() -> int:
 class Fault(RegexFault):
     """Answer the next `times` requests whose target matches `match` (a regex searched in e.g.
     "POST /v2/pods", "CREATE /v2/pods" or "GRAPHQL podStop") with `kind`: an HTTP `status`,
-    RunPod's no-capacity error, or (CREATE targets) a pod created and then a 500."""
+    RunPod's no-capacity error, or (CREATE targets: /v2/pods, /v2/clusters) a pod or cluster
+    created and then a 500."""
 
     pattern_field: ClassVar[str] = "match"
     match: str
