@@ -83,6 +83,9 @@ class ClustersMixin(PodsMixin):
                     made.append(pod)
                     self._boot(pod)
             except ApiError:
+                for pod in made:
+                    if pod.status == "ERROR":  # its GPUs were taken for it, never used
+                        self.catalog[pod.gpu_id].free += pod.gpu_count
                 self.remove_cluster(cluster)
                 raise
             return cluster, made
