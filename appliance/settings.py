@@ -111,6 +111,47 @@ class TrainingSettings(_Env):
     TRAIN_RUNTIME_MAX_SAMPLES_PER_GAME: int | None = Field(
         None, ge=0, description="Target positions per game and epoch (0 = all)."
     )
+    TRAIN_RENDEZVOUS_TIMEOUT_SECONDS: int = Field(
+        300, gt=0, description="Cluster training: how long every node waits for all the others "
+        "at the start (torchrun's rendezvous on the primary); past it each node ends with an "
+        "error naming the rendezvous."
+    )
+
+
+class ClusterSettings(_Env):
+    """A node of a RunPod Instant Cluster: RunPod sets these on every node; a lone pod sets
+    none. With NUM_NODES > 1 the training preset runs torchrun across the nodes."""
+
+    NUM_NODES: int = Field(1, ge=1, description="Nodes in the cluster (set by RunPod).")
+    NODE_RANK: int = Field(
+        0, ge=0, description="This node's rank (set by RunPod); node 0 is the primary: it holds "
+        "global rank 0, which alone writes checkpoints, progress and metrics, and only it runs "
+        "hf-sync."
+    )
+    NUM_TRAINERS: int | None = Field(
+        None, ge=0, description="Trainer processes per node (RunPod: GPUs per node); on a GPU "
+        "node the visible GPUs decide, on a CPU node this (default 1)."
+    )
+    PRIMARY_ADDR: str | None = Field(
+        None, description="The primary node's address on the cluster network (set by RunPod)."
+    )
+    MASTER_ADDR: str | None = Field(None, description="RunPod's other name for PRIMARY_ADDR.")
+    PRIMARY_PORT: int | None = Field(
+        None, ge=1, le=65535, description="The port of the rendezvous on the primary (set by "
+        "RunPod)."
+    )
+    MASTER_PORT: int | None = Field(
+        None, ge=1, le=65535, description="RunPod's other name for PRIMARY_PORT."
+    )
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.NUM_NODES > 1
+
+    @property
+    def uploads(self) -> bool:
+        """Only the primary node's artifacts are rank 0's, so only it runs hf-sync."""
+        return not self.is_cluster or self.NODE_RANK == 0
 
 
 class InferenceSettings(_Env):
@@ -474,9 +515,10 @@ class RuntimeSettings(_Env):
 
 
 class DistributedEnv(_Env):
-    """What torchrun tells each worker process."""
+    """What torchrun tells each worker process. A process is one of a group when RANK is set:
+    RunPod sets WORLD_SIZE on every cluster node (its GPU count), not RANK."""
 
-    RANK: int = Field(0, ge=0)
+    RANK: int | None = Field(None, ge=0)
     LOCAL_RANK: int = Field(0, ge=0)
     WORLD_SIZE: int = Field(1, ge=1)
 

@@ -294,10 +294,10 @@ class Bootstrap:
         notes = self.write_secrets()
         self.rendered = render_all(self.cfg, lay, torch_ok=self.torch_ok, environ=self.environ,
                                    secret_names=frozenset(self.secrets))
-        p = plan(self.cfg.services, self.torch_ok, self.cfg.max_hours)
+        p = plan(self.cfg.services, self.torch_ok, self.cfg.max_hours, self.cfg.uploads)
         self.left_out = dict(p.left_out)
-        for name in p.left_out:
-            self.left_out[name] = f"{p.left_out[name]} ({self.torch_why})"
+        if "inference" in p.left_out:
+            self.left_out["inference"] = f"{p.left_out['inference']} ({self.torch_why})"
         install_supervisor(lay, self.rendered)
         record = {"programs": list(p.programs), "left_out": self.left_out,
                   "run_id": self.timing.run_id, "ssh_host_keys": self.fingerprints,

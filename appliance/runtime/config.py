@@ -82,6 +82,11 @@ class PodConfig:
         wd = next(g for g in self.groups if isinstance(g, settings.WatchdogSettings))
         return wd.AUTOSTOP_MAX_HOURS
 
+    @property
+    def uploads(self) -> bool:
+        """False on a cluster node other than the primary: rank 0's artifacts are not there."""
+        return next(g for g in self.groups if isinstance(g, settings.ClusterSettings)).uploads
+
     def secret_values(self) -> dict[str, str]:
         """The secrets that are set, by variable."""
         out: dict[str, str] = {}

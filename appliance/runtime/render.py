@@ -59,8 +59,9 @@ class Plan:
 
 
 def plan(services: settings.ServiceSettings, torch_ok: bool,
-         max_hours: float | None = None) -> Plan:
-    """`max_hours` (AUTOSTOP_MAX_HOURS): the watchdog runs for its hard cap alone."""
+         max_hours: float | None = None, uploads: bool = True) -> Plan:
+    """`max_hours` (AUTOSTOP_MAX_HOURS): the watchdog runs for its hard cap alone; `uploads`
+    False (a cluster node other than the primary) leaves hf-sync out."""
     wanted = {
         "fatal-reviver": True,
         "sshd": services.START_SSHD,
@@ -73,6 +74,10 @@ def plan(services: settings.ServiceSettings, torch_ok: bool,
     if wanted["inference"] and not torch_ok:
         wanted["inference"] = False
         left_out["inference"] = "torch cannot be imported, so the inference API would crash-loop"
+    if wanted["hf-sync"] and not uploads:
+        wanted["hf-sync"] = False
+        left_out["hf-sync"] = ("a cluster node other than the primary (NODE_RANK > 0): global "
+                               "rank 0 writes the artifacts on the primary, which uploads them")
     return Plan(tuple(n for n, on in wanted.items() if on), left_out)
 
 
@@ -282,7 +287,7 @@ def render_all(cfg: PodConfig, layout: Layout, *, torch_ok: bool, environ: Mappi
                secret_names: frozenset[str]) -> dict[str, Rendered]:
     """Every file the bootstrap writes, by name: supervisord.conf, conf.d/NN-<program>.conf,
     sshd_config (when sshd runs), supervisorctl and appliance-env.sh."""
-    p = plan(cfg.services, torch_ok, cfg.max_hours)
+    p = plan(cfg.services, torch_ok, cfg.max_hours, cfg.uploads)
     out = {"supervisord.conf": Rendered(
         supervisord_conf(layout, cfg.runtime.APPLIANCE_EXTRA_CONF_DIR), 0o644)}
     for name in p.programs:

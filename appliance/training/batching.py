@@ -49,6 +49,9 @@ class GameDataset(Dataset[tuple[EncodedGame, np.ndarray]]):
         return len(self.games)
 
     def __getitem__(self, idx: int) -> tuple[EncodedGame, np.ndarray]:
+        if idx < 0:  # a ghost (see bucketed_batches): the game ~idx with no target
+            game = self.games[~idx]
+            return game, np.zeros(len(game), dtype=bool)
         game = self.games[idx]
         mask = game.eligible(self.splice)
         cap = self.splice.max_samples_per_game
@@ -102,25 +105,25 @@ def bucketed_batches(
 ) -> list[list[int]]:
     """Batches of game indexes with similar lengths (little padding), this rank's share.
 
-    Each rank gets the same number of batches (DDP needs every rank to step together), so up to
-    world_size - 1 batches of an epoch are left out when the count does not divide evenly.
+    Training (shuffle): the epoch is cut into global batches of batch_size * world_size games,
+    the same global batches whatever the world size for the same product, and rank r takes every
+    world_size-th game of each. Every game is seen once per epoch across the ranks, and every
+    rank steps the same number of times: a rank left without a game in the last global batch
+    gets a ghost (~index: that batch's first game with no target, which adds nothing to the
+    gradient). Validation: batches of batch_size, the ranks taking turns.
     """
     idx = np.arange(len(lengths))
     lens = np.asarray(lengths)
-    if shuffle:
-        rng = np.random.default_rng((seed, epoch))
-        idx = rng.permutation(idx)
-        chunk = batch_size * 64
-        parts = [idx[i : i + chunk] for i in range(0, len(idx), chunk)]
-        idx = np.concatenate([p[np.argsort(lens[p], kind="stable")] for p in parts])
-        batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
-        order = rng.permutation(len(batches))
-        batches = [batches[i] for i in order]
-    else:
+    if not shuffle:
         idx = idx[np.argsort(lens, kind="stable")]
         batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
-    if world_size > 1:
-        if shuffle:
-            batches = batches[: len(batches) // world_size * world_size]
-        batches = batches[rank::world_size]
-    return batches
+        return batches[rank::world_size]
+    size = batch_size * world_size
+    rng = np.random.default_rng((seed, epoch))
+    idx = rng.permutation(idx)
+    chunk = size * 64
+    parts = [idx[i : i + chunk] for i in range(0, len(idx), chunk)]
+    idx = np.concatenate([p[np.argsort(lens[p], kind="stable")] for p in parts])
+    batches = [idx[i : i + size].tolist() for i in range(0, len(idx), size)]
+    order = rng.permutation(len(batches))
+    return [batches[i][rank::world_size] or [~batches[i][0]] for i in order]

@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, required=True, help="checkpoints and metrics go here")
     p.add_argument("--epochs", type=_positive_int, default=40)
     p.add_argument("--lr", type=_positive_float, default=2e-4)
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="games per batch")
-    p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
+    p.add_argument("--batch-size", type=_positive_int, help="games per batch and rank (default: "
+                   "32 on CPU, from the GPU's memory on a GPU)")
+    p.add_argument("--num-workers", type=_non_negative_int, help="DataLoader workers per rank "
+                   "(default: 0 on CPU, the CPUs per rank less one on a GPU, at most 8)")
     p.add_argument("--embed-dim", type=_positive_int, default=256)
     p.add_argument("--hidden-dim", type=_positive_int, default=512)
     p.add_argument("--num-layers", type=_positive_int, default=2)

@@ -1,9 +1,12 @@
 """One-command training: find the dataset, map TRAIN_* env vars to trainer flags, train, evaluate.
 
 Dataset: TRAIN_PATH + VAL_PATH, else TRAIN_DATASET_DIR, else the newest dir under
-$REPO_DIR/data/dataset/ holding train.jsonl and val.jsonl. Uses torchrun when several GPUs are
-visible. Each phase is timed into the phase-timing log (source=runpod_train_preset). The
-evaluation is printed and written next to the model (evaluation.json).
+$REPO_DIR/data/dataset/ holding train.jsonl and val.jsonl. The launch fits the pod
+(`training.distributed`): a plain process on one GPU or CPU, torchrun with one process per GPU,
+torchrun across the nodes on a RunPod Instant Cluster node (NUM_NODES > 1; run the preset on
+every node). Each phase is timed into the phase-timing log (source=runpod_train_preset). The
+evaluation is printed and written next to the model (evaluation.json), on the node that holds
+global rank 0.
 
 HF mode (HF_FETCH_LATEST_ALL_DATASETS=1): the newest version of every dataset in
 HF_DATASET_REPO_ID is fetched (or HF_DATASET_FETCH_MANIFEST reused with
@@ -15,9 +18,11 @@ prefers game rows) and every file of it goes to the trainer as repeated --train 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +36,13 @@ from appliance.datasets.rows import GAME_FORMAT, LEGACY_FORMAT, DatasetError
 from appliance.hf import HubClient, HubError, resolve_token
 from appliance.model import BEST_MODEL
 from appliance.timing import TimingLog
+from appliance.training.distributed import (
+    Launch,
+    LaunchError,
+    launcher,
+    plan_launch,
+    rendezvous_failure,
+)
 
 SOURCE = "runpod_train_preset"
 # The evaluation of the (first) val file, as JSON next to the model; the run report reads it.
@@ -139,15 +151,14 @@ def resolve_hf_datasets(hf: settings.HfSettings, repo_dir: Path
 
 def trainer_command(
     cfg: settings.TrainingSettings, train: Path | Sequence[Path], val: Path | Sequence[Path],
-    output_dir: Path, gpus: int, splice: bool = True,
+    output_dir: Path, gpus: int, splice: bool = True, launch: Launch | None = None,
 ) -> list[str]:
-    """`splice=False` leaves out the runtime splice flags (legacy rows are spliced already)."""
-    launcher = [sys.executable, "-m"]
-    if gpus > 1:
-        launcher += ["torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"]
+    """`splice=False` leaves out the runtime splice flags (legacy rows are spliced already);
+    `launch` (a cluster node) overrides the one `gpus` make."""
+    launch = launch or Launch(max(gpus, 1))
     trains = [train] if isinstance(train, Path) else list(train)
     vals = [val] if isinstance(val, Path) else list(val)
-    cmd = launcher + ["appliance.training.train"]
+    cmd = launcher(launch, cfg.TRAIN_RENDEZVOUS_TIMEOUT_SECONDS) + ["appliance.training.train"]
     cmd += [a for p in trains for a in ("--train", str(p))]
     cmd += [a for p in vals for a in ("--val", str(p))]
     cmd += ["--output-dir", str(output_dir)]
@@ -173,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = settings.load(settings.PathSettings)
         cfg = settings.load(settings.TrainingSettings)
         hf = settings.load(settings.HfSettings)
+        cluster = settings.load(settings.ClusterSettings)
     except settings.SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -195,20 +207,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_dir = cfg.TRAIN_OUTPUT_DIR or paths.REPO_DIR / "artifacts" / "train" / run_id
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     try:
-        cmd = trainer_command(cfg, trains, vals, output_dir, gpus, splice=fmt == GAME_FORMAT)
-    except PresetError as exc:
+        launch = plan_launch(cluster, gpus)
+        cmd = trainer_command(cfg, trains, vals, output_dir, gpus, splice=fmt == GAME_FORMAT,
+                              launch=launch)
+    except (PresetError, LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"dataset: train {', '.join(map(str, trains))}, val {', '.join(map(str, vals))}",
           flush=True)
+    if launch.is_cluster:
+        print(f"cluster: node {launch.node_rank} of {launch.nnodes}, {launch.nproc} trainer "
+              f"process(es) here, rendezvous {launch.endpoint}", flush=True)
     print("trainer: " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
-    with timing.phase("train_baseline") as res:
-        res["exit_code"] = subprocess.call(cmd)
+    timeout_s = cfg.TRAIN_RENDEZVOUS_TIMEOUT_SECONDS
+    with tempfile.TemporaryDirectory(prefix="torchrun-") as tmp, \
+            timing.phase("train_baseline") as res:
+        error_file = Path(tmp) / "error.json"
+        res["exit_code"] = subprocess.call(
+            cmd, env={**os.environ, "TORCHELASTIC_ERROR_FILE": str(error_file)})
+        failure = f"trainer exited with {res['exit_code']}"
+        if res["exit_code"] and launch.is_cluster:
+            failure = rendezvous_failure(error_file, launch, timeout_s) or failure
     if res["exit_code"] != 0:
-        print(f"error: trainer exited with {res['exit_code']}", file=sys.stderr)
+        print(f"error: {failure}", file=sys.stderr)
         return int(res["exit_code"] or 1)
+    if not launch.holds_rank0:
+        print(f"done: node {launch.node_rank} trained its share; global rank 0 on the primary "
+              "node wrote the model, metrics and evaluation", flush=True)
+        return 0
     if args.evaluate:
         with timing.phase("evaluate") as res:
             train_data = [a for p in trains for a in ("--train-data", str(p))]

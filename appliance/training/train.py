@@ -1,7 +1,8 @@
 """The trainer: whole-game training with a loss at every eligible position, on CPU, GPU or DDP.
 
 Run `python -m appliance.training.train --help` (options: `training.options`); under torchrun it
-trains data-parallel (gloo on CPU, NCCL on GPU). Writes checkpoint_last.pt every epoch,
+trains data-parallel (gloo on CPU, NCCL on GPU; the step, the process group and the defaults that
+fit the pod: `training.distributed`). Global rank 0 alone writes checkpoint_last.pt every epoch,
 model_best.pt and metrics.json; progress events: `training.progress`.
 """
 
@@ -30,6 +31,7 @@ from appliance.datasets.rows import DatasetError, SpliceConfig, load_games
 from appliance.model import BEST_MODEL, LAST_CHECKPOINT
 from appliance.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from appliance.model.network import ModelConfig, MovePredictor, count_parameters
+from appliance.training import distributed
 from appliance.training.batching import IGNORE, Batch, Collator, GameDataset, bucketed_batches
 from appliance.training.options import build_parser
 from appliance.training.progress import Progress
@@ -91,13 +93,17 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 class Trainer:
-    def __init__(self, args: argparse.Namespace, dist_env: settings.DistributedEnv) -> None:
+    def __init__(self, args: argparse.Namespace, group: distributed.Group) -> None:
         self.args = args
-        self.rank = dist_env.RANK
-        self.world = dist_env.WORLD_SIZE
-        self.primary = self.rank == 0
-        self.device = resolve_device(args.device, dist_env.LOCAL_RANK)
+        self.rank = group.rank
+        self.world = group.world
+        self.primary = group.primary
+        self.device = resolve_device(args.device, group.local_rank)
         self.progress = Progress(args.progress_jsonl_out, self.primary)
+        if args.batch_size is None:
+            args.batch_size = distributed.auto_batch_size(self.device)
+        if args.num_workers is None:
+            args.num_workers = distributed.auto_workers(self.device, group.local_world)
         self.splice = SpliceConfig(
             args.runtime_min_context, args.runtime_min_target, args.runtime_max_samples_per_game
         )
@@ -168,25 +174,19 @@ class Trainer:
         t0 = time.monotonic()
         bar = tqdm(total=total, desc=f"epoch {epoch}", unit="batch", disable=None if
                    self.primary else True, leave=False)
+        self.stepper.start_epoch()
         for step, batch in enumerate(loader):
             if step >= total:
                 break
-            batch = batch.to(self.device)
-            logits = self._forward(model, batch)
-            loss, _ = masked_loss(logits, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            w = float(batch.weights.sum())
-            loss_sum += float(loss.detach()) * w
+            loss_b, w = self.stepper.step(batch, f" at epoch {epoch} step {step}")
+            loss_sum += loss_b
             weight_sum += w
             targets += batch.num_targets
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / max(weight_sum, 1e-8):.3f}")
             if step % 50 == 0:
                 self.progress.event(
-                    "step", epoch=epoch, step=step, steps=total, loss=float(loss.detach())
+                    "step", epoch=epoch, step=step, steps=total, loss=loss_b / max(w, 1e-8)
                 )
         bar.close()
         elapsed = time.monotonic() - t0
@@ -196,7 +196,14 @@ class Trainer:
             "train_targets": targets_all,
             "targets_per_s": targets_all / max(elapsed, 1e-9),
             "train_seconds": elapsed,
+            **self.stepper.times,
         }
+
+    def _loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, float]:
+        """(weighted loss sum, weight sum) of a batch, for the data-parallel step."""
+        loss, _ = masked_loss(self._forward(model, batch), batch)
+        weight = float(batch.weights.sum())
+        return loss * weight, weight
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
@@ -267,10 +274,9 @@ class Trainer:
             state = ts["progress"]
             _set_rng_state(ts["rng"][min(self.rank, len(ts["rng"]) - 1)], self.device)
             self.progress.say(f"resumed from {resume} after epoch {state['epoch']}")
-        if self.world > 1:
-            model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self.stepper = distributed.DataParallelStep(
+            core, opt, lambda b: self._loss_sum(core, b), self.device, self.world)
+        self.stepper.broadcast_parameters()
         params = self.parameters = count_parameters(core)
         self.progress.say(
             f"model: {params:,} parameters, features {config.features()}, device {self.device}, "
@@ -390,12 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except settings.SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if dist_env.WORLD_SIZE > 1:
-        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
+    group = distributed.join(dist_env, args.device)
     try:
-        Trainer(args, dist_env).run()
-    except (DatasetError, TrainError, ValueError) as exc:
+        Trainer(args, group).run()
+    except (DatasetError, TrainError, distributed.OutOfMemory, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -403,8 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted: continue with --resume (from {last})", file=sys.stderr)
         return 130
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.leave()
     return 0
 
 

@@ -124,10 +124,27 @@ def test_bucketed_batches_cover_each_game_once_and_split_evenly():
     assert sorted(i for b in batches for i in b) == list(range(103))
     assert batches == bucketed_batches(lengths, 8, seed=1, epoch=0)
     assert batches != bucketed_batches(lengths, 8, seed=1, epoch=1)
-    r0 = bucketed_batches(lengths, 8, seed=1, epoch=0, rank=0, world_size=2)
-    r1 = bucketed_batches(lengths, 8, seed=1, epoch=0, rank=1, world_size=2)
-    assert len(r0) == len(r1) == 6  # 13 batches: one left out so both ranks step together
+    r0 = bucketed_batches(lengths, 4, seed=1, epoch=0, rank=0, world_size=2)
+    r1 = bucketed_batches(lengths, 4, seed=1, epoch=0, rank=1, world_size=2)
+    # the global batches of 2 ranks x 4 games are one process's batches of 8, split by rank
+    assert [sorted(a + b) for a, b in zip(r0, r1, strict=True)] == [sorted(b) for b in batches]
     assert not set(i for b in r0 for i in b) & set(i for b in r1 for i in b)
+
+
+def test_a_rank_without_a_game_in_the_last_global_batch_gets_a_ghost(tmp_path: Path):
+    lengths = [10] * 17  # 2 ranks x 8 games: 2 global batches, the second holds one game
+    r0 = bucketed_batches(lengths, 8, seed=3, epoch=0, rank=0, world_size=2)
+    r1 = bucketed_batches(lengths, 8, seed=3, epoch=0, rank=1, world_size=2)
+    assert [len(b) for b in r0] == [len(b) for b in r1] and sorted(map(len, r0)) == [1, 8]
+    assert sorted(i for b in r0 + r1 for i in b if i >= 0) == list(range(17))
+    ghost = next(b for b in r0 + r1 if b[0] < 0)
+    last = next(b for b in r0 + r1 if len(b) == 1 and b[0] >= 0)
+    assert ghost == [~last[0]]
+    write_rows(tmp_path / "t.jsonl", [{"moves_uci": ["e2e4", "e7e5", "g1f3"]}])
+    ds = GameDataset(load_games([tmp_path / "t.jsonl"])[0], SpliceConfig(0, 1, 0), 0, True)
+    assert ds[0][1].tolist() == [True, True, True]
+    assert ds[~0][1].tolist() == [False, False, False]
+    assert collate([ds[~0]]).num_targets == 0
 
 
 

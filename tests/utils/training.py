@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from appliance import settings
-from appliance.training import options, train
+from appliance.training import distributed, options, train
 
 TINY = ["--embed-dim", "16", "--hidden-dim", "24", "--batch-size", "8", "--seed", "5",
         "--runtime-min-context", "2"]
@@ -21,4 +20,4 @@ def trainer_args(ds: Path, out: Path, *extra: str) -> list[str]:
 def run_trainer(argv: list[str], **kw: Any) -> dict:
     """Run the trainer in this process (single rank) and return its metrics."""
     args = options.build_parser().parse_args(argv)
-    return train.Trainer(args, settings.DistributedEnv()).run(**kw)
+    return train.Trainer(args, distributed.Group()).run(**kw)
