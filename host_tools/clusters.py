@@ -194,13 +194,44 @@ def wait_nodes(env: Env, client: RunpodClient, cluster: Cluster, wait: WaitReque
 
 
 def stop_nodes(client: RunpodClient, cluster_id: str) -> list[str]:
-    """Stop every node that runs; the ids stopped."""
-    stopped = []
+    """Stop every node that runs; the ids stopped. A node whose stop fails does not keep the
+    others running: each is tried, and a failure counts only if the node is not stopped when
+    read again (a stop retried after a timeout finds it stopped already)."""
+    stopped, failed = [], []
     for node in nodes_by_rank(client, cluster_id):
-        if node.status in ("RUNNING", "STARTING", "PROVISIONING"):
+        if node.status not in ("RUNNING", "STARTING", "PROVISIONING"):
+            continue
+        try:
             client.stop_pod(node.id)
-            stopped.append(node.id)
+        except RunpodError as exc:
+            try:
+                now = client.get_pod(node.id).status
+            except RunpodError:
+                now = "unknown"
+            if now not in ("EXITED", "TERMINATED"):
+                failed.append(f"{node.id} ({now}: {exc})")
+                continue
+        stopped.append(node.id)
+    if failed:
+        raise CliError(f"cluster {cluster_id}: stopping node(s) {', '.join(failed)} failed; "
+                       f"they may still bill: `provision.py cluster stop {cluster_id}`")
     return stopped
+
+
+def terminate_ours(client: RunpodClient, cluster_id: str) -> None:
+    """DELETE a cluster this run created. A 404 is success when the cluster is gone: a DELETE
+    retried after a timeout finds its first try done."""
+    try:
+        client.terminate_cluster(cluster_id)
+    except RunpodError as exc:
+        if exc.status != 404:
+            raise
+        try:
+            client.get_cluster(cluster_id)
+        except RunpodError as again:
+            if again.status == 404:
+                return
+        raise
 
 
 # -- cluster create|status|stop|terminate ---------------------------------------------------------
@@ -387,7 +418,7 @@ def finish(client: RunpodClient, cluster_id: str, then: str) -> None:
     if then == "stop":
         stop_nodes(client, cluster_id)
     elif then == "terminate":
-        client.terminate_cluster(cluster_id)
+        terminate_ours(client, cluster_id)
 
 
 def cleanup_on_failure(env: Env, client: RunpodClient, cluster: Cluster,

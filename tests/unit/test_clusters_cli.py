@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 
+from appliance.runpod import RunpodClient
+from appliance.runpod.errors import NotFoundError
 from host_tools.emulators.localpod import Fault
 from host_tools.podjobs import PRESET
 from host_tools.pods import MARKER_ENV
+from host_tools.provision import main
 from tests.unit.podjobs_harness import GPU, FakePod, Harness, make_dataset, pod_files, tar_files
-from tests.utils.localpod import CANARY
+from tests.utils.localpod import CANARY, make_cli_env
 
 pytestmark = pytest.mark.timeout(60)
 REMOTE = "/workspace/cycle/r1"
@@ -229,3 +232,39 @@ def test_a_500_without_a_cluster_touches_nothing(h: Harness) -> None:
         "cluster was touched")
     assert h.server.account.pods == {} and events(h) == []
     assert CANARY not in cli.err
+
+
+def test_a_failed_node_stop_does_not_keep_the_other_nodes_running(h: Harness) -> None:
+    dataset = make_dataset(h.tmp / "ds", "train.jsonl", "val.jsonl")
+    # The first stop answers 409 and stops nothing: node 1 is still stopped, and the run says
+    # which node may still bill.
+    h.server.account.add_fault(Fault(match=r"POST /v2/pods/\w+/action", status=409,
+                                     message="busy"))
+    code, cli = cluster_cycle(h, FakeNodes(train_codes={0: 1}), "--dataset", str(dataset))
+    assert code == 1
+    pods = list(h.server.account.pods.values())
+    assert [p.status for p in pods] == ["RUNNING", "EXITED"]
+    cluster_id = pods[0].cluster.cluster_id
+    assert (f"cleanup failed: cluster {cluster_id}: stopping node(s) {pods[0].id} (RUNNING: "
+            f"stop pod {pods[0].id}: busy (HTTP 409)") in cli.err
+    assert f"`provision.py cluster stop {cluster_id}`" in cli.err
+
+
+def test_a_delete_whose_first_try_went_through_counts_as_done(h: Harness) -> None:
+    class Retried(RunpodClient):  # the DELETE is done, but its retry answers 404
+        def terminate_cluster(self, cluster_id: str) -> None:
+            super().terminate_cluster(cluster_id)
+            raise NotFoundError(f"delete cluster {cluster_id}", "resource not found",
+                                status=404)
+
+    fake = FakeNodes()
+    h.pod = fake
+    learn_ranks(h, fake)
+    cli = make_cli_env()
+    cli.env.remote = fake
+    cli.env.client_factory = lambda: Retried(keyring_lookup=lambda: None)
+    code = main(["cycle", "--nodes", "2", *GPU, "--run-id", "r1", "--out", str(h.tmp / "o"),
+                 "--poll-interval", "0.5", "--then", "terminate"], cli.env)
+    assert code == 0, cli.err
+    assert h.server.account.clusters == {}
+    assert "terminated, nothing left billing" in cli.out
