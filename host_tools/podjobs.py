@@ -148,8 +148,8 @@ def preset_command(run_id: str, dataset: str, remote: str, train_env: dict[str, 
 
 
 def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
-    if args.nodes != 1:  # an Instant Cluster (host_tools/clusters.py)
-        from host_tools.clusters import cycle_cluster
+    if args.nodes != 1:  # an Instant Cluster (host_tools/cluster_cycle.py)
+        from host_tools.cluster_cycle import cycle_cluster
         return cycle_cluster(env, args)
     train_env = parse_env_pairs(args.train_env or [], None, flag="--train-env")
     check_train_env(train_env)
