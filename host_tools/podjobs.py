@@ -100,7 +100,7 @@ def _remote(env: Env, pod: Pod, args: argparse.Namespace, command: str,
     return env.remote(argv, stdin, stdout)
 
 
-def _tar_dir(src: Path, dest: Path) -> None:
+def tar_dir(src: Path, dest: Path) -> None:
     with tarfile.open(dest, "w") as tar:
         for item in sorted(src.iterdir()):
             tar.add(item, arcname=item.name)
@@ -125,7 +125,7 @@ CYCLE_VARIABLES = ("RUN_ID", "TRAIN_DATASET_DIR", "TRAIN_OUTPUT_DIR", "RUNPOD_PH
                    "TRAIN_PROGRESS_JSONL_OUT")
 
 
-def _check_train_env(pairs: dict[str, str]) -> None:
+def check_train_env(pairs: dict[str, str]) -> None:
     for name in pairs:
         if name in CYCLE_VARIABLES:
             raise CliError(f"--train-env {name}: cycle sets it (use --run-id or --dataset)", 2)
@@ -137,9 +137,22 @@ def _check_train_env(pairs: dict[str, str]) -> None:
 # -- cycle ----------------------------------------------------------------------------------------
 
 
+def preset_command(run_id: str, dataset: str, remote: str, train_env: dict[str, str]) -> str:
+    """The shell command that runs the preset in REMOTE with cycle's variables."""
+    variables = {"RUN_ID": run_id, "TRAIN_DATASET_DIR": dataset,
+                 "TRAIN_OUTPUT_DIR": f"{remote}/artifacts",
+                 "RUNPOD_PHASE_TIMING_LOG": f"{remote}/timings.jsonl",
+                 "TRAIN_PROGRESS_JSONL_OUT": f"{remote}/{PROGRESS[0]}", **train_env}
+    return (f"mkdir -p {shlex.quote(remote)} && cd {shlex.quote(remote)} && env "
+            + " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items()) + f" {PRESET}")
+
+
 def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
+    if args.nodes != 1:  # an Instant Cluster (host_tools/cluster_cycle.py)
+        from host_tools.cluster_cycle import cycle_cluster
+        return cycle_cluster(env, args)
     train_env = parse_env_pairs(args.train_env or [], None, flag="--train-env")
-    _check_train_env(train_env)
+    check_train_env(train_env)
     if args.dataset is not None and not (
             (args.dataset / "train.jsonl").is_file() and (args.dataset / "val.jsonl").is_file()):
         raise CliError(f"--dataset {args.dataset}: needs train.jsonl and val.jsonl", 2)
@@ -173,19 +186,13 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                 with phases.phase("upload_dataset", str(args.dataset)), \
                         tempfile.TemporaryDirectory() as tmp:
                     archive = Path(tmp) / "dataset.tar"
-                    _tar_dir(args.dataset, archive)
+                    tar_dir(args.dataset, archive)
                     print(f"  {_mb(archive)} to {pod.id}:{dataset}", file=env.err, flush=True)
                     q = shlex.quote(dataset)
                     if _remote(env, pod, args, f"mkdir -p {q} && tar -xf - -C {q}",
                                stdin=archive) != 0:
                         raise CliError(f"uploading {args.dataset} to the pod failed")
-            variables = {"RUN_ID": run_id, "TRAIN_DATASET_DIR": dataset,
-                         "TRAIN_OUTPUT_DIR": f"{remote}/artifacts",
-                         "RUNPOD_PHASE_TIMING_LOG": f"{remote}/timings.jsonl",
-                         "TRAIN_PROGRESS_JSONL_OUT": f"{remote}/{PROGRESS[0]}", **train_env}
-            command = (f"mkdir -p {shlex.quote(remote)} && cd {shlex.quote(remote)} && env "
-                       + " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
-                       + f" {PRESET}")
+            command = preset_command(run_id, dataset, remote, train_env)
             state["train_started"] = True
             with phases.phase("train", f"{PRESET} in pod {pod.id}"):
                 code = (_train_watched(env, client, pod, args, command, run_id, out) if watching
@@ -194,7 +201,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                     raise CliError(f"the training preset in pod {pod.id} failed (exit {code}); "
                                    f"its output is above, its files under {remote}")
             with phases.phase("fetch_artifacts", str(out)):
-                files = _fetch(env, pod, args, remote, out)
+                files = fetch_artifacts(env, pod, args, remote, out)
                 state["fetched"] = True
             phases.merge(out / "timings.jsonl")  # the pod's preset phases, in the same log
             with phases.phase(f"then_{args.then}"):
@@ -278,7 +285,9 @@ def _train_watched(env: Env, client: RunpodClient, pod: Pod, args: argparse.Name
     return code
 
 
-def _fetch(env: Env, pod: Pod, args: argparse.Namespace, remote: str, out: Path) -> list[str]:
+def fetch_artifacts(env: Env, pod: Pod, args: argparse.Namespace, remote: str, out: Path
+                    ) -> list[str]:
+    """REMOTE/artifacts (and REMOTE/timings.jsonl) from the pod into OUT."""
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "artifacts.tar"
         q = shlex.quote(remote)
@@ -474,6 +483,9 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                     help="the code in the pod, for its sample data (default %(default)s, the "
                     "image's APPLIANCE_CODE_DIR)")
     sp.add_argument("--user", default=SSH_USER, help=argparse.SUPPRESS)
+    sp.add_argument("--nodes", type=int, default=1, metavar="N",
+                    help="train on an Instant Cluster of N pods (torchrun across them; needs one "
+                    "--gpu-type-id); default 1: one pod")
     sp.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None,
                     help="follow the training live (`provision.py watch`), its output in "
                     "OUT/train.log (default: when stdout is a terminal)")

@@ -1,7 +1,8 @@
 """Workstation CLI for RunPod pods: gpu-search, template-list, provision (--wait), pods, status,
 stop, start, terminate, ssh, doctor, (host_tools/podjobs.py) cycle and smoke, and
 (host_tools/templates.py) template-create/-update/-show and registry-auth, (host_tools/report.py)
-report, (host_tools/watch.py) watch, (host_tools/podfiles.py) logs, cp and ssh-config; a thin
+report, (host_tools/watch.py) watch, (host_tools/podfiles.py) logs, cp and ssh-config,
+(host_tools/clusters.py) cluster create|status|stop|terminate and cycle --nodes; a thin
 layer over appliance.runpod. Runs as `python host_tools/provision.py`, `python -m
 host_tools.provision` or `appliance-provision`. The lifecycle steps are in pods.py, their options
 in pod_args.py.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from appliance.runpod import NoApiKeyError, Pod, RunpodClient, RunpodError
 from appliance.settings import SettingsError
-from host_tools import podfiles, podjobs, report, templates, volumes
+from host_tools import clusters, podfiles, podjobs, report, templates, volumes
 from host_tools.cli import CliError, Env, confirm, emit, price, table, usd
 from host_tools.engine import installed
 from host_tools.pod_args import create_request, filters, provision_options, wait_request, waiting
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_command(add)
     podfiles.add_commands(add)
     volumes.add_commands(add)
+    clusters.add_commands(add)
     return p
 
 

@@ -4,12 +4,14 @@ use are re-exported here; the package's modules are:
   errors.py   typed errors with actions, and `classify` (answer -> error)
   models.py   Pod, GpuType, Template, TemplateSpec, Registry, NetworkVolume, PodSpec
               (REST v2 and GraphQL answers in one vocabulary)
+  clusters.py Cluster, ClusterSpec (Instant Clusters, REST v2 only)
   session.py  the one HTTP session: key in the Authorization header only, retries, scrubbing
   rest.py     REST v2 calls          graphql.py  the GraphQL fallback
   client.py   RunpodClient (REST first, GraphQL where REST is denied), API key lookup
 """
 
 from appliance.runpod.client import RunpodClient, resolve_api_key, strip_api_key
+from appliance.runpod.clusters import Cluster, ClusterSpec
 from appliance.runpod.errors import (
     AccessDeniedError,
     AuthError,
@@ -41,6 +43,8 @@ __all__ = [
     "AccessDeniedError",
     "AuthError",
     "Cloud",
+    "Cluster",
+    "ClusterSpec",
     "ConflictError",
     "GpuType",
     "InvalidRequestError",

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from appliance.credentials import RUNPOD_KEY_ENTRY
+from appliance.runpod.clusters import Cluster, ClusterSpec
 from appliance.runpod.errors import (
     AccessDeniedError,
     AuthError,
@@ -238,3 +239,29 @@ class RunpodClient:
     def delete_network_volume(self, volume_id: str) -> None:
         check_pod_id(volume_id, "network volume")
         self._rest.delete_network_volume(volume_id)
+
+    # -- Instant Clusters: REST v2 only. RunPod's GraphQL API offers no cluster operations this
+    # client could fall back on, so a denied or missing call raises its typed error. A cluster
+    # has no stop of its own: stopping one is stop_pod on each of its pods. --
+
+    def list_clusters(self) -> list[Cluster]:
+        return self._rest.list_clusters()
+
+    def get_cluster(self, cluster_id: str) -> Cluster:
+        check_pod_id(cluster_id, "cluster")
+        return self._rest.get_cluster(cluster_id)
+
+    def create_cluster(self, spec: ClusterSpec) -> Cluster:
+        """POST /v2/clusters. A 5xx is not retried (see create_pod): the caller looks for the
+        cluster by the marker its nodes' env carries."""
+        return self._rest.create_cluster(spec)
+
+    def terminate_cluster(self, cluster_id: str) -> None:
+        """DELETE /v2/clusters/{id}: every node and its volume are deleted."""
+        check_pod_id(cluster_id, "cluster")
+        self._rest.delete_cluster(cluster_id)
+
+    def cluster_pods(self, cluster_id: str) -> list[Pod]:
+        """The cluster's pods (each with its rank and address on the cluster's network)."""
+        check_pod_id(cluster_id, "cluster")
+        return self._rest.cluster_pods(cluster_id)

@@ -53,6 +53,9 @@ class Pod:
     uptime_s: float | None = None  # seconds running since then, where the API says
     network_volume_id: str = ""  # the network volume mounted instead of a pod volume
     data_center_id: str = ""
+    cluster_id: str = ""  # an Instant Cluster's node: its cluster, rank and address there
+    cluster_rank: int | None = None
+    cluster_ip: str = ""
 
     def running_s(self, now: float) -> float | None:
         """Seconds this pod has been running since it last started: the API's uptime, else
@@ -86,6 +89,8 @@ class Pod:
             "ports": self.ports, "actions": self.actions, "volumeInGb": self.volume_gb,
             "createdAt": self.created_at, "startedAt": self.started_at,
             "networkVolumeId": self.network_volume_id, "dataCenterId": self.data_center_id,
+            "cluster": ({"id": self.cluster_id, "rank": self.cluster_rank, "ip": self.cluster_ip}
+                        if self.cluster_id else None),
             "runtime": {"ports": [m.__dict__ for m in self.mappings]} if self.mappings else None,
         }
 
@@ -93,6 +98,7 @@ class Pod:
     def from_v2(cls, d: dict[str, Any]) -> Pod:
         runtime = d.get("runtime") or {}
         mounts = d.get("mounts") or {}
+        cluster = d.get("cluster") or {}
         return cls(
             id=str(d["id"]), name=str(d.get("name") or ""), status=str(d.get("status") or ""),
             image=str(d.get("image") or ""), gpu_id=str((d.get("gpu") or {}).get("id") or ""),
@@ -105,6 +111,9 @@ class Pod:
             created_at=str(d.get("createdAt") or ""),
             started_at=str(d.get("startedAt") or ""),
             uptime_s=_float_or_none(runtime.get("uptime")),
+            cluster_id=str(cluster.get("id") or ""),
+            cluster_rank=None if cluster.get("rank") is None else int(cluster["rank"]),
+            cluster_ip=str(cluster.get("ip") or ""),
             mappings=[PortMapping(int(p["private"]), int(p["public"]), str(p.get("type", "tcp")),
                                   str(p.get("ip", ""))) for p in runtime.get("ports") or []],
         )

@@ -1,6 +1,6 @@
 """RunPod's REST v2 API, the client's first choice: pods and their actions and logs, the GPU
-catalog, templates, container registry auths and network volumes. A denied or missing call
-raises its typed error; falling back is the client's business.
+catalog, templates, container registry auths, network volumes and Instant Clusters. A denied or
+missing call raises its typed error; falling back is the client's business.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from appliance.runpod.clusters import Cluster, ClusterSpec
 from appliance.runpod.errors import ServerError
 from appliance.runpod.models import (
     Cloud,
@@ -147,3 +148,26 @@ class RestApi:
     def delete_network_volume(self, volume_id: str) -> None:
         self.call("DELETE", f"/network-volumes/{volume_id}",
                   f"delete network volume {volume_id}", ok=(200, 204))
+
+    def list_clusters(self) -> list[Cluster]:
+        body = self.call("GET", "/clusters", "list clusters (GET /v2/clusters)")
+        return [Cluster.from_v2(c) for c in (body or {}).get("clusters", [])]
+
+    def get_cluster(self, cluster_id: str) -> Cluster:
+        return Cluster.from_v2(self.call("GET", f"/clusters/{cluster_id}",
+                                         f"get cluster {cluster_id}"))
+
+    def create_cluster(self, spec: ClusterSpec) -> Cluster:
+        """A 5xx is not retried: RunPod may have created the cluster before failing."""
+        return Cluster.from_v2(self.call("POST", "/clusters", f"create cluster {spec.name!r}",
+                                         json_body=spec.to_v2(), ok=(200, 201),
+                                         retry_5xx=False))
+
+    def delete_cluster(self, cluster_id: str) -> None:
+        self.call("DELETE", f"/clusters/{cluster_id}", f"delete cluster {cluster_id}",
+                  ok=(200, 204))
+
+    def cluster_pods(self, cluster_id: str) -> list[Pod]:
+        body = self.call("GET", f"/clusters/{cluster_id}/pods",
+                         f"list the pods of cluster {cluster_id}")
+        return [Pod.from_v2(p) for p in (body or {}).get("pods", [])]

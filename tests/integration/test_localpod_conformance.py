@@ -1,7 +1,7 @@
 """localpod against RunPod's own OpenAPI document for REST v2
 (tests/fixtures/runpod_openapi_v2.json, structure only): a bounded schemathesis run over pods,
-templates, container registry auths, network volumes, the GPU, CPU and data-center catalog and
-the account's SSH keys (no server errors,
+templates, container registry auths, network volumes, Instant Clusters, the GPU, CPU and
+data-center catalog and the account's SSH keys (no server errors,
 answers, headers and status codes as the document lists them, invalid requests refused, 405
 with Allow for unlisted methods), plus localpod's real answers along a pod's life checked
 against the document's response schemas.
@@ -22,10 +22,10 @@ from tests.utils.runpod_schema import DOCUMENT, conforms
 
 pytestmark = pytest.mark.timeout(120)
 KEY = "rpk_conformance_3f9a"
-# The parts localpod emulates; the rest of the document (clusters, serverless, ECR delegations,
-# billing) is not served (404).
+# The parts localpod emulates; the rest of the document (serverless, ECR delegations, billing)
+# is not served (404).
 EMULATED = (r"^/v2/(pods|templates|registries(/\{id\})?$|catalog/(gpus|datacenters|cpus|templates)"
-            r"|account/ssh-keys|network-volumes)")
+            r"|account/ssh-keys|network-volumes|clusters)")
 
 schema = schemathesis.openapi.from_path(DOCUMENT).include(path_regex=EMULATED)
 schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE,
@@ -143,5 +143,48 @@ def test_a_network_volumes_life_answers_as_the_document_says(server: LocalPodSer
         deleted = api.delete(f"/network-volumes/{volume['id']}")
         assert (deleted.status_code, deleted.content) == (204, b"")
         assert api.get(f"/network-volumes/{volume['id']}").status_code == 404
+    for answer, name in answers:
+        conforms(answer, name)
+
+
+def test_a_clusters_life_answers_as_the_document_says(server: LocalPodServer) -> None:
+    with httpx.Client(base_url=f"{server.url}/v2",
+                      headers={"Authorization": f"Bearer {KEY}"}) as api:
+        created = api.post("/clusters", json={
+            "name": "cl", "type": "TRAINING", "image": "img:1", "ports": ["22/tcp"],
+            "env": {"A": "b"}, "compute": {"gpuTypeId": "NVIDIA RTX A4000",
+                                          "gpuCountPerPod": 1, "podCount": 2}})
+        assert created.status_code == 201, created.text
+        cluster = created.json()
+        assert (cluster["compute"], cluster["pods"]) == (
+            {"gpuTypeId": "NVIDIA RTX A4000", "gpuCountPerPod": 1, "podCount": 2},
+            {"total": 2, "byStatus": {"PROVISIONING": 2}})
+        pods = api.get(f"/clusters/{cluster['id']}/pods").json()
+        base = cluster["network"]["cidr"].rsplit(".", 1)[0]
+        assert [(p["name"], p["cluster"]) for p in pods["pods"]] == [
+            ("cl-0", {"id": cluster["id"], "rank": 0, "ip": f"{base}.10"}),
+            ("cl-1", {"id": cluster["id"], "rank": 1, "ip": f"{base}.11"})]
+        assert api.get("/pods").json() == {"pods": []}  # cluster pods only when asked
+        listed = api.get("/pods", params={"includeClusterPods": "true"}).json()
+        assert sorted(p["name"] for p in listed["pods"]) == ["cl-0", "cl-1"]
+        refused = api.post(f"/pods/{pods['pods'][1]['id']}/action",
+                           json={"action": "terminate"})
+        assert (refused.status_code, refused.json()["detail"]) == (
+            400, f"pod {pods['pods'][1]['id']} is a node of cluster {cluster['id']}: its nodes "
+            f"are terminated with it (DELETE /v2/clusters/{cluster['id']})")
+        renamed = api.patch(f"/clusters/{cluster['id']}", json={"name": "cl2"})
+        answers = [(cluster, "Cluster"), (pods, "ListPodsResponse"),
+                   (listed, "ListPodsResponse"), (renamed.json(), "Cluster"),
+                   (api.get(f"/clusters/{cluster['id']}").json(), "Cluster"),
+                   (api.get("/clusters").json(), "ListClustersResponse"),
+                   (refused.json(), "ErrorResponse")]
+        assert renamed.json()["name"] == "cl2"
+        assert answers[4][0]["primary"]["status"] == "RUNNING"
+        deleted = api.delete(f"/clusters/{cluster['id']}")
+        assert (deleted.status_code, deleted.content) == (204, b"")
+        gone = api.get(f"/clusters/{cluster['id']}")
+        assert gone.status_code == 404
+        assert all(server.account.pods[p["id"]].status == "TERMINATED" for p in pods["pods"])
+        answers.append((gone.json(), "ErrorResponse"))
     for answer, name in answers:
         conforms(answer, name)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from host_tools.emulators.localpod import Account, Fault, LocalPodServer, RecordsBackend
+from host_tools.emulators.localpod.common import ApiError
 from host_tools.emulators.localpod.containers import ContainerBackend
-from host_tools.emulators.localpod.state import ApiError
 from tests.utils import wait_until
 from tests.utils.localpod import CANARY
 

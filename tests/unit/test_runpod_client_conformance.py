@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from appliance.runpod import RunpodClient
+from appliance.runpod.clusters import ClusterSpec
 from appliance.runpod.models import PodSpec, TemplateSpec
 from host_tools.emulators.localpod import LocalPodServer
 from tests.utils.localpod import CANARY
@@ -100,13 +101,26 @@ def test_every_request_the_client_sends_is_documented_and_valid(
         assert (on_volume.network_volume_id, on_volume.data_center_id) == (volume.id, "LOCAL-1")
         client.terminate_pod(on_volume.id)
         client.delete_network_volume(volume.id)
+        cluster = client.create_cluster(ClusterSpec(
+            name="cl", gpu_type_id="NVIDIA RTX A4000", pod_count=2, image="img:1",
+            env={"A": "b"}, data_center_id="LOCAL-1"))
+        assert [c.id for c in client.list_clusters()] == [cluster.id]
+        assert client.get_cluster(cluster.id).pod_count == 2
+        nodes = client.cluster_pods(cluster.id)
+        assert [(p.cluster_id, p.cluster_rank) for p in nodes] == [(cluster.id, 0),
+                                                                   (cluster.id, 1)]
+        client.stop_pod(nodes[1].id)  # a cluster is stopped node by node
+        client.terminate_cluster(cluster.id)
     assert all(r["status"] < 400 for r in localpod.account.requests)
     operations = [check_request(r) for r in recording.sent]
     assert sorted(set(operations)) == [
-        "DELETE /v2/network-volumes/{id}", "DELETE /v2/registries/{id}",
-        "GET /v2/catalog/gpus", "GET /v2/network-volumes", "GET /v2/network-volumes/{id}",
+        "DELETE /v2/clusters/{id}", "DELETE /v2/network-volumes/{id}",
+        "DELETE /v2/registries/{id}", "GET /v2/catalog/gpus", "GET /v2/clusters",
+        "GET /v2/clusters/{id}", "GET /v2/clusters/{id}/pods",
+        "GET /v2/network-volumes", "GET /v2/network-volumes/{id}",
         "GET /v2/pods", "GET /v2/pods/{id}", "GET /v2/registries", "GET /v2/templates",
-        "GET /v2/templates/{id}", "PATCH /v2/templates/{id}", "POST /v2/network-volumes",
+        "GET /v2/templates/{id}", "PATCH /v2/templates/{id}", "POST /v2/clusters",
+        "POST /v2/network-volumes",
         "POST /v2/pods", "POST /v2/pods/{id}/action", "POST /v2/registries",
         "POST /v2/templates"]
 
@@ -128,6 +142,12 @@ def test_the_check_refuses_what_the_document_refuses() -> None:
         request("POST", "/v2/registries", json={"name": "n", "username": "u"}),
         request("POST", "/v2/network-volumes", json={"name": "n", "size": 5,
                                                      "dataCenter": "d"}),
+        request("POST", "/v2/clusters", json={  # one node is no cluster
+            "name": "c", "type": "TRAINING", "image": "i",
+            "compute": {"gpuTypeId": "g", "gpuCountPerPod": 1, "podCount": 1}}),
+        request("POST", "/v2/clusters", json={  # the document has no templateId here
+            "name": "c", "type": "TRAINING", "templateId": "t",
+            "compute": {"gpuTypeId": "g", "gpuCountPerPod": 1, "podCount": 2}}),
     ]
     for bad in refused:
         with pytest.raises(jsonschema.ValidationError):

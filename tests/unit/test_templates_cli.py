@@ -22,7 +22,7 @@ from appliance.runpod import RunpodClient
 from host_tools.emulators.localpod import Account, LocalPodServer, RecordsBackend
 from host_tools.emulators.localpod.__main__ import read_secrets
 from host_tools.emulators.localpod.containers import ContainerBackend
-from host_tools.emulators.localpod.state import PodRecord
+from host_tools.emulators.localpod.pods import PodRecord
 from host_tools.provision import main
 from tests.unit.test_runpod_client_conformance import Recording, check_request
 from tests.utils.localpod import CANARY, CliEnv, make_cli_env

@@ -13,9 +13,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from host_tools.emulators.localpod.common import DEFAULT_IMAGE
 from host_tools.emulators.localpod.containers import ContainerBackend
+from host_tools.emulators.localpod.pods import PodBackend, RecordsBackend
 from host_tools.emulators.localpod.server import LocalPodServer
-from host_tools.emulators.localpod.state import DEFAULT_IMAGE, Account, PodBackend, RecordsBackend
+from host_tools.emulators.localpod.state import Account
 
 
 def read_secrets(path: Path) -> dict[str, str]:

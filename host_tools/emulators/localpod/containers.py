@@ -8,6 +8,11 @@ its sshd, Jupyter and inference API listen on the host loopback ports localpod c
 JUPYTER_PORT, INFERENCE_PORT, APPLIANCE_BIND_HOST=127.0.0.1), so the pod reaches servers that
 listen on the host's 127.0.0.1 only (localpod itself, the Hub emulator).
 
+A cluster's node (pod.cluster) runs on its cluster's own bridge network
+(`localpod-cluster-<id>`, created with the cluster's subnet and removed with the cluster) at its
+static NODE_ADDR, whatever `host_network` says, with its ports published on 127.0.0.1 as for any
+pod: the nodes reach each other on that network, this machine reaches their SSH on loopback.
+
 With `stop_delay_s > 0` a stop answers at once and removes the container that many seconds later,
 as RunPod answers a stop before the container goes: a pod that stops itself through the API (the
 idle watchdog) can then record the answer before it is killed. A later start or terminate of the
@@ -28,7 +33,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from appliance import settings
-from host_tools.emulators.localpod.state import PodRecord
+from host_tools.emulators.localpod.pods import PodRecord
 from host_tools.engine import push_flags, remove_commands, run_flags
 
 # The appliance's port variables, by the private port RunPod would publish.
@@ -58,7 +63,7 @@ class ContainerBackend:
     def network_env(self, pod: PodRecord) -> dict[str, str]:
         """Host network only: where the pod's services listen (the ports in pod.mappings, which
         runtime.ports reports, on 127.0.0.1). Private ports without a variable are not moved."""
-        if not self.host_network:
+        if not self.host_network or pod.cluster is not None:
             return {}
         env = {"APPLIANCE_BIND_HOST": "127.0.0.1"}
         for private, public in pod.mappings.items():
@@ -85,12 +90,15 @@ class ContainerBackend:
         container, volume = self.names(pod)
         argv = [self.engine, "run", "-d", "--name", container, "--hostname", container,
                 "-v", f"{volume}:{pod.volume_path}"]
-        if self.host_network:
+        host_network = self.host_network and pod.cluster is None
+        if pod.cluster is not None:
+            argv += ["--network", pod.cluster.network, "--ip", pod.cluster.ip]
+        elif host_network:
             argv += ["--network", "host"]
         for name in env_names:
             argv += ["-e", name]
         argv += run_flags(self.engine)
-        if not self.host_network:
+        if not host_network:
             for private, public in sorted(pod.mappings.items()):
                 argv += ["-p", f"127.0.0.1:{public}:{private}"]
         return argv + self.extra_args + [pod.image]
@@ -166,6 +174,13 @@ class ContainerBackend:
         self._remove_container(container, check=False)
         if not pod.network_volume:  # a network volume outlives its pods
             self._run([self.engine, "volume", "rm", "-f", volume], None)
+
+    def create_network(self, name: str, cidr: str) -> None:
+        self._run([self.engine, "network", "rm", name], None)  # a crashed run's leftover
+        self._check([self.engine, "network", "create", "--subnet", cidr, name])
+
+    def remove_network(self, name: str) -> None:
+        self._run([self.engine, "network", "rm", name], None)
 
     def remove_network_volume(self, volume_id: str) -> None:
         self._run([self.engine, "volume", "rm", "-f", network_volume_name(volume_id)], None)

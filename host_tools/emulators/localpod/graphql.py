@@ -17,7 +17,9 @@ from graphql import (
 )
 
 from host_tools.emulators.base import HOST
-from host_tools.emulators.localpod.state import Account, ApiError, GpuStock, PodRecord
+from host_tools.emulators.localpod.common import ApiError, GpuStock
+from host_tools.emulators.localpod.pods import PodRecord
+from host_tools.emulators.localpod.state import Account
 
 DEPLOY_KEYS = {"name", "imageName", "templateId", "gpuTypeId", "gpuTypeIdList", "gpuCount",
                "cloudType", "containerDiskInGb", "volumeInGb", "volumeMountPath", "volumeKey",

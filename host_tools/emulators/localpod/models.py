@@ -18,13 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from host_tools.emulators.localpod.state import (
-    MAX_NETWORK_VOLUME_GB,
-    MIN_VOLUME_GB,
-    check_env,
-    check_image,
-    check_port,
-)
+from host_tools.emulators.localpod.pods import MIN_VOLUME_GB, check_env, check_image, check_port
+from host_tools.emulators.localpod.volumes import MAX_NETWORK_VOLUME_GB
 
 Cloud = Literal["SECURE", "COMMUNITY"]
 PodStatus = Literal["PROVISIONING", "STARTING", "RUNNING", "EXITED", "ERROR", "TERMINATED"]
@@ -260,6 +255,12 @@ class GlobalNetworking(BaseModel):
     enabled: bool
 
 
+class PodCluster(BaseModel):
+    id: str
+    rank: int | None
+    ip: str
+
+
 class Pod(BaseModel):
     id: str
     name: str
@@ -284,6 +285,14 @@ class Pod(BaseModel):
     runtime: PodRuntime | None
     createdAt: str
     startedAt: str | None
+    cluster: PodCluster | None = None  # a cluster's node only
+
+    @model_serializer(mode="wrap")
+    def _cluster_if_any(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        answer: dict[str, Any] = handler(self)
+        if answer.get("cluster") is None:
+            answer.pop("cluster", None)
+        return answer
 
 
 class ListPodsResponse(BaseModel):

@@ -18,16 +18,16 @@ from fastapi.responses import StreamingResponse
 from appliance import settings
 from host_tools.emulators.base import HOST
 from host_tools.emulators.localpod import models
-from host_tools.emulators.localpod.state import (
+from host_tools.emulators.localpod.common import (
     DATA_CENTER_ID,
     SERVER_ERROR,
-    Account,
     ApiError,
     GpuStock,
-    PodRecord,
     new_id,
-    template,
 )
+from host_tools.emulators.localpod.pods import PodRecord
+from host_tools.emulators.localpod.state import Account
+from host_tools.emulators.localpod.templates import template
 
 USER = settings.default(settings.RuntimeSettings, "APPLIANCE_USER")  # the image's login
 DATA_CENTER = {"id": DATA_CENTER_ID, "name": "localpod", "region": "UNKNOWN",
@@ -105,6 +105,8 @@ def pod_v2(pod: PodRecord) -> dict[str, Any]:
              "type": pod.port_type(private)} for private, public in pod.mappings.items()]}
                     if running else None),
         "createdAt": pod.created_at, "startedAt": pod.started_at,
+        "cluster": None if pod.cluster is None else {
+            "id": pod.cluster.cluster_id, "rank": pod.cluster.rank, "ip": pod.cluster.ip},
     }
 
 
@@ -139,7 +141,7 @@ def listed(value: str | None, name: str, allowed: tuple[str, ...] | None = None,
 
 @router.get("/pods", response_model=models.ListPodsResponse)
 def list_pods(acc: Acc, scope: Scope, includeClusterPods: bool = False) -> Any:
-    return {"pods": [pod_v2(p) for p in acc.list_pods(scope)]}
+    return {"pods": [pod_v2(p) for p in acc.list_pods(scope, includeClusterPods)]}
 
 
 @router.post("/pods", status_code=201, response_model=models.Pod)

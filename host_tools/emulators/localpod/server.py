@@ -1,7 +1,7 @@
-"""localpod's HTTP server on 127.0.0.1: one FastAPI app with RunPod REST v2 (/v2/..., rest.py),
-the GraphQL subset (/graphql, graphql.py) and the test controls (/_localpod/faults,
-/_localpod/requests and /_localpod/secrets, behind the account key or the control token), served
-by uvicorn.
+"""localpod's HTTP server on 127.0.0.1: one FastAPI app with RunPod REST v2 (/v2/..., rest.py;
+/v2/clusters, cluster_routes.py), the GraphQL subset (/graphql, graphql.py) and the test controls
+(/_localpod/faults, /_localpod/requests and /_localpod/secrets, behind the account key or the
+control token), served by uvicorn.
 
 Every error is RFC 9457 problem+json (`type`, `title` as the status's phrase, `status`,
 `detail`); every answer carries RunPod's rate-limit headers and goes into the account's request
@@ -27,10 +27,11 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from host_tools.emulators.base import AsgiServer, ControlRoute, FaultSpecError, HttpError
-from host_tools.emulators.localpod import models
+from host_tools.emulators.localpod import cluster_routes, models
+from host_tools.emulators.localpod.common import ApiError
 from host_tools.emulators.localpod.graphql import graphql
 from host_tools.emulators.localpod.rest import account, bearer, router
-from host_tools.emulators.localpod.state import Account, ApiError
+from host_tools.emulators.localpod.state import Account
 
 MAX_BODY = 1 << 20
 CONTROL = ControlRoute("/_localpod", added_status=201, cleared_status=204, cleared_body=None)
@@ -113,6 +114,7 @@ def create_app(acc: Account) -> FastAPI:
                   redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.account = acc
     app.include_router(router)
+    app.include_router(cluster_routes.router)
     limiter = RateLimiter(*acc.rate_limit)
 
     @app.exception_handler(HttpError)
