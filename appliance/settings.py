@@ -192,10 +192,25 @@ class InferenceSettings(_Env):
         "INFERENCE_API_TOKEN is unset."
     )
     INFERENCE_BATCH_WINDOW_MS: float = Field(
-        2.0, ge=0, description="How long a forward pass waits for concurrent requests to join."
+        2.0, ge=0, description="Longest a forward pass waits for concurrent requests to join; "
+        "only under load (a request that comes alone runs at once)."
     )
     INFERENCE_BATCH_MAX: int = Field(
         64, ge=1, description="Most positions in one forward pass."
+    )
+    INFERENCE_TORCH_THREADS: int = Field(
+        0, ge=0, description="CPU threads of the forward pass (torch intra-op); 0: torch's "
+        "default."
+    )
+    INFERENCE_GAME_CACHE_GAMES: int = Field(
+        4096, ge=0, description="Most games whose network state /infer keeps for game_id "
+        "(least recently used dropped first); 0: none."
+    )
+    INFERENCE_GAME_CACHE_MB: float = Field(
+        256.0, gt=0, description="Most memory (MiB) the kept game states may take."
+    )
+    INFERENCE_GAME_TTL_SECONDS: float = Field(
+        1800.0, gt=0, description="A game's kept state is dropped after this long unused."
     )
     INFERENCE_MODEL_RESCAN_SECONDS: float = Field(
         10.0, gt=0, description="While no model can be loaded, look again this often."

@@ -38,6 +38,7 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException
 
 from appliance.inference.batcher import MicroBatcher
+from appliance.inference.games import GameCache, GameKey, game_key
 from appliance.inference.predictor import InputError, Prediction, Predictor, Prepared
 from appliance.inference.schemas import (
     BatchRequest,
@@ -53,6 +54,9 @@ from appliance.settings import InferenceSettings
 
 log = logging.getLogger("appliance.inference")
 ROUTES = ("/healthz", "/infer", "/infer/batch", "/metrics")
+# A history up to this long is replayed on the event loop (about 3 ms of python-chess at most);
+# a longer one in a worker thread, so the loop is never held long.
+INLINE_PREPARE_MOVES = 256
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,6 +80,16 @@ class Metrics:
         self.ready = Gauge("inference_model_ready", "1 when a model is loaded",
                            registry=self.registry)
         self.model = Info("inference_model", "The model being served", registry=self.registry)
+        self.games = Gauge("inference_game_cache", "Kept game states: entries, bytes, and "
+                           "lookups since the start by result", ["what"], registry=self.registry)
+
+    def observe_games(self, cache: GameCache) -> None:
+        stats = cache.stats
+        for what, value in (("entries", len(cache)), ("bytes", cache.nbytes),
+                            ("hits", stats.hits), ("misses", stats.misses),
+                            ("diverged", stats.diverged), ("evictions", stats.evictions),
+                            ("expired", stats.expired)):
+            self.games.labels(what).set(value)
 
 
 class Heartbeat:
@@ -150,10 +164,17 @@ class Service:
         self.heartbeat = Heartbeat(cfg.INFERENCE_HEARTBEAT_FILE)
         token = cfg.INFERENCE_API_TOKEN.get_secret_value() if cfg.INFERENCE_API_TOKEN else ""
         self.token = token.encode()
+        self.games = GameCache(cfg.INFERENCE_GAME_CACHE_GAMES,
+                               int(cfg.INFERENCE_GAME_CACHE_MB * 2**20),
+                               cfg.INFERENCE_GAME_TTL_SECONDS)
         self.batcher: MicroBatcher[Prepared, Prediction] = MicroBatcher(
             self._forward, cfg.INFERENCE_BATCH_WINDOW_MS / 1000, cfg.INFERENCE_BATCH_MAX,
-            self.metrics.batch.observe,
+            self.metrics.batch.observe, self._init_forward_thread,
         )
+
+    def _init_forward_thread(self) -> None:
+        if self.cfg.INFERENCE_TORCH_THREADS:
+            torch.set_num_threads(self.cfg.INFERENCE_TORCH_THREADS)
 
     def _forward(self, batch: list[Prepared]) -> list[Prediction]:
         predictor = self.state.predictor
@@ -167,7 +188,7 @@ class Service:
             path = resolve_model_path(self.model_path, self.repo_dir)
             self.state.reason = f"loading {path}"
             predictor = Predictor.load(path, device, self.cfg.INFERENCE_MAX_HISTORY,
-                                       self.progress)
+                                       self.progress, self.games)
         except (FileNotFoundError, CheckpointError, RuntimeError, OSError) as exc:
             self.state.status = "no_model" if isinstance(exc, FileNotFoundError) else "error"
             self.state.reason = str(exc)
@@ -200,7 +221,11 @@ class Service:
             raise HTTPException(503, f"model not ready: {self.state.reason}")
         return self.state.predictor
 
-    def check_token(self, request: Request) -> None:
+    def game(self, game_id: str | None) -> GameKey | None:
+        return None if game_id is None else game_key(self.token, game_id)
+
+    async def check_token(self, request: Request) -> None:
+        """The auth dependency; async, so FastAPI runs it on the loop, not in a thread."""
         if not self.token:
             return
         header = request.headers.get("authorization", "")
@@ -366,19 +391,27 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     # HEAD answers like GET without the body, for probes that only look at the status.
     app.add_api_route("/healthz", healthz, methods=["HEAD"], responses={503: {"model": ErrorBody}})
 
+    # The routes answer with a JSONResponse: FastAPI then neither validates nor re-encodes the
+    # answer through response_model, which only documents it.
     @app.post("/infer", dependencies=[auth], response_model=InferResponse, responses=errors)
-    async def infer(req: InferRequest) -> dict[str, Any]:
+    async def infer(req: InferRequest) -> JSONResponse:
         predictor = service.ready_predictor()
         t0 = time.perf_counter()
-        prepared = await run_in_threadpool(predictor.prepare, req.moves, req.fen,
-                                           req.topk or service.cfg.INFERENCE_TOPK_DEFAULT)
+        args = (req.moves, req.fen, req.topk or service.cfg.INFERENCE_TOPK_DEFAULT,
+                service.game(req.game_id))
+        if len(req.moves) <= INLINE_PREPARE_MOVES:
+            prepared = predictor.prepare(*args)
+        else:
+            prepared = await run_in_threadpool(predictor.prepare, *args)
         [result] = await service.batcher.submit([prepared])
-        return {**result.to_dict(), "device": str(predictor.device),
-                "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        body = result.to_dict()
+        body["device"] = str(predictor.device)
+        body["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return JSONResponse(body)
 
     @app.post("/infer/batch", dependencies=[auth], response_model=BatchResponse,
               responses=errors)
-    async def infer_batch(req: BatchRequest) -> dict[str, Any]:
+    async def infer_batch(req: BatchRequest) -> JSONResponse:
         predictor = service.ready_predictor()
         limit = service.cfg.INFERENCE_MAX_BATCH_POSITIONS
         if len(req.positions) > limit:
@@ -391,18 +424,21 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
             for i, p in enumerate(req.positions):
                 try:
                     out.append(predictor.prepare(p.moves, p.fen,
-                                                 p.topk or service.cfg.INFERENCE_TOPK_DEFAULT))
+                                                 p.topk or service.cfg.INFERENCE_TOPK_DEFAULT,
+                                                 service.game(p.game_id)))
                 except InputError as exc:
                     raise InputError(f"positions[{i}]: {exc}") from None
             return out
 
         prepared = await run_in_threadpool(prepare_all)
         results = await service.batcher.submit(prepared)
-        return {"results": [r.to_dict() for r in results], "device": str(predictor.device),
-                "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        return JSONResponse({"results": [r.to_dict() for r in results],
+                             "device": str(predictor.device),
+                             "latency_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
     @app.get("/metrics", dependencies=[auth], response_class=Response)
     async def metrics() -> Response:
+        service.metrics.observe_games(service.games)
         return Response(generate_latest(service.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 

@@ -1,27 +1,45 @@
 """The predictor behind the API: validate a position, encode it as training does
 (`appliance.model.encoding`), run the network.
 
-`prepare` turns (moves, fen, topk) into network inputs or raises InputError with the exact
-message the API returns; `predict` runs any number of prepared positions in one forward pass.
+`prepare` turns (moves, fen, topk[, game]) into network inputs or raises InputError with the
+exact message the API returns; `predict` runs any number of prepared positions in as few forward
+passes as their kinds allow. Either architecture loads: a recurrent one (`recurrent = True`,
+`step`) can continue a game from the state kept in a `GameCache`; a non-recurrent one
+(`context_positions`) is fed only the positions its last prediction depends on. A checkpoint
+trained with the legal-move mask (`meta["legal_mask"]`) ranks legal moves only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import chess
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from appliance.inference.games import GameCache, GameEntry, GameKey
 from appliance.model import features, vocab
 from appliance.model.checkpoint import LoadedModel, load_model
-from appliance.model.encoding import EncodingError, PositionInputs, encode_moves, pad_inputs
+from appliance.model.encoding import (
+    EncodingError,
+    PositionInputs,
+    encode_moves,
+    pad_inputs,
+    replay,
+)
 from appliance.model.network import count_parameters
 
 TOPK_MAX = 50
+# A forward pass costs about as much as this many extra rows at every step (weights are read
+# once a step whatever the batch): the split of a batch into passes by length weighs the two.
+PASS_COST_ROWS = 8
 
 
 class InputError(ValueError):
@@ -29,10 +47,25 @@ class InputError(ValueError):
 
 
 @dataclass
+class GameSave:
+    """What to keep once the forward pass has run: the game's start, moves and final board."""
+
+    key: GameKey
+    fen: str | None
+    moves: list[str]
+    board: chess.Board
+
+
+@dataclass
 class Prepared:
-    inputs: PositionInputs  # n+1 positions: the start one, then the one after each move
+    inputs: PositionInputs  # the positions to run: the game's, or only those after `start`
     legal: list[str]  # legal moves in the final position, UCI
+    legal_classes: list[int]  # their output classes
     topk: int
+    phase: int  # of the final position
+    side: int
+    start: GameEntry | None = None  # the cached game these inputs continue
+    save: GameSave | None = None  # keep the state after the final position
 
 
 @dataclass
@@ -68,21 +101,71 @@ def read_with_progress(path: Path, show: bool) -> tuple[bytes, str]:
     return buf.getvalue(), digest.hexdigest()
 
 
+def tail(inputs: PositionInputs, n: int) -> PositionInputs:
+    """The last `n` positions of `inputs`."""
+    if len(inputs) <= n:
+        return inputs
+    return PositionInputs(inputs.tokens[-n:], inputs.phase[-n:], inputs.side[-n:],
+                          inputs.boards[-n:])
+
+
+def plan_passes(lengths: Sequence[int], overhead: int = PASS_COST_ROWS) -> list[list[int]]:
+    """Indices of `lengths` grouped into padded passes, shortest first: a pass of b sequences
+    padded to length L costs L * (overhead + b); contiguous groups of the sorted lengths that
+    minimise the sum (a long game does not pad many short ones, nor do short ones each get a
+    pass)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    n = len(order)
+    best = [0] + [0] * n  # best[j]: cheapest plan of the first j sorted items
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        best[j], cut[j] = min((best[i] + longest * (overhead + j - i), i) for i in range(j))
+    groups = []
+    j = n
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def state_rows(state: Any, rows: list[int]) -> Any:
+    """Rows (batch dimension 1) of a recurrent state, copied so the batch's state can go."""
+    if isinstance(state, tuple | list):
+        return type(state)(state_rows(s, rows) for s in state)
+    return state[:, rows].clone()
+
+
+def join_states(states: list[Any]) -> Any:
+    """One batch's state from single games' states (batch dimension 1)."""
+    first = states[0]
+    if isinstance(first, tuple | list):
+        return type(first)(join_states([s[i] for s in states]) for i in range(len(first)))
+    return torch.cat(states, dim=1)
+
+
 class Predictor:
     def __init__(self, loaded: LoadedModel, device: torch.device, sha256: str,
-                 max_history: int) -> None:
+                 max_history: int, games: GameCache | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.device = device
         self.sha256 = sha256
         self.max_history = max_history
         self.parameters = count_parameters(self.model)
+        self.recurrent = bool(getattr(self.model, "recurrent", False))
+        self.context: int | None = None
+        if not self.recurrent:
+            self.context = getattr(self.model, "context_positions", None)
+        self.legal_only = bool(loaded.meta.get("legal_mask", False))
+        # Without recurrent state there is nothing to continue from: game ids gain nothing.
+        self.games = games if self.recurrent else None
 
     @classmethod
     def load(cls, path: Path, device: torch.device, max_history: int,
-             progress: bool = False) -> Predictor:
+             progress: bool = False, games: GameCache | None = None) -> Predictor:
         data, sha = read_with_progress(path, progress)
-        return cls(load_model(path, device, data), device, sha, max_history)
+        return cls(load_model(path, device, data), device, sha, max_history, games)
 
     def facts(self) -> dict[str, Any]:
         return {
@@ -93,50 +176,138 @@ class Predictor:
             "torch": torch.__version__,
             "features": self.loaded.config.features(),
             "vocab_version": self.loaded.meta.get("vocab_version"),
+            "recurrent": self.recurrent,
+            "legal_only": self.legal_only,
         }
 
-    def prepare(self, moves: list[str], fen: str | None, topk: int) -> Prepared:
+    # -- inputs --------------------------------------------------------------------------------
+
+    def prepare(self, moves: list[str], fen: str | None, topk: int,
+                game: GameKey | None = None) -> Prepared:
+        """The inputs of the position after `moves`; with `game`, only those after the state
+        cached for that game when `moves` (from the same `fen`) extend its moves."""
         if len(moves) > self.max_history:
             raise InputError(
                 f"moves: {len(moves)} moves exceed the limit of {self.max_history}"
             )
-        try:
-            enc = encode_moves(moves, fen, field="moves", final=True)
-        except EncodingError as exc:
-            raise InputError(str(exc)) from None
-        board = enc.board
+        entry = self.games.get(game) if self.games is not None and game is not None else None
+        start = None
+        if (entry is not None and entry.fen == fen and len(entry.moves) <= len(moves)
+                and moves[:len(entry.moves)] == entry.moves):
+            found = self._continue(entry, moves)
+            if found is not None:
+                start, (inputs, board) = entry, found
+        if entry is not None and start is None and self.games is not None:
+            self.games.stats.diverged += 1
+        if start is None:
+            try:
+                enc = encode_moves(moves, fen, field="moves", final=True)
+            except EncodingError as exc:
+                raise InputError(str(exc)) from None
+            inputs, board = enc.inputs, enc.board
         legal = [m.uci() for m in board.legal_moves]
         if not legal:
             outcome = board.outcome()
             why = outcome.termination.name.lower() if outcome else "no legal move"
             raise InputError(f"the game is over ({why}): no legal move in the final position")
+        if len(inputs):
+            phase, side = int(inputs.phase[-1]), int(inputs.side[-1])
+        else:  # the very position the cache ends at: its logits are kept
+            phase, side = features.game_phase(board), features.side_to_move(board)
+        if self.context is not None:
+            inputs = tail(inputs, self.context)
+        save = None
+        if game is not None and self.games is not None and len(inputs):
+            save = GameSave(game, fen, list(moves), board.copy(stack=False))
         # The prediction is read at the final position, exactly as training reads position t.
-        return Prepared(inputs=enc.inputs, legal=legal, topk=topk)
+        return Prepared(inputs, legal, [vocab.move_class(m) for m in legal], topk, phase, side,
+                        start, save)
+
+    @staticmethod
+    def _continue(entry: GameEntry, moves: list[str]
+                  ) -> tuple[PositionInputs, chess.Board] | None:
+        """Inputs of the positions after each move beyond the cached ones, and the final board;
+        None when one of them is bad (the full replay then names it as usual)."""
+        new = moves[len(entry.moves):]
+        board = entry.board.copy(stack=False)
+        n = len(new)
+        snaps = np.empty((n, 10), dtype=np.uint64)
+        try:
+            # replay yields move i before pushing it: the board is then after move i - 1.
+            for i, _ in enumerate(replay(new, board, "moves")):
+                if i:
+                    snaps[i - 1] = features.snapshot(board)
+        except EncodingError:
+            return None
+        if n:
+            snaps[n - 1] = features.snapshot(board)
+        tokens = np.array([vocab.move_id(m) for m in new], dtype=np.int16)
+        phase, side, boards = features.encode_snapshots(snaps)
+        return PositionInputs(tokens, phase, side, boards), board
+
+    # -- forward passes ------------------------------------------------------------------------
 
     def predict(self, batch: list[Prepared]) -> list[Prediction]:
-        """One forward pass for every prepared position."""
-        n = len(batch)
-        arrays = pad_inputs([p.inputs for p in batch])
-        last = torch.tensor([len(p.inputs) - 1 for p in batch])
-        with torch.inference_mode():
-            logits = self.model(*(torch.from_numpy(a).to(self.device) for a in arrays))
-            final = logits[torch.arange(n), last.to(self.device)].float()
-            probs = torch.softmax(final, dim=-1).cpu()
-        out = []
+        """Every prepared position, in as few forward passes as possible: positions without
+        game state in padded passes grouped by length; games to continue or to keep, stepped
+        together when they have as many new positions (padding would run into the state)."""
+        finals: list[torch.Tensor | None] = [None] * len(batch)
+        plain: list[int] = []
+        stateful: dict[tuple[int, bool], list[int]] = defaultdict(list)
         for i, p in enumerate(batch):
-            legal = set(p.legal)
-            values, idx = probs[i].topk(p.topk)
-            ranked = [vocab.class_to_move(c) for c in idx.tolist()]
-            top = [{"uci": m, "prob": round(float(v), 6), "legal": m in legal}
-                   for m, v in zip(ranked, values.tolist(), strict=True)]
-            legal_cls = torch.tensor([vocab.move_class(m) for m in p.legal])
-            best = vocab.class_to_move(int(legal_cls[probs[i][legal_cls].argmax()]))
-            out.append(Prediction(
-                topk=top,
-                predicted_uci=ranked[0],
-                best_legal=best,
-                phase=features.PHASES[int(p.inputs.phase[-1])],
-                side_to_move=features.SIDES[int(p.inputs.side[-1])],
-            ))
-        return out
+            if not len(p.inputs):
+                assert p.start is not None  # only a cached game has no new position
+                finals[i] = p.start.logits
+            elif p.start is None and p.save is None:
+                plain.append(i)
+            else:
+                stateful[(len(p.inputs), p.start is not None)].append(i)
+        with torch.inference_mode():
+            for group in plan_passes([len(batch[i].inputs) for i in plain]):
+                rows = [plain[g] for g in group]
+                arrays = self._tensors([batch[i].inputs for i in rows])
+                logits = self.model(*arrays)
+                for j, i in enumerate(rows):
+                    finals[i] = logits[j, len(batch[i].inputs) - 1]
+            for (_, continued), rows in stateful.items():
+                self._step([batch[i] for i in rows], continued, rows, finals)
+            final = torch.stack([f for f in finals if f is not None]).float()
+            if self.legal_only:
+                mask = torch.full(final.shape, float("-inf"))
+                for i, p in enumerate(batch):
+                    mask[i, p.legal_classes] = 0.0
+                final = final + mask.to(final.device)
+            probs = torch.softmax(final, dim=-1).cpu()
+        return [self._rank(p, probs[i]) for i, p in enumerate(batch)]
 
+    def _tensors(self, inputs: list[PositionInputs]) -> list[torch.Tensor]:
+        return [torch.from_numpy(a).to(self.device) for a in pad_inputs(inputs)]
+
+    def _step(self, items: list[Prepared], continued: bool, rows: list[int],
+              finals: list[torch.Tensor | None]) -> None:
+        """Step games with equally many new positions from their states (or the start) and
+        keep each game's new state."""
+        state = join_states([p.start.state for p in items if p.start]) if continued else None
+        tokens, phase, side, board = self._tensors([p.inputs for p in items])
+        logits, new_state = self.model.step(tokens, phase, side, board, state=state)
+        for j, (i, p) in enumerate(zip(rows, items, strict=True)):
+            finals[i] = logits[j, -1]
+            if p.save is not None and self.games is not None:
+                s = p.save
+                self.games.put(s.key, GameEntry(s.fen, s.moves, s.board,
+                                                state_rows(new_state, [j]),
+                                                logits[j, -1].clone()))
+
+    def _rank(self, p: Prepared, probs: torch.Tensor) -> Prediction:
+        legal = set(p.legal)
+        values, idx = probs.topk(min(p.topk, len(p.legal)) if self.legal_only else p.topk)
+        ranked = [vocab.class_to_move(c) for c in idx.tolist()]
+        top = [{"uci": m, "prob": round(v, 6), "legal": m in legal}
+               for m, v in zip(ranked, values.tolist(), strict=True)]
+        if self.legal_only:
+            best = ranked[0]
+        else:
+            classes = p.legal_classes
+            best = vocab.class_to_move(classes[int(probs[classes].argmax())])
+        return Prediction(topk=top, predicted_uci=ranked[0], best_legal=best,
+                          phase=features.PHASES[p.phase], side_to_move=features.SIDES[p.side])

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from appliance.inference.predictor import TOPK_MAX
 
+GAME_ID_MAX = 128
+
 # -- request and response bodies ---------------------------------------------------------------
 
 
@@ -23,6 +25,9 @@ class InferRequest(BaseModel):
     fen: str | None = Field(None, description="Starting position (default: the standard one).")
     topk: int | None = Field(None, ge=1, le=TOPK_MAX, description="How many ranked moves to "
                              "return; default INFERENCE_TOPK_DEFAULT (5).")
+    game_id: str | None = Field(None, description="Names the game (1 to 128 characters): the "
+                                "service keeps the network's state after these moves, so the "
+                                "next request of the game runs only its new moves.")
 
     @field_validator("moves", mode="before")
     @classmethod
@@ -45,6 +50,14 @@ class InferRequest(BaseModel):
             return v
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= TOPK_MAX:
             raise ValueError(f"must be an integer from 1 to {TOPK_MAX}")
+        return v
+
+
+    @field_validator("game_id", mode="before")
+    @classmethod
+    def _game_id(cls, v: Any) -> Any:
+        if v is not None and (not isinstance(v, str) or not 1 <= len(v) <= GAME_ID_MAX):
+            raise ValueError(f"must be a string of 1 to {GAME_ID_MAX} characters or null")
         return v
 
 
