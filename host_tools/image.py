@@ -34,7 +34,8 @@ WHEELHOUSE = ROOT / "build" / "wheelhouse"
 DEPS = ROOT / "build" / "deps"
 # The CPU build carries no CUDA libraries (a tenth of the CUDA wheel's size); where
 # download.pytorch.org cannot be reached, pip's find-links must hold it (here: /opt/wheels).
-TORCH_SPECS = {"cpu": "torch==2.13.0+cpu", "cuda": "torch==2.13.0"}
+# pip counts 2.13.0+cpu as ==2.13.0 (and ranks it higher), so the CUDA spec excludes it.
+TORCH_SPECS = {"cpu": "torch==2.13.0+cpu", "cuda": "torch==2.13.0,!=2.13.0+cpu"}
 # The default path's torch index per variant; PyPI's own torch is the CUDA build.
 TORCH_INDEXES: dict[str, str | None] = {"cpu": "https://download.pytorch.org/whl/cpu",
                                         "cuda": None}
@@ -251,8 +252,8 @@ def find_links_dirs(config: dict[str, list[str]]) -> list[Path]:
 
 def local_wheels(torch_spec: str, dirs: Sequence[Path]) -> list[Path]:
     """The wheels in `dirs` a build may take: all, except torch wheels other than the pinned
-    version exactly (pip counts 2.13.0+cpu as ==2.13.0, so a cuda build would take the CPU one)."""
-    pin = re.fullmatch(r"torch\s*==\s*(\S+)", torch_spec)
+    version exactly (a CPU wheel in the CUDA build's context would only confuse)."""
+    pin = re.match(r"torch\s*==\s*([^,\s]+)", torch_spec)
     chosen: dict[str, Path] = {}
     for folder in dirs:
         for wheel in sorted(folder.glob("*.whl")):
@@ -370,11 +371,13 @@ def build(engine: Engine, *, variant: str = "cpu", base: str | None = None,
 
 
 def push(engine: Engine, *, repo: str | None = None, tag: str | None = None,
-         dry_run: bool = False, tls_verify: bool = True) -> list[list[str]]:
+         dry_run: bool = False, tls_verify: bool | None = None) -> list[list[str]]:
+    """Push both tags; `tls_verify` None: plain HTTP to a loopback registry only (podman)."""
     refs = tags(repo, tag)
     commands = []
     for ref in refs:
-        commands.append(engine.cmd("push", *push_flags(engine.name, tls_verify), ref))
+        verify = tls_verify if tls_verify is not None else not loopback(registry(ref))
+        commands.append(engine.cmd("push", *push_flags(engine.name, verify), ref))
     for argv in commands:
         if dry_run:
             print(f"would run: {' '.join(argv)}")
@@ -395,6 +398,12 @@ def registry(ref: str) -> str:
     if sep and ("." in first or ":" in first or first == "localhost"):
         return first
     return "docker.io"
+
+
+def loopback(host: str) -> bool:
+    """A registry on this machine (host or host:port), which serves plain HTTP in tests."""
+    return host.rpartition(":")[0] in ("localhost", "127.0.0.1", "[::1]") or \
+        host in ("localhost", "127.0.0.1", "[::1]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -418,8 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bd.add_argument("--quiet", action="store_true")
     ps = sub.add_parser("push", help="push both tags")
     ps.add_argument("--dry-run", action="store_true", help="print what would be pushed")
-    ps.add_argument("--tls-verify", default="true", choices=("true", "false"),
-                    help="podman only: false for a plain-HTTP registry")
+    ps.add_argument("--tls-verify", choices=("true", "false"),
+                    help="podman only: false for a plain-HTTP registry (default: false for "
+                    "localhost and 127.0.0.1 only)")
     sub.add_parser("tags", help="print the tags a build gets")
     sub.add_parser("engine", help="print the engine that would be used")
     args = p.parse_args(argv)
@@ -443,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(build(engine, variant=variant, base=args.base,
                                   quiet=args.quiet, offline=args.offline)))
         else:
-            push(engine, dry_run=args.dry_run, tls_verify=args.tls_verify == "true")
+            push(engine, dry_run=args.dry_run,
+                 tls_verify=None if args.tls_verify is None else args.tls_verify == "true")
     except (ImageError, EngineError, SettingsError, subprocess.CalledProcessError) as exc:
         print(f"image: error: {exc}", file=sys.stderr)
         return 1

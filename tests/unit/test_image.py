@@ -240,7 +240,7 @@ def test_apt_mirror_deb822_field_order(tmp_path: Path) -> None:
 def test_wheel_requirements(monkeypatch: pytest.MonkeyPatch) -> None:
     extras = ["supervisor", "jupyterlab", "huggingface_hub"]
     assert image.wheel_requirements("cpu") == ["torch==2.13.0+cpu", *extras]
-    assert image.wheel_requirements("cuda") == ["torch==2.13.0", *extras]
+    assert image.wheel_requirements("cuda") == ["torch==2.13.0,!=2.13.0+cpu", *extras]
     monkeypatch.setenv("TORCH_SPEC", "torch==2.12.1")
     assert image.wheel_requirements("cuda") == ["torch==2.12.1", *extras]
     for bad in ("gpu", "CPU", ""):
@@ -498,7 +498,7 @@ def test_local_wheels_take_only_the_pinned_torch(tmp_path: Path) -> None:
         folder.mkdir()
         for name in names:
             (folder / name).write_text(name)
-    names = [w.name for w in image.local_wheels("torch==2.13.0", [one, two])]
+    names = [w.name for w in image.local_wheels("torch==2.13.0,!=2.13.0+cpu", [one, two])]
     assert names == ["nvidia_nccl-2.29-py3-none-any.whl",
                      "torch-2.13.0-cp311-cp311-linux_x86_64.whl"]
     assert image.local_wheels("torch==2.13.0", [one, two])[0].parent == one  # first dir wins
@@ -540,8 +540,8 @@ def test_prepare_deps_offers_local_wheels_else_the_torch_index(
                                        "https://download.pytorch.org/whl/cpu\n")
     out = image.prepare_deps("cuda", dest=tmp_path / "deps", config=links)
     assert (out / "pip.args").read_text() == "--find-links\n/deps/wheels\n"  # PyPI's CUDA torch
-    assert capsys.readouterr().err == ("image: dependencies: torch==2.13.0 from the package "
-                                       "index\n")
+    assert capsys.readouterr().err == ("image: dependencies: torch==2.13.0,!=2.13.0+cpu from "
+                                       "the package index\n")
     monkeypatch.setenv("TORCH_INDEX_URL", "https://mirror.example/torch-cpu")
     out = image.prepare_deps("cpu", dest=tmp_path / "deps", config={})
     assert (out / "pip.args").read_text().splitlines()[-1] == "https://mirror.example/torch-cpu"
@@ -554,8 +554,9 @@ def test_prepare_deps_offers_local_wheels_else_the_torch_index(
                                               str(tmp_path / "proxy-ca.pem")]})
     assert (out / "pip.args").read_text() == "--find-links\n/deps/wheels\n--cert\n/deps/ca.pem\n"
     assert (out / "ca.pem").read_text() == "-----BEGIN CERTIFICATE-----\n"
-    assert capsys.readouterr().err == ("image: dependencies: torch==2.13.0 from the package "
-                                       f"index; pip's CA bundle {tmp_path / 'proxy-ca.pem'}\n")
+    assert capsys.readouterr().err == ("image: dependencies: torch==2.13.0,!=2.13.0+cpu from "
+                                       "the package index; pip's CA bundle "
+                                       f"{tmp_path / 'proxy-ca.pem'}\n")
 
 
 # -- build ------------------------------------------------------------------------------------
@@ -697,6 +698,14 @@ def test_push_dry_run_prints_and_runs_nothing(monkeypatch: pytest.MonkeyPatch,
     assert commands == [["podman", "push", "--tls-verify=false", "localhost:5000/r:t"],
                         ["podman", "push", "--tls-verify=false", "localhost:5000/r:latest"]]
     assert image.push(PODMAN, repo="r", tag="t", dry_run=True)[0] == ["podman", "push", "r:t"]
+    # A loopback registry is plain HTTP unless told otherwise; others keep TLS verification.
+    for repo in ("127.0.0.1:5000/o/r", "localhost:5000/r", "localhost/r"):
+        assert image.push(PODMAN, repo=repo, tag="t", dry_run=True)[0] == [
+            "podman", "push", "--tls-verify=false", f"{repo}:t"]
+    assert image.push(PODMAN, repo="127.0.0.1:5000/r", tag="t", dry_run=True,
+                      tls_verify=True)[0] == ["podman", "push", "127.0.0.1:5000/r:t"]
+    assert image.push(PODMAN, repo="reg.example:5000/r", tag="t", dry_run=True)[0] == [
+        "podman", "push", "reg.example:5000/r:t"]
 
 
 def test_push_runs_both_tags(monkeypatch: pytest.MonkeyPatch, fake_run: FakeRun,
