@@ -12,15 +12,17 @@ TRAIN_BATCH_SIZE ?= 16
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps test test-unit bench lint train gpu-check clean \
-	base-image image push up down smoke hadolint
+	base-image image push up down smoke hadolint check-cuda-image
 
 help:
 	@echo "make up          build the image if needed and run a local pod (SSH, Jupyter, API)"
 	@echo "make down        stop the local pod, keep its /workspace volume"
-	@echo "make image       build the pod image (Docker, else podman), tags: git SHA and latest"
+	@echo "make image       build the pod image (Docker, else podman), tags: git SHA and latest;"
+	@echo "                 pulls BASE_IMAGE, else (or OFFLINE=1) the offline path; TORCH_VARIANT=cuda"
 	@echo "make push        push both tags to IMAGE_REPO (DRY_RUN=1 prints what it would push)"
 	@echo "make smoke       the image's training preset on a small dataset, one timing log"
-	@echo "make base-image  debootstrap a Debian bookworm base and import it (cached)"
+	@echo "make base-image  debootstrap the offline path's bookworm base and import it (cached)"
+	@echo "make check-cuda-image  build the CUDA variant and check it without a GPU (gigabytes)"
 	@echo "make install     create .venv with the project (editable) and dev tools"
 	@echo "make train       train on data/sample and print the evaluation table"
 	@echo "make test        install what the tests need, then run every tier"
@@ -96,6 +98,12 @@ image: install
 
 push: install
 	$(PY) -m host_tools.image push $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run)
+
+# The CUDA variant and its checks on a machine without a GPU (host_tools/cuda_check.py); the
+# wheels (gigabytes) are downloaded once into CUDA_WHEELS, outside the checkout.
+CUDA_WHEELS ?= $(HOME)/.cache/chessbot/cuda-wheels
+check-cuda-image: install
+	$(PY) -m host_tools.cuda_check --wheels "$(CUDA_WHEELS)"
 
 hadolint: install
 	$(VENV)/bin/hadolint image/Dockerfile

@@ -1,9 +1,15 @@
-"""Image benchmarks, one JSON line each: container start to SSH-ready and to /healthz 200,
-image size, and a rebuild after a one-line code change against a clean build in the same run.
+"""Image benchmarks, one JSON line each: for both build paths (default: pulled base and pip in
+the build; offline: debootstrap base and host wheelhouse) a clean build (no layer cache) against
+a rebuild after a one-line code change, and the image size; then container start to SSH-ready and
+to /healthz 200.
+
+The default path pulls `docker.io/library/debian:bookworm-slim`; with podman and no Hub it is
+served from a loopback registry as docker.io's mirror (tests/utils/registry.py), as in the tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,15 +20,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from host_tools.engine import detect_engine  # noqa: E402
-from host_tools.image import build, build_wheelhouse  # noqa: E402
+from host_tools.engine import Engine, detect_engine, push_flags  # noqa: E402
+from host_tools.image import DEFAULT_OFFLINE_BASE, build, build_base, build_wheelhouse, pull  # noqa: E402
 from host_tools.localup import free_port  # noqa: E402
 from host_tools.settings import ImageSettings, load  # noqa: E402
+from tests.utils.registry import hub_mirror_conf, loopback_registry  # noqa: E402
 
 REPO = "localhost/chessbot-appliance-bench"
 
@@ -50,8 +58,8 @@ def poll(predicate, timeout: float = 300) -> float:  # type: ignore[no-untyped-d
     raise SystemExit(f"not ready within {timeout} s")
 
 
-def context_copy(dest: Path, wheels: Path) -> None:
-    """The tracked tree plus the wheelhouse (hard links): edits there leave the checkout alone."""
+def context_copy(dest: Path, wheels: Path | None) -> None:
+    """The tracked tree (plus the wheelhouse, hard links): edits there leave the checkout alone."""
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True,
                            check=True).stdout.decode().split("\0")
     for rel in filter(None, files):
@@ -59,32 +67,66 @@ def context_copy(dest: Path, wheels: Path) -> None:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    shutil.copytree(wheels, dest / wheels.relative_to(ROOT), copy_function=os.link)
+    if wheels is not None:
+        shutil.copytree(wheels, dest / wheels.relative_to(ROOT), copy_function=os.link)
 
 
-def bench_builds(engine) -> str:  # type: ignore[no-untyped-def]
-    wheels = build_wheelhouse("cpu")
+@contextlib.contextmanager
+def official_base(engine: Engine) -> Iterator[None]:
+    """Make BASE_IMAGE pullable: as it is where the Hub answers, else (podman) from a loopback
+    mirror serving the debootstrap base under the official name."""
+    base = load(ImageSettings).BASE_IMAGE
+    if pull(engine, base) is None or engine.name != "podman":
+        yield
+        return
+    build_base(engine)
+    with tempfile.TemporaryDirectory(prefix="bench-registry-") as tmp, \
+            loopback_registry(Path(tmp)) as registry:
+        mirrored = f"{registry.host}/library/debian:bookworm-slim"
+        subprocess.run(engine.cmd("tag", DEFAULT_OFFLINE_BASE, mirrored), check=True)
+        subprocess.run(engine.cmd("push", *push_flags(engine.name, False), mirrored),
+                       check=True, capture_output=True)
+        subprocess.run(engine.cmd("rmi", mirrored), check=True, capture_output=True)
+        before = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+        os.environ["CONTAINERS_REGISTRIES_CONF"] = str(
+            hub_mirror_conf(Path(tmp) / "registries.conf", registry.host))
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["CONTAINERS_REGISTRIES_CONF"]
+            else:
+                os.environ["CONTAINERS_REGISTRIES_CONF"] = before
+
+
+def size_mib(engine: Engine, ref: str) -> int:
+    out = subprocess.run(engine.cmd("image", "inspect", "-f", "{{.Size}}", ref),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return round(int(out) / 2**20)
+
+
+def bench_path(engine: Engine, path: str) -> str:
+    """Clean build, then a one-line code change rebuilt with the layer cache; the image size."""
+    offline = path == "offline"
+    wheels = build_wheelhouse("cpu") if offline else None
     with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
         ctx = Path(tmp)
         context_copy(ctx, wheels)
         start = time.monotonic()
-        build(engine, repo=REPO, tag="clean", quiet=True, context=ctx, no_cache=True)
+        build(engine, repo=REPO, tag=f"{path}-clean", quiet=True, context=ctx, no_cache=True,
+              offline=offline)
         clean = time.monotonic() - start
         with (ctx / "appliance" / "__init__.py").open("a") as fh:
             fh.write(f"# bench edit {uuid.uuid4().hex}\n")
         start = time.monotonic()
-        refs = build(engine, repo=REPO, tag="edit", quiet=True, context=ctx)
+        refs = build(engine, repo=REPO, tag=f"{path}-edit", quiet=True, context=ctx,
+                     offline=offline)
         rebuild = time.monotonic() - start
-    emit(bench="image_rebuild_after_code_change", seconds=round(rebuild, 1),
-         baseline="clean_build_no_cache", baseline_seconds=round(clean, 1),
+    emit(bench="image_rebuild_after_code_change", path=path, seconds=round(rebuild, 1),
+         baseline="clean_build_no_layer_cache", baseline_seconds=round(clean, 1),
          ratio=round(rebuild / clean, 3))
-    size = int(subprocess.run(engine.cmd("image", "inspect", "-f", "{{.Size}}", refs[0]),
-                              capture_output=True, text=True, check=True).stdout.strip())
-    base = int(subprocess.run(engine.cmd("image", "inspect", "-f", "{{.Size}}",
-                                         load(ImageSettings).BASE_IMAGE),
-                              capture_output=True, text=True, check=True).stdout.strip())
-    emit(bench="image_size", mib=round(size / 2**20), baseline="bookworm_base",
-         baseline_mib=round(base / 2**20), ratio=round(size / base, 1))
+    emit(bench="image_size", path=path, mib=size_mib(engine, refs[0]),
+         baseline="debootstrap_bookworm_base", baseline_mib=size_mib(engine, DEFAULT_OFFLINE_BASE))
     return refs[0]
 
 
@@ -142,9 +184,11 @@ def bench_start(engine, image: str) -> None:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     engine = detect_engine()
-    image = bench_builds(engine)
+    with official_base(engine):
+        image = bench_path(engine, "default")
+    bench_path(engine, "offline")
     bench_start(engine, image)
-    for tag in ("clean", "edit", "latest"):
+    for tag in ("default-clean", "default-edit", "offline-clean", "offline-edit", "latest"):
         subprocess.run(engine.cmd("rmi", f"{REPO}:{tag}"), capture_output=True)
 
 

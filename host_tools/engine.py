@@ -1,43 +1,94 @@
 """The container engine, in one place: which one runs here (Docker when its daemon answers, else
 podman, installed with runc when neither exists) and the flags each engine needs on this host for
-`run`/`create`, `build`, `push` and removing a container. Every host tool, test tier and benchmark
-that starts a container takes its engine and flags from here.
+`run`/`create`, `build`, `pull`, `push` and removing a container, derived from facts about the
+host (HostFacts: CPU architecture, nested in a container, crun, ulimit capability) read here
+once. Every host tool, test tier and benchmark that starts a container takes its engine and flags
+from here.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from host_tools.settings import EngineSettings, load
 
 ENGINES = ("docker", "podman")
-# Podman without a Docker engine (as in podman-in-a-container) may have no usable crun and may
-# not raise limits, so every podman container states its runtime and limits explicitly.
-PODMAN_RUN_FLAGS = ("--runtime", "runc", "--ulimit", "nofile=1024:1024",
-                    "--ulimit", "nproc=1024:1024")
-# No registry and no bridge networking here; the build never pulls the base.
-# --format docker: OCI images drop HEALTHCHECK and SHELL.
-PODMAN_BUILD_FLAGS = ("--network", "host", "--pull=never", "--format", "docker",
-                      *PODMAN_RUN_FLAGS)
+# RunPod runs linux/amd64 images; an arm64 host (Apple silicon) builds them under emulation.
+TARGET_PLATFORM = "linux/amd64"
+# podman's rootful default ulimits (nofile and nproc 1048576) need CAP_SYS_RESOURCE.
+CAP_SYS_RESOURCE = 24
 
 
 class EngineError(RuntimeError):
     """No usable container engine, or a host package it needs missing; says what to do."""
 
 
-def run_flags(engine: str) -> tuple[str, ...]:
-    """Flags `run` and `create` need with this engine here."""
-    return PODMAN_RUN_FLAGS if engine == "podman" else ()
+@dataclass(frozen=True)
+class HostFacts:
+    """What about this machine decides the engine flags; `host_facts()` reads them once."""
+
+    machine: str  # os.uname().machine
+    nested: bool  # inside a container (/.dockerenv, /run/.containerenv): no bridge networking
+    crun: bool  # podman's default runtime is installed
+    raise_limits: bool  # podman may raise ulimits (root with CAP_SYS_RESOURCE, or rootless)
 
 
-def build_flags(engine: str) -> tuple[str, ...]:
-    """Flags `build` needs with this engine here."""
-    return PODMAN_BUILD_FLAGS if engine == "podman" else ()
+@functools.cache
+def host_facts() -> HostFacts:
+    caps = 0
+    try:
+        status = Path("/proc/self/status").read_text(encoding="utf-8")
+        caps = int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("CapEff:")), 16)
+    except (OSError, StopIteration, ValueError):
+        pass
+    return HostFacts(
+        machine=os.uname().machine,
+        nested=Path("/.dockerenv").exists() or Path("/run/.containerenv").exists(),
+        crun=shutil.which("crun") is not None,
+        raise_limits=os.geteuid() != 0 or bool(caps >> CAP_SYS_RESOURCE & 1),
+    )
+
+
+def platform_flags(facts: HostFacts | None = None) -> tuple[str, ...]:
+    """`--platform linux/amd64` on an arm64 host (emulated: slower builds and runs), else none."""
+    facts = facts or host_facts()
+    return ("--platform", TARGET_PLATFORM) if facts.machine in ("arm64", "aarch64") else ()
+
+
+def run_flags(engine: str, facts: HostFacts | None = None) -> tuple[str, ...]:
+    """Flags `run` and `create` need with this engine on this host: none with Docker; podman gets
+    runc where its default crun is missing and explicit ulimits where it may not raise them
+    (podman inside a container)."""
+    if engine != "podman":
+        return ()
+    facts = facts or host_facts()
+    flags: tuple[str, ...] = () if facts.crun else ("--runtime", "runc")
+    if not facts.raise_limits:
+        flags += ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
+    return flags
+
+
+def build_flags(engine: str, facts: HostFacts | None = None) -> tuple[str, ...]:
+    """Flags `build` needs: the target platform; podman also `--format docker` (OCI images drop
+    HEALTHCHECK and SHELL), host networking where nested (no bridge), and its run flags."""
+    facts = facts or host_facts()
+    if engine != "podman":
+        return platform_flags(facts)
+    network = ("--network", "host") if facts.nested else ()
+    return (*platform_flags(facts), *network, "--format", "docker", *run_flags(engine, facts))
+
+
+def pull_flags(engine: str, facts: HostFacts | None = None) -> tuple[str, ...]:
+    """Flags `pull` needs: the target platform on an arm64 host."""
+    return platform_flags(facts)
 
 
 def push_flags(engine: str, tls_verify: bool = True) -> tuple[str, ...]:
@@ -71,6 +122,10 @@ class Engine:
     @property
     def build_flags(self) -> tuple[str, ...]:
         return build_flags(self.name)
+
+    @property
+    def pull_flags(self) -> tuple[str, ...]:
+        return pull_flags(self.name)
 
     def remove(self, name: str, grace_s: int = 10, volumes: bool = False) -> list[list[str]]:
         return remove_commands(self.name, name, grace_s, volumes)

@@ -1,5 +1,11 @@
-"""Build and push the pod image: debootstrap base, host wheelhouse, tags, build and push with the
-engine host_tools/engine.py picks.
+"""Build and push the pod image with the engine host_tools/engine.py picks: which build path, the
+dependency sets each path mounts into the build, the debootstrap base, tags, build and push.
+
+Two paths (the build log says which one and why). Default: BASE_IMAGE (Debian bookworm slim) is
+pulled and pip installs the dependencies inside the build from the package index, with a cache
+mount (torch's CPU index for the cpu variant; wheels that pip's find-links here hold are offered
+first). Offline (OFFLINE=1, or BASE_IMAGE cannot be pulled): a debootstrapped base and a wheelhouse
+downloaded on this host, installed with --no-index.
 
 `python -m host_tools.image base-image|wheelhouse|build|push|tags|engine` (or `appliance-image`;
 the Makefile's `base-image`, `image` and `push` targets are thin wrappers over these subcommands).
@@ -25,11 +31,17 @@ from host_tools.settings import ImageSettings, SettingsError, load
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
+DEPS = ROOT / "build" / "deps"
 # The CPU build carries no CUDA libraries (a tenth of the CUDA wheel's size); where
 # download.pytorch.org cannot be reached, pip's find-links must hold it (here: /opt/wheels).
-TORCH_SPECS = {"cpu": "torch==2.13.0+cpu", "cuda": "torch==2.13.0"}
-# The base `build` debootstraps itself when BASE_IMAGE names it and it is missing.
+# pip counts 2.13.0+cpu as ==2.13.0 (and ranks it higher), so the CUDA spec excludes it.
+TORCH_SPECS = {"cpu": "torch==2.13.0+cpu", "cuda": "torch==2.13.0,!=2.13.0+cpu"}
+# The default path's torch index per variant; PyPI's own torch is the CUDA build.
+TORCH_INDEXES: dict[str, str | None] = {"cpu": "https://download.pytorch.org/whl/cpu",
+                                        "cuda": None}
 DEFAULT_BASE_IMAGE = str(ImageSettings.model_fields["BASE_IMAGE"].get_default())
+# The offline base `build` debootstraps itself when OFFLINE_BASE_IMAGE names it and it is missing.
+DEFAULT_OFFLINE_BASE = str(ImageSettings.model_fields["OFFLINE_BASE_IMAGE"].get_default())
 # Packages the image's venv gets besides the project's own dependencies.
 # Debian bookworm's python3: wheels are resolved for exactly this interpreter.
 TARGET_PYTHON = "3.11.2"
@@ -111,9 +123,9 @@ def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
 
 def build_base(engine: Engine, ref: str | None = None, mirror: str | None = None,
                force: bool = False) -> str:
-    """debootstrap a minimal bookworm and import it as `ref` (default BASE_IMAGE); skipped when
-    the image exists."""
-    ref = ref or load(ImageSettings).BASE_IMAGE
+    """debootstrap a minimal bookworm and import it as `ref` (default OFFLINE_BASE_IMAGE); skipped
+    when the image exists."""
+    ref = ref or load(ImageSettings).OFFLINE_BASE_IMAGE
     if not force and image_exists(engine, ref):
         log(f"base image {ref} exists: skipped (FORCE=1 rebuilds it)")
         return ref
@@ -123,8 +135,8 @@ def build_base(engine: Engine, ref: str | None = None, mirror: str | None = None
         except EngineError as exc:
             raise ImageError(str(exc)) from None
     if os.geteuid() != 0:
-        raise ImageError("debootstrap needs root: run `make base-image` as root, or set "
-                         "BASE_IMAGE to a bookworm image your engine can pull")
+        raise ImageError("debootstrap needs root: run `make base-image` as root, or let the "
+                         "build pull BASE_IMAGE (unset OFFLINE)")
     mirror = mirror or load(ImageSettings).DEBIAN_MIRROR or apt_mirror()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chessbot-base-", dir="/var/tmp") as tmp:
@@ -161,14 +173,24 @@ def wheel_requirements(variant: str) -> list[str]:
     return [torch, *IMAGE_EXTRAS]
 
 
+def requirements(variant: str) -> list[str]:
+    """Everything the image's venv installs, torch first (one resolution, so the project's
+    `torch>=...` cannot pull a second torch)."""
+    return [*wheel_requirements(variant), *project_dependencies(), "setuptools>=68", "wheel"]
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Leave an equal file alone, so the build's bind mount (and its cache) sees no change."""
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
 def build_wheelhouse(variant: str = "cpu", dest: Path = WHEELHOUSE,
                      python: str = sys.executable) -> Path:
-    """Every wheel the image installs, downloaded (or built) on the host, cached by inputs.
-
-    The image build then needs no registry, and the set is the same on every rebuild.
+    """The offline path's dependency set: every wheel the image installs, downloaded (or built) on
+    the host, cached by inputs. The image build then needs no registry.
     """
-    everything = [*wheel_requirements(variant), *project_dependencies(), "setuptools>=68",
-                  "wheel"]
+    everything = requirements(variant)
     key = hashlib.sha256("\n".join([TARGET_PYTHON, *everything]).encode()).hexdigest()[:16]
     out = dest / variant
     stamp = out / ".inputs"
@@ -199,7 +221,83 @@ def build_wheelhouse(variant: str = "cpu", dest: Path = WHEELHOUSE,
     shutil.rmtree(built, ignore_errors=True)
     # The Dockerfile installs exactly this list from the wheelhouse, before the project's code.
     (out / "requirements.txt").write_text("\n".join(everything) + "\n", encoding="utf-8")
+    (out / "pip.args").write_text("--no-index\n--find-links\n/deps\n", encoding="utf-8")
     stamp.write_text(key + "\n")
+    return out
+
+
+def pip_config(python: str = sys.executable) -> dict[str, list[str]]:
+    """pip's configuration here (its config files and PIP_* variables): each key's values, env
+    first. The default path's build takes two things from it: find-links (wheels this machine
+    keeps at hand) and cert (a CA bundle, e.g. of a TLS-inspecting proxy)."""
+    proc = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True,
+                          text=True, check=False)
+    config: dict[str, list[str]] = {}
+    for key, value in re.findall(r"^\S*?\.([\w-]+)='(.*)'$", proc.stdout, re.M):
+        config.setdefault(key, []).append(value)
+    return config
+
+
+def find_links_dirs(config: dict[str, list[str]]) -> list[Path]:
+    """The local directories among pip's find-links."""
+    found: list[Path] = []
+    for item in " ".join(config.get("find-links", [])).split():
+        if "://" in item and not item.startswith("file://"):
+            continue
+        path = Path(item.removeprefix("file://"))
+        if path.is_dir() and path not in found:
+            found.append(path)
+    return found
+
+
+def local_wheels(torch_spec: str, dirs: Sequence[Path]) -> list[Path]:
+    """The wheels in `dirs` a build may take: all, except torch wheels other than the pinned
+    version exactly (a CPU wheel in the CUDA build's context would only confuse)."""
+    pin = re.match(r"torch\s*==\s*([^,\s]+)", torch_spec)
+    chosen: dict[str, Path] = {}
+    for folder in dirs:
+        for wheel in sorted(folder.glob("*.whl")):
+            name, version = wheel.name.split("-")[:2]
+            if name.lower() == "torch" and (pin is None or version != pin.group(1)):
+                continue
+            chosen.setdefault(wheel.name, wheel)
+    return list(chosen.values())
+
+
+def prepare_deps(variant: str = "cpu", dest: Path = DEPS,
+                 config: dict[str, list[str]] | None = None) -> Path:
+    """The default path's dependency set: requirements.txt, pip.args (index, find-links, cert),
+    wheels/ (hard links of local wheels) and ca.pem; pip resolves it inside the build."""
+    everything = requirements(variant)
+    config = pip_config() if config is None else config
+    out = dest / variant
+    wheels = out / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = local_wheels(everything[0], find_links_dirs(config))
+    for stale in set(p.name for p in wheels.glob("*.whl")) - {w.name for w in found}:
+        (wheels / stale).unlink()
+    for wheel in found:
+        target = wheels / wheel.name
+        if not target.exists():
+            try:
+                os.link(wheel, target)
+            except OSError:
+                shutil.copy2(wheel, target)
+    args = ["--find-links", "/deps/wheels"]
+    local_torch = any(w.name.lower().startswith("torch-") for w in found)
+    index = load(ImageSettings).TORCH_INDEX_URL or TORCH_INDEXES[variant]
+    if index and not local_torch:
+        args += ["--extra-index-url", index]
+    certs = [Path(c) for c in config.get("cert", []) if Path(c).is_file()]
+    if certs:
+        write_if_changed(out / "ca.pem", certs[0].read_text(encoding="utf-8"))
+        args += ["--cert", "/deps/ca.pem"]
+    log(f"dependencies: {everything[0]} from "
+        + ("a local wheel" if local_torch else index or "the package index")
+        + (f"; {len(found)} wheel(s) from pip's find-links here" if found else "")
+        + (f"; pip's CA bundle {certs[0]}" if certs else ""))
+    write_if_changed(out / "requirements.txt", "\n".join(everything) + "\n")
+    write_if_changed(out / "pip.args", "\n".join(args) + "\n")
     return out
 
 
@@ -212,18 +310,49 @@ def project_dependencies() -> list[str]:
 
 
 # -- build and push ---------------------------------------------------------------------------
+def pull(engine: Engine, ref: str) -> str | None:
+    """Pull `ref`; None when it worked, else why not (the engine's last line)."""
+    proc = subprocess.run(engine.cmd("pull", *engine.pull_flags, ref), capture_output=True,
+                          text=True, check=False)
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def choose_path(engine: Engine, variant: str, base: str | None = None,
+                offline: bool | None = None, context: Path = ROOT) -> tuple[str, Path]:
+    """The build's base image and dependency set: the default path when the base can be pulled,
+    else (or with OFFLINE=1) the offline one; logs which and why."""
+    settings = load(ImageSettings)
+    base = base or settings.BASE_IMAGE
+    wheel_requirements(variant)  # a bad variant fails before anything is pulled
+    if offline if offline is not None else settings.OFFLINE:
+        reason = "OFFLINE=1"
+    else:
+        why = pull(engine, base)
+        if why is None:
+            log(f"default path: pulled {base}; pip installs the dependencies in the build "
+                "(cache mount)")
+            return base, prepare_deps(variant, dest=context / "build" / "deps")
+        reason = f"{base} cannot be pulled ({why})"
+    offline_base = settings.OFFLINE_BASE_IMAGE
+    log(f"offline path: {reason}; base {offline_base}, wheelhouse downloaded on this host")
+    if offline_base == DEFAULT_OFFLINE_BASE:
+        build_base(engine, offline_base)
+    return offline_base, build_wheelhouse(variant, dest=context / "build" / "wheelhouse")
+
+
 def build(engine: Engine, *, variant: str = "cpu", base: str | None = None,
           repo: str | None = None, tag: str | None = None, quiet: bool = False,
-          context: Path = ROOT, no_cache: bool = False) -> list[str]:
-    base = base or load(ImageSettings).BASE_IMAGE
-    if base == DEFAULT_BASE_IMAGE:
-        build_base(engine, base)
-    wheels = build_wheelhouse(variant)
+          context: Path = ROOT, no_cache: bool = False,
+          offline: bool | None = None) -> list[str]:
+    base, deps = choose_path(engine, variant, base, offline, context)
     refs = tags(repo, tag)
     argv = engine.cmd("build", "-f", str(context / "image" / "Dockerfile"),
                       "--build-arg", f"BASE_IMAGE={base}",
                       "--build-arg", f"TORCH_VARIANT={variant}",
-                      "--build-arg", f"WHEELHOUSE={wheels.relative_to(ROOT)}")
+                      "--build-arg", f"DEPS={deps.relative_to(context)}")
     argv += engine.build_flags
     for ref in refs:
         argv += ["-t", ref]
@@ -242,11 +371,13 @@ def build(engine: Engine, *, variant: str = "cpu", base: str | None = None,
 
 
 def push(engine: Engine, *, repo: str | None = None, tag: str | None = None,
-         dry_run: bool = False, tls_verify: bool = True) -> list[list[str]]:
+         dry_run: bool = False, tls_verify: bool | None = None) -> list[list[str]]:
+    """Push both tags; `tls_verify` None: plain HTTP to a loopback registry only (podman)."""
     refs = tags(repo, tag)
     commands = []
     for ref in refs:
-        commands.append(engine.cmd("push", *push_flags(engine.name, tls_verify), ref))
+        verify = tls_verify if tls_verify is not None else not loopback(registry(ref))
+        commands.append(engine.cmd("push", *push_flags(engine.name, verify), ref))
     for argv in commands:
         if dry_run:
             print(f"would run: {' '.join(argv)}")
@@ -269,25 +400,36 @@ def registry(ref: str) -> str:
     return "docker.io"
 
 
+def loopback(host: str) -> bool:
+    """A registry on this machine (host or host:port), which serves plain HTTP in tests."""
+    return host.rpartition(":")[0] in ("localhost", "127.0.0.1", "[::1]") or \
+        host in ("localhost", "127.0.0.1", "[::1]")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m host_tools.image",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--engine", choices=("docker", "podman"),
                    help="container engine (default: Docker if its daemon answers, else podman)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("base-image", help="debootstrap a bookworm base and import it (cached)")
+    b = sub.add_parser("base-image", help="debootstrap the offline path's bookworm base and "
+                       "import it (cached)")
     b.add_argument("--force", action="store_true", help="rebuild even if it exists")
     b.add_argument("--mirror", help="Debian mirror (default: the one apt uses here)")
-    w = sub.add_parser("wheelhouse", help="download the image's wheels on the host")
+    w = sub.add_parser("wheelhouse", help="download the image's wheels on the host (offline "
+                       "path)")
     w.add_argument("--variant", help="cpu or cuda (default TORCH_VARIANT, cpu)")
     bd = sub.add_parser("build", help="build the image, tagged with the git SHA and latest")
     bd.add_argument("--variant", help="cpu or cuda (default TORCH_VARIANT, cpu)")
-    bd.add_argument("--base", help="BASE_IMAGE (default: the local debootstrap base)")
+    bd.add_argument("--base", help="base image (default BASE_IMAGE, pulled)")
+    bd.add_argument("--offline", action="store_true", default=None,
+                    help="the offline path (as OFFLINE=1)")
     bd.add_argument("--quiet", action="store_true")
     ps = sub.add_parser("push", help="push both tags")
     ps.add_argument("--dry-run", action="store_true", help="print what would be pushed")
-    ps.add_argument("--tls-verify", default="true", choices=("true", "false"),
-                    help="podman only: false for a plain-HTTP registry")
+    ps.add_argument("--tls-verify", choices=("true", "false"),
+                    help="podman only: false for a plain-HTTP registry (default: false for "
+                    "localhost and 127.0.0.1 only)")
     sub.add_parser("tags", help="print the tags a build gets")
     sub.add_parser("engine", help="print the engine that would be used")
     args = p.parse_args(argv)
@@ -304,13 +446,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "engine":
             print(engine.name)
         elif args.cmd == "base-image":
-            print(build_base(engine, load(ImageSettings).BASE_IMAGE, args.mirror, args.force))
+            print(build_base(engine, load(ImageSettings).OFFLINE_BASE_IMAGE, args.mirror,
+                             args.force))
         elif args.cmd == "build":
             variant = args.variant or load(ImageSettings).TORCH_VARIANT
             print("\n".join(build(engine, variant=variant, base=args.base,
-                                  quiet=args.quiet)))
+                                  quiet=args.quiet, offline=args.offline)))
         else:
-            push(engine, dry_run=args.dry_run, tls_verify=args.tls_verify == "true")
+            push(engine, dry_run=args.dry_run,
+                 tls_verify=None if args.tls_verify is None else args.tls_verify == "true")
     except (ImageError, EngineError, SettingsError, subprocess.CalledProcessError) as exc:
         print(f"image: error: {exc}", file=sys.stderr)
         return 1

@@ -44,8 +44,22 @@ class ImageSettings(_HostEnv):
         "with -dirty when tracked files changed."
     )
     BASE_IMAGE: str = Field(
-        "localhost/chessbot-base:bookworm", description="Base of the image build; the default "
-        "is debootstrapped locally when missing."
+        "docker.io/library/debian:bookworm-slim", description="Base of the image build, pulled "
+        "first; when it cannot be pulled the build takes the offline path."
+    )
+    OFFLINE: bool = Field(
+        False, description="1: the offline build path (OFFLINE_BASE_IMAGE and a wheelhouse "
+        "downloaded on the host) without trying the registry; also taken when BASE_IMAGE cannot "
+        "be pulled."
+    )
+    OFFLINE_BASE_IMAGE: str = Field(
+        "localhost/chessbot-base:bookworm", description="Base of the offline path; the default "
+        "is debootstrapped locally (as root) when missing."
+    )
+    TORCH_INDEX_URL: str | None = Field(
+        None, description="Extra package index for torch on the default path; default "
+        "https://download.pytorch.org/whl/cpu for the cpu variant, none for cuda (PyPI's torch "
+        "is the CUDA build). Not used when pip's find-links here hold the torch wheel."
     )
     DEBIAN_MIRROR: str | None = Field(
         None, description="Mirror debootstrap uses for the base image; default the one apt uses "

@@ -145,7 +145,11 @@ def resolve_model_path(explicit: Path | None, repo_dir: Path) -> Path:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.info("device auto: no usable CUDA GPU (torch %s built for CUDA %s): using the CPU",
+                 torch.__version__, torch.version.cuda or "none")
+        return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda requested but CUDA is not available")
     return torch.device(name)

@@ -16,16 +16,20 @@ from typing import Any
 
 import pytest
 
-from host_tools.engine import Engine
+from host_tools import engine
+from host_tools.engine import Engine, HostFacts
 
 REAL_RUN = subprocess.run
 REAL_POPEN = subprocess.Popen
 DOCKER = Engine("docker")
 PODMAN = Engine("podman")
+# The machine these tools were built on: podman nested in a container, no crun, no CAP_SYS_RESOURCE.
+NESTED_HOST = HostFacts(machine="x86_64", nested=True, crun=False, raise_limits=False)
 PODMAN_FLAGS = ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit",
                 "nproc=1024:1024"]
 # Every variable the host tools read; a developer's shell must not steer the tests.
-ENV_VARS = ("IMAGE_REPO", "IMAGE_TAG", "CONTAINER_ENGINE", "BASE_IMAGE", "TORCH_SPEC",
+ENV_VARS = ("IMAGE_REPO", "IMAGE_TAG", "CONTAINER_ENGINE", "BASE_IMAGE", "TORCH_SPEC", "OFFLINE",
+            "OFFLINE_BASE_IMAGE", "TORCH_INDEX_URL",
             "TORCH_VARIANT", "DEBIAN_MIRROR", "LOCAL_POD_IMAGE", "LOCAL_POD_NAME",
             "SMOKE_TRAIN_ROWS", "SMOKE_VAL_ROWS", "SMOKE_EPOCHS", "SMOKE_BATCH_SIZE",
             "SMOKE_PROGRESS_JSONL_OUT", "RUN_ID")
@@ -62,6 +66,7 @@ def no_real_processes(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(subprocess, "run", unexpected)
     monkeypatch.setattr(subprocess, "Popen", unexpected)
+    monkeypatch.setattr(engine, "host_facts", lambda: NESTED_HOST)
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from host_tools import engine
-from host_tools.engine import Engine, EngineError, Probe, detect_engine
+from host_tools.engine import Engine, EngineError, HostFacts, Probe, detect_engine
+from host_tools.engine import host_facts as real_host_facts  # no_real_processes pins it
 from host_tools.settings import SettingsError
 from tests.unit.process_fakes import DOCKER, PODMAN, PODMAN_FLAGS, FakeRun, Response, which_finds
 
@@ -54,8 +55,47 @@ def test_run_flags_per_engine() -> None:
 
 def test_build_flags_per_engine() -> None:
     assert DOCKER.build_flags == ()
-    assert list(PODMAN.build_flags) == ["--network", "host", "--pull=never", "--format", "docker",
-                                        *PODMAN_FLAGS]
+    assert list(PODMAN.build_flags) == ["--network", "host", "--format", "docker", *PODMAN_FLAGS]
+
+
+PLAIN = HostFacts(machine="x86_64", nested=False, crun=True, raise_limits=True)
+ARM = HostFacts(machine="arm64", nested=False, crun=True, raise_limits=True)
+
+
+def test_flags_follow_the_host_facts() -> None:
+    """A normal machine: no podman workarounds; each fact adds only its own flags."""
+    assert engine.run_flags("podman", PLAIN) == ()
+    assert engine.build_flags("podman", PLAIN) == ("--format", "docker")
+    assert engine.build_flags("docker", PLAIN) == engine.pull_flags("docker", PLAIN) == ()
+    no_crun = HostFacts("x86_64", nested=False, crun=False, raise_limits=True)
+    assert engine.run_flags("podman", no_crun) == ("--runtime", "runc")
+    capped = HostFacts("x86_64", nested=False, crun=True, raise_limits=False)
+    assert engine.run_flags("podman", capped) == ("--ulimit", "nofile=1024:1024",
+                                                  "--ulimit", "nproc=1024:1024")
+    nested = HostFacts("x86_64", nested=True, crun=True, raise_limits=True)
+    assert engine.build_flags("podman", nested) == ("--network", "host", "--format", "docker")
+    assert engine.run_flags("docker", HostFacts("x86_64", True, False, False)) == ()
+
+
+def test_an_arm64_host_builds_and_pulls_for_amd64() -> None:
+    assert engine.build_flags("docker", ARM) == ("--platform", "linux/amd64")
+    assert engine.pull_flags("podman", ARM) == ("--platform", "linux/amd64")
+    assert engine.build_flags("podman", ARM) == ("--platform", "linux/amd64", "--format",
+                                                 "docker")
+    aarch64 = HostFacts("aarch64", nested=False, crun=True, raise_limits=True)
+    assert engine.platform_flags(aarch64) == ("--platform", "linux/amd64")
+    assert engine.run_flags("docker", ARM) == ()  # emulated at run time without a flag
+
+
+def test_host_facts_reads_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_host_facts.cache_clear()
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    try:
+        facts = real_host_facts()
+        assert facts.machine == os.uname().machine
+        assert facts.raise_limits is True  # rootless podman keeps the limits it has
+    finally:
+        real_host_facts.cache_clear()
 
 
 def test_push_flags_per_engine() -> None:

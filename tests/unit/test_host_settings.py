@@ -45,8 +45,9 @@ def test_every_host_variable_is_declared_once_with_a_description() -> None:
 def test_defaults() -> None:
     assert load(ImageSettings).model_dump() == {
         "IMAGE_REPO": "chessbot-appliance", "IMAGE_TAG": None,
-        "BASE_IMAGE": "localhost/chessbot-base:bookworm", "DEBIAN_MIRROR": None,
-        "TORCH_VARIANT": "cpu", "TORCH_SPEC": None}
+        "BASE_IMAGE": "docker.io/library/debian:bookworm-slim", "OFFLINE": False,
+        "OFFLINE_BASE_IMAGE": "localhost/chessbot-base:bookworm", "TORCH_INDEX_URL": None,
+        "DEBIAN_MIRROR": None, "TORCH_VARIANT": "cpu", "TORCH_SPEC": None}
     assert load(EngineSettings).CONTAINER_ENGINE is None
     assert load(LocalPodSettings).LOCAL_POD_NAME == "chessbot-local"
     smoke = load(SmokeSettings)
@@ -66,7 +67,8 @@ def test_smoke_counts(raw: str, expected: int, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(("name", "raw"), [
     ("SMOKE_EPOCHS", "abc"), ("SMOKE_EPOCHS", "0"), ("SMOKE_VAL_ROWS", "-1"),
     ("SMOKE_BATCH_SIZE", "1.5"), ("SMOKE_TRAIN_ROWS", "0x10"),
-    ("CONTAINER_ENGINE", "lxc"), ("TORCH_VARIANT", "gpu"), ("LOCAL_POD_NAME", "a b"),
+    ("CONTAINER_ENGINE", "lxc"), ("TORCH_VARIANT", "gpu"), ("OFFLINE", "maybe"),
+    ("LOCAL_POD_NAME", "a b"),
     ("RUNPOD_SSH_HOST_KEY_CHECKING", "no"), ("RUNPOD_SSH_KNOWN_HOSTS_FILE", "/dev/null"),
 ])
 def test_a_bad_value_names_the_variable(name: str, raw: str,

@@ -17,7 +17,14 @@ import pytest
 
 from host_tools import image
 from host_tools.engine import Engine
-from host_tools.image import DEFAULT_BASE_IMAGE, DEFAULT_MIRROR, IMAGE_CODE_DIR, ROOT, ImageError
+from host_tools.image import (
+    DEFAULT_BASE_IMAGE,
+    DEFAULT_MIRROR,
+    DEFAULT_OFFLINE_BASE,
+    IMAGE_CODE_DIR,
+    ROOT,
+    ImageError,
+)
 from host_tools.settings import ImageSettings
 from tests.unit.process_fakes import (
     DOCKER,
@@ -233,7 +240,7 @@ def test_apt_mirror_deb822_field_order(tmp_path: Path) -> None:
 def test_wheel_requirements(monkeypatch: pytest.MonkeyPatch) -> None:
     extras = ["supervisor", "jupyterlab", "huggingface_hub"]
     assert image.wheel_requirements("cpu") == ["torch==2.13.0+cpu", *extras]
-    assert image.wheel_requirements("cuda") == ["torch==2.13.0", *extras]
+    assert image.wheel_requirements("cuda") == ["torch==2.13.0,!=2.13.0+cpu", *extras]
     monkeypatch.setenv("TORCH_SPEC", "torch==2.12.1")
     assert image.wheel_requirements("cuda") == ["torch==2.12.1", *extras]
     for bad in ("gpu", "CPU", ""):
@@ -329,9 +336,9 @@ def test_image_exists_inspects_the_ref(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- build_base -------------------------------------------------------------------------------
 def test_build_base_skips_an_existing_image(monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(image, "image_exists", lambda engine, ref: ref == DEFAULT_BASE_IMAGE)
-    assert image.build_base(PODMAN) == DEFAULT_BASE_IMAGE
-    assert capsys.readouterr().err == (f"image: base image {DEFAULT_BASE_IMAGE} exists: skipped "
+    monkeypatch.setattr(image, "image_exists", lambda engine, ref: ref == DEFAULT_OFFLINE_BASE)
+    assert image.build_base(PODMAN) == DEFAULT_OFFLINE_BASE
+    assert capsys.readouterr().err == (f"image: base image {DEFAULT_OFFLINE_BASE} exists: skipped "
                                        "(FORCE=1 rebuilds it)\n")
 
 
@@ -341,8 +348,8 @@ def test_build_base_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
     which_finds(monkeypatch, {"debootstrap", "apt-get"})
     with pytest.raises(ImageError) as exc:
         image.build_base(PODMAN, force=True)
-    assert str(exc.value) == ("debootstrap needs root: run `make base-image` as root, or set "
-                              "BASE_IMAGE to a bookworm image your engine can pull")
+    assert str(exc.value) == ("debootstrap needs root: run `make base-image` as root, or let "
+                              "the build pull BASE_IMAGE (unset OFFLINE)")
     which_finds(monkeypatch, {"apt-get"})
     with pytest.raises(ImageError) as exc:
         image.build_base(PODMAN, force=True)
@@ -454,54 +461,203 @@ def test_build_base_import_failure(as_root: None, fake_run: FakeRun,
     FakeTar.exit_code = 0
 
 
+# -- pull, find-links, the default path's dependency set -----------------------------------
+def test_pull_reports_why_not(fake_run: FakeRun) -> None:
+    assert image.pull(PODMAN, "docker.io/library/debian:bookworm-slim") is None
+    assert fake_run.calls == [["podman", "pull", "docker.io/library/debian:bookworm-slim"]]
+    assert fake_run.kwargs[0] == {"capture_output": True, "text": True, "check": False}
+    fake_run.respond = lambda argv: (125, "", "Trying to pull x...\nError: no such host\n")
+    assert image.pull(DOCKER, "x") == "Error: no such host"
+    fake_run.respond = lambda argv: (1, "", "")
+    assert image.pull(DOCKER, "x") == "exit 1"
+
+
+def test_pip_config_and_find_links_dirs(tmp_path: Path, fake_run: FakeRun) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fake_run.respond = lambda argv: (0, (
+        f":env:.find-links='{tmp_path / 'a'} file://{tmp_path / 'b'}'\n"
+        f"global.find-links='{tmp_path / 'a'} https://example.org/wheels {tmp_path / 'gone'}'\n"
+        "global.cert='/etc/ca.pem'\nglobal.extra-index-url='file:///opt/pypi/simple'\n"), "")
+    config = image.pip_config("/py")
+    assert fake_run.calls == [["/py", "-m", "pip", "config", "list"]]
+    assert config == {"find-links": [f"{tmp_path / 'a'} file://{tmp_path / 'b'}",
+                                     f"{tmp_path / 'a'} https://example.org/wheels "
+                                     f"{tmp_path / 'gone'}"],
+                      "cert": ["/etc/ca.pem"], "extra-index-url": ["file:///opt/pypi/simple"]}
+    assert image.find_links_dirs(config) == [tmp_path / "a", tmp_path / "b"]
+    assert image.find_links_dirs({}) == []
+
+
+def test_local_wheels_take_only_the_pinned_torch(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, names in ((one, ["torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl",
+                                 "nvidia_nccl-2.29-py3-none-any.whl", "notes.txt"]),
+                          (two, ["torch-2.13.0-cp311-cp311-linux_x86_64.whl",
+                                 "nvidia_nccl-2.29-py3-none-any.whl"])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text(name)
+    names = [w.name for w in image.local_wheels("torch==2.13.0,!=2.13.0+cpu", [one, two])]
+    assert names == ["nvidia_nccl-2.29-py3-none-any.whl",
+                     "torch-2.13.0-cp311-cp311-linux_x86_64.whl"]
+    assert image.local_wheels("torch==2.13.0", [one, two])[0].parent == one  # first dir wins
+    names = [w.name for w in image.local_wheels("torch==2.13.0+cpu", [one, two])]
+    assert names == ["nvidia_nccl-2.29-py3-none-any.whl",
+                     "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"]
+    assert [w.name for w in image.local_wheels("torch>=2", [one])] == [
+        "nvidia_nccl-2.29-py3-none-any.whl"]
+
+
+def test_prepare_deps_offers_local_wheels_else_the_torch_index(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(image, "project_dependencies", lambda: ["chess>=1.11"])
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    torch = wheels / "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"
+    torch.write_text("w")
+    links = {"find-links": [str(wheels)]}
+    out = image.prepare_deps("cpu", dest=tmp_path / "deps", config=links)
+    assert out == tmp_path / "deps" / "cpu"
+    assert (out / "requirements.txt").read_text() == ("torch==2.13.0+cpu\nsupervisor\n"
+                                                      "jupyterlab\nhuggingface_hub\n"
+                                                      "chess>=1.11\nsetuptools>=68\nwheel\n")
+    assert (out / "pip.args").read_text() == "--find-links\n/deps/wheels\n"
+    assert (out / "wheels" / torch.name).stat().st_ino == torch.stat().st_ino  # a hard link
+    assert capsys.readouterr().err == ("image: dependencies: torch==2.13.0+cpu from a local "
+                                       "wheel; 1 wheel(s) from pip's find-links here\n")
+    mtime = (out / "pip.args").stat().st_mtime_ns
+    image.prepare_deps("cpu", dest=tmp_path / "deps", config=links)
+    assert (out / "pip.args").stat().st_mtime_ns == mtime  # unchanged: the build cache holds
+    capsys.readouterr()
+    # Without a local torch wheel: torch's CPU index; a stale link goes.
+    image.prepare_deps("cpu", dest=tmp_path / "deps", config={})
+    assert list((out / "wheels").iterdir()) == []
+    assert (out / "pip.args").read_text() == ("--find-links\n/deps/wheels\n--extra-index-url\n"
+                                              "https://download.pytorch.org/whl/cpu\n")
+    assert capsys.readouterr().err == ("image: dependencies: torch==2.13.0+cpu from "
+                                       "https://download.pytorch.org/whl/cpu\n")
+    out = image.prepare_deps("cuda", dest=tmp_path / "deps", config=links)
+    assert (out / "pip.args").read_text() == "--find-links\n/deps/wheels\n"  # PyPI's CUDA torch
+    assert capsys.readouterr().err == ("image: dependencies: torch==2.13.0,!=2.13.0+cpu from "
+                                       "the package index\n")
+    monkeypatch.setenv("TORCH_INDEX_URL", "https://mirror.example/torch-cpu")
+    out = image.prepare_deps("cpu", dest=tmp_path / "deps", config={})
+    assert (out / "pip.args").read_text().splitlines()[-1] == "https://mirror.example/torch-cpu"
+    # pip's cert here (a TLS-inspecting proxy's CA) goes into the build with the set.
+    (tmp_path / "proxy-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.delenv("TORCH_INDEX_URL")
+    capsys.readouterr()
+    out = image.prepare_deps("cuda", dest=tmp_path / "deps",
+                             config={"cert": [str(tmp_path / "gone.pem"),
+                                              str(tmp_path / "proxy-ca.pem")]})
+    assert (out / "pip.args").read_text() == "--find-links\n/deps/wheels\n--cert\n/deps/ca.pem\n"
+    assert (out / "ca.pem").read_text() == "-----BEGIN CERTIFICATE-----\n"
+    assert capsys.readouterr().err == ("image: dependencies: torch==2.13.0,!=2.13.0+cpu from "
+                                       "the package index; pip's CA bundle "
+                                       f"{tmp_path / 'proxy-ca.pem'}\n")
+
+
 # -- build ------------------------------------------------------------------------------------
 @pytest.fixture
 def build_seams(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Pulls succeed unless `pull_error` is set; the sets are recorded, not made."""
     events: list[tuple[str, Any]] = []
 
-    def base(engine: Engine, ref: str = DEFAULT_BASE_IMAGE, mirror: str | None = None,
+    def base(engine: Engine, ref: str = DEFAULT_OFFLINE_BASE, mirror: str | None = None,
              force: bool = False) -> str:
         events.append(("base", (engine, ref)))
         return ref
 
-    def wheelhouse(variant: str = "cpu") -> Path:
+    def wheelhouse(variant: str = "cpu", dest: Path = ROOT / "build" / "wheelhouse") -> Path:
         events.append(("wheelhouse", variant))
-        return ROOT / "build" / "wheelhouse" / variant
+        return dest / variant
+
+    def deps(variant: str = "cpu", dest: Path = ROOT / "build" / "deps") -> Path:
+        events.append(("deps", variant))
+        return dest / variant
+
+    def pull(engine: Engine, ref: str) -> str | None:
+        events.append(("pull", ref))
+        return getattr(build_seams_state, "pull_error", None)
 
     monkeypatch.setattr(image, "build_base", base)
     monkeypatch.setattr(image, "build_wheelhouse", wheelhouse)
+    monkeypatch.setattr(image, "prepare_deps", deps)
+    monkeypatch.setattr(image, "pull", pull)
+    build_seams_state.pull_error = None
     return events
 
 
-def test_build_docker_argv(build_seams: list[tuple[str, Any]], fake_run: FakeRun,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+build_seams_state = SimpleNamespace(pull_error=None)
+
+
+def test_build_default_path_docker_argv(build_seams: list[tuple[str, Any]], fake_run: FakeRun,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     refs = image.build(DOCKER, repo="ghcr.io/o/r", tag="t1")
     assert refs == ["ghcr.io/o/r:t1", "ghcr.io/o/r:latest"]
-    assert build_seams == [("base", (DOCKER, DEFAULT_BASE_IMAGE)), ("wheelhouse", "cpu")]
+    assert build_seams == [("pull", DEFAULT_BASE_IMAGE), ("deps", "cpu")]
+    assert DEFAULT_BASE_IMAGE == "docker.io/library/debian:bookworm-slim"
     assert fake_run.calls == [[
         "docker", "build", "-f", str(ROOT / "image" / "Dockerfile"),
         "--build-arg", f"BASE_IMAGE={DEFAULT_BASE_IMAGE}",
         "--build-arg", "TORCH_VARIANT=cpu",
-        "--build-arg", "WHEELHOUSE=build/wheelhouse/cpu",
+        "--build-arg", "DEPS=build/deps/cpu",
         "-t", "ghcr.io/o/r:t1", "-t", "ghcr.io/o/r:latest", str(ROOT)]]
     assert fake_run.kwargs == [{"check": False, "stdout": None}]
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "image: docker build -> ghcr.io/o/r:t1, ghcr.io/o/r:latest"
-    assert err[1].startswith("image: built ghcr.io/o/r:t1 in ") and err[1].endswith(" s")
+    assert err[0] == (f"image: default path: pulled {DEFAULT_BASE_IMAGE}; pip installs the "
+                      "dependencies in the build (cache mount)")
+    assert err[1] == "image: docker build -> ghcr.io/o/r:t1, ghcr.io/o/r:latest"
+    assert err[2].startswith("image: built ghcr.io/o/r:t1 in ") and err[2].endswith(" s")
+
+
+def test_build_takes_the_offline_path_when_the_pull_fails(
+        build_seams: list[tuple[str, Any]], fake_run: FakeRun,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    build_seams_state.pull_error = "Error: no such host"
+    image.build(PODMAN, repo="r", tag="t")
+    assert build_seams == [("pull", DEFAULT_BASE_IMAGE), ("base", (PODMAN, DEFAULT_OFFLINE_BASE)),
+                           ("wheelhouse", "cpu")]
+    assert fake_run.calls[0][4:10] == ["--build-arg", f"BASE_IMAGE={DEFAULT_OFFLINE_BASE}",
+                                       "--build-arg", "TORCH_VARIANT=cpu",
+                                       "--build-arg", "DEPS=build/wheelhouse/cpu"]
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"image: offline path: {DEFAULT_BASE_IMAGE} cannot be pulled (Error: no such host); "
+        f"base {DEFAULT_OFFLINE_BASE}, wheelhouse downloaded on this host")
+
+
+def test_build_offline_by_setting_pulls_nothing(build_seams: list[tuple[str, Any]],
+                                                fake_run: FakeRun,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OFFLINE", "1")
+    monkeypatch.setenv("OFFLINE_BASE_IMAGE", "localhost/mine:1")
+    image.build(DOCKER, repo="r", tag="t")
+    assert build_seams == [("wheelhouse", "cpu")]  # not the default offline base: no debootstrap
+    assert "BASE_IMAGE=localhost/mine:1" in fake_run.calls[0]
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "image: offline path: OFFLINE=1; base localhost/mine:1, wheelhouse downloaded on this "
+        "host")
+    monkeypatch.setenv("OFFLINE", "0")
+    image.build(DOCKER, repo="r", tag="t", offline=True)  # the argument wins
+    assert build_seams[-1] == ("wheelhouse", "cpu")
+    assert ("pull", DEFAULT_BASE_IMAGE) not in build_seams
 
 
 def test_build_podman_cuda_quiet_no_cache(build_seams: list[tuple[str, Any]],
                                           fake_run: FakeRun, tmp_path: Path) -> None:
-    refs = image.build(PODMAN, variant="cuda", base="docker.io/library/debian:bookworm",
+    refs = image.build(PODMAN, variant="cuda", base="quay.io/x/debian:bookworm",
                        repo="r", tag="t", quiet=True, context=tmp_path, no_cache=True)
     assert refs == ["r:t", "r:latest"]
-    assert build_seams == [("wheelhouse", "cuda")]  # a foreign base: no debootstrap
+    assert build_seams == [("pull", "quay.io/x/debian:bookworm"), ("deps", "cuda")]
     assert fake_run.calls == [[
         "podman", "build", "-f", str(tmp_path / "image" / "Dockerfile"),
-        "--build-arg", "BASE_IMAGE=docker.io/library/debian:bookworm",
+        "--build-arg", "BASE_IMAGE=quay.io/x/debian:bookworm",
         "--build-arg", "TORCH_VARIANT=cuda",
-        "--build-arg", "WHEELHOUSE=build/wheelhouse/cuda",
-        "--network", "host", "--pull=never", "--format", "docker", *PODMAN_FLAGS,
+        "--build-arg", "DEPS=build/deps/cuda",
+        "--network", "host", "--format", "docker", *PODMAN_FLAGS,
         "-t", "r:t", "-t", "r:latest", "-q", "--no-cache", str(tmp_path)]]
     assert fake_run.kwargs[0]["stdout"] == subprocess.DEVNULL
 
@@ -515,17 +671,17 @@ def test_build_base_image_from_env_and_failure(build_seams: list[tuple[str, Any]
     with pytest.raises(ImageError) as exc:
         image.build(DOCKER)
     assert str(exc.value) == "docker build failed (exit 2)"
-    assert build_seams == [("wheelhouse", "cpu")]
+    assert build_seams == [("pull", "localhost/other:1"), ("deps", "cpu")]
     argv = fake_run.calls[0]
     assert "BASE_IMAGE=localhost/other:1" in argv
     assert argv[-5:] == ["-t", "chessbot-appliance:envtag", "-t", "chessbot-appliance:latest",
                          str(ROOT)]
 
 
-def test_build_rejects_a_bad_variant_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(image, "build_base", lambda *a, **k: DEFAULT_BASE_IMAGE)
+def test_build_rejects_a_bad_variant_before_pulling(build_seams: list[tuple[str, Any]]) -> None:
     with pytest.raises(ImageError, match=r"^TORCH_VARIANT='gpu': expected cpu or cuda$"):
         image.build(DOCKER, variant="gpu")
+    assert build_seams == []
 
 
 # -- push -------------------------------------------------------------------------------------
@@ -542,6 +698,14 @@ def test_push_dry_run_prints_and_runs_nothing(monkeypatch: pytest.MonkeyPatch,
     assert commands == [["podman", "push", "--tls-verify=false", "localhost:5000/r:t"],
                         ["podman", "push", "--tls-verify=false", "localhost:5000/r:latest"]]
     assert image.push(PODMAN, repo="r", tag="t", dry_run=True)[0] == ["podman", "push", "r:t"]
+    # A loopback registry is plain HTTP unless told otherwise; others keep TLS verification.
+    for repo in ("127.0.0.1:5000/o/r", "localhost:5000/r", "localhost/r"):
+        assert image.push(PODMAN, repo=repo, tag="t", dry_run=True)[0] == [
+            "podman", "push", "--tls-verify=false", f"{repo}:t"]
+    assert image.push(PODMAN, repo="127.0.0.1:5000/r", tag="t", dry_run=True,
+                      tls_verify=True)[0] == ["podman", "push", "127.0.0.1:5000/r:t"]
+    assert image.push(PODMAN, repo="reg.example:5000/r", tag="t", dry_run=True)[0] == [
+        "podman", "push", "reg.example:5000/r:t"]
 
 
 def test_push_runs_both_tags(monkeypatch: pytest.MonkeyPatch, fake_run: FakeRun,
@@ -643,17 +807,21 @@ def test_image_main_engine_build_base(monkeypatch: pytest.MonkeyPatch,
                                                             ["r:1", "r:latest"]))
     assert image.main(["--engine", "docker", "build", "--variant", "cuda", "--base", "b:1",
                        "--quiet"]) == 0
-    assert built == [(PODMAN, {"variant": "cuda", "base": "b:1", "quiet": True})]
-    assert capsys.readouterr().out == "r:1\nr:latest\n"
+    assert built == [(PODMAN, {"variant": "cuda", "base": "b:1", "quiet": True,
+                               "offline": None})]
+    assert image.main(["build", "--offline"]) == 0
+    assert built[1] == (PODMAN, {"variant": "cpu", "base": None, "quiet": False,
+                                 "offline": True})
+    assert capsys.readouterr().out == "r:1\nr:latest\n" * 2
     bases: list[tuple[Any, ...]] = []
     monkeypatch.setattr(image, "build_base", lambda *a: logged(bases, a, a[1]))
     assert image.main(["base-image"]) == 0
-    monkeypatch.setenv("BASE_IMAGE", "localhost/mine:1")
+    monkeypatch.setenv("OFFLINE_BASE_IMAGE", "localhost/mine:1")
     assert image.main(["base-image", "--force", "--mirror", "http://m/debian"]) == 0
-    assert bases == [(PODMAN, DEFAULT_BASE_IMAGE, None, False),
+    assert bases == [(PODMAN, DEFAULT_OFFLINE_BASE, None, False),
                      (PODMAN, "localhost/mine:1", "http://m/debian", True)]
-    assert capsys.readouterr().out == f"{DEFAULT_BASE_IMAGE}\nlocalhost/mine:1\n"
-    assert detect == [(None, True), ("docker", True), (None, True), (None, True)]
+    assert capsys.readouterr().out == f"{DEFAULT_OFFLINE_BASE}\nlocalhost/mine:1\n"
+    assert detect == [(None, True), ("docker", True), (None, True), (None, True), (None, True)]
 
 
 def test_image_main_errors(monkeypatch: pytest.MonkeyPatch,
@@ -677,4 +845,5 @@ def test_image_main_errors(monkeypatch: pytest.MonkeyPatch,
 def test_the_image_code_dir_is_the_dockerfiles() -> None:
     text = (ROOT / "image" / "Dockerfile").read_text()
     assert f"APPLIANCE_CODE_DIR={IMAGE_CODE_DIR} " in text
-    assert f"COPY --chown=1000:1000 . {IMAGE_CODE_DIR}\n" in text
+    assert f"COPY --chown=1000:1000 appliance {IMAGE_CODE_DIR}/appliance\n" in text
+    assert "COPY --chown=1000:1000 . " not in text  # build/ (the dependency sets) stays out
