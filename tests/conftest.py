@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.utils.containers",
     "tests.unit.podjobs_harness",
     "tests.unit.process_fakes",
+    "tests.unit.watchdog_fakes",
 ]
 
 
