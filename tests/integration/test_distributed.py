@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ["--embed-dim", "16", "--hidden-dim", "24", "--dropout", "0", "--seed", "7", "--lr",
          "0.01", "--epochs", "2", "--runtime-min-context", "2"]
 CLUSTER_VARS = ("NUM_NODES", "NODE_RANK", "NUM_TRAINERS", "PRIMARY_ADDR", "PRIMARY_PORT",
-                "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+                "MASTER_ADDR", "MASTER_PORT", "NODE_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -57,6 +58,7 @@ def _trainer(launcher: list[str], ds: Path, out: Path, batch: int) -> None:
 def _node(rank: int, port: int, ds: Path, out: Path, timeout_s: int = 60,
           nodes: int = 2) -> subprocess.Popen[str]:
     env = _env(NUM_NODES=str(nodes), NODE_RANK=str(rank), PRIMARY_ADDR="127.0.0.1",
+               NODE_ADDR="127.0.0.1",
                PRIMARY_PORT=str(port), TRAIN_RENDEZVOUS_TIMEOUT_SECONDS=str(timeout_s),
                TRAIN_DATASET_DIR=str(ds), TRAIN_OUTPUT_DIR=str(out), TRAIN_BATCH_SIZE="4",
                TRAIN_EXTRA_ARGS=" ".join(FLAGS), REPO_DIR=str(out.parent / f"repo{rank}"),

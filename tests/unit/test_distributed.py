@@ -22,7 +22,8 @@ from tests.utils.training import toy_batch, toy_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_VARS = ("NUM_NODES", "NODE_RANK", "NUM_TRAINERS", "PRIMARY_ADDR", "PRIMARY_PORT",
-                "MASTER_ADDR", "MASTER_PORT", "TRAIN_RENDEZVOUS_TIMEOUT_SECONDS")
+                "MASTER_ADDR", "MASTER_PORT", "NODE_ADDR", "TRAIN_RENDEZVOUS_TIMEOUT_SECONDS",
+                "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 
 def _cluster(monkeypatch, **env: str) -> settings.ClusterSettings:
@@ -88,6 +89,10 @@ def test_preset_dry_run_on_a_cluster_node(tmp_path: Path):
     lines = r.stdout.splitlines()
     assert lines[1] == ("cluster: node 1 of 2, 1 trainer process(es) here, rendezvous "
                         "10.65.0.2:29400")
+    r = _preset({**env, "NODE_ADDR": "127.0.0.1"}, "--dry-run")
+    assert r.stdout.splitlines()[1] == (
+        "cluster: node 1 of 2, 1 trainer process(es) here, rendezvous 10.65.0.2:29400, "
+        "GLOO_SOCKET_IFNAME=lo, NCCL_SOCKET_IFNAME=lo")
     assert lines[2].startswith(
         "trainer: " + " ".join([sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
                                 "--nproc-per-node=1", "--node-rank=1"]))
@@ -105,6 +110,17 @@ def test_trainer_command_keeps_its_single_node_form(monkeypatch):
     cfg = settings.load(settings.TrainingSettings)
     cmd = preset.trainer_command(cfg, Path("t"), Path("v"), Path("o"), gpus=1)
     assert cmd[:4] == [sys.executable, "-m", "appliance.training.train", "--train"]
+
+
+def test_gloo_and_nccl_use_the_interface_that_holds_node_addr():
+    assert distributed.interface_of("127.0.0.1") == "lo"
+    assert distributed.interface_of("203.0.113.77") is None
+    assert distributed.interface_env("127.0.0.1", {}) == {
+        "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+    assert distributed.interface_env("127.0.0.1", {"NCCL_SOCKET_IFNAME": "ens1"}) == {
+        "GLOO_SOCKET_IFNAME": "lo"}
+    assert distributed.interface_env(None, {}) == {}
+    assert distributed.interface_env("203.0.113.77", {}) == {}
 
 
 def test_rendezvous_failure_reads_torchruns_error_file(tmp_path: Path):
