@@ -143,6 +143,11 @@ class ClusterSettings(_Env):
     MASTER_PORT: int | None = Field(
         None, ge=1, le=65535, description="RunPod's other name for PRIMARY_PORT."
     )
+    NODE_ADDR: str | None = Field(
+        None, description="This node's address on the cluster network (set by RunPod); gloo and "
+        "NCCL use the interface that holds it unless GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME "
+        "are set."
+    )
 
     @property
     def is_cluster(self) -> bool:

@@ -7,7 +7,8 @@
   that writes checkpoints, progress and metrics) is on the primary, whose hf-sync uploads them.
   (torchrun's c10d rendezvous ignores --node-rank and numbers the nodes by host name.) Every
   node gives up after TRAIN_RENDEZVOUS_TIMEOUT_SECONDS; `rendezvous_failure` turns torchrun's
-  error file into one line naming the rendezvous.
+  error file into one line naming the rendezvous. `interface_env` points gloo and NCCL at the
+  interface holding NODE_ADDR (RunPod's cluster network is not the pod's management interface).
 - `join`: the process group of a torchrun worker (NCCL on GPUs, gloo on CPU).
 - `DataParallelStep`: one optimizer step over this rank's share of a global batch. Gradients of
   the weighted loss *sum* are all-reduced together with the weight sum, then divided by it, so
@@ -25,11 +26,12 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -120,6 +122,24 @@ def rendezvous_failure(error_file: Path, launch: Launch, timeout_s: int) -> str 
     return (f"cluster rendezvous failed: node {launch.node_rank} of {launch.nnodes} did not meet "
             f"every other node at {launch.endpoint} within TRAIN_RENDEZVOUS_TIMEOUT_SECONDS="
             f"{timeout_s} ({first}); start the preset on every node")
+
+
+IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
+
+def interface_of(addr: str) -> str | None:
+    """The network interface that holds `addr`, if any."""
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == addr for a in addrs):
+            return name
+    return None
+
+
+def interface_env(node_addr: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME for the interface holding NODE_ADDR, those
+    not set already; nothing when NODE_ADDR is unset or on no interface."""
+    name = interface_of(node_addr) if node_addr else None
+    return {} if name is None else {k: name for k in IFNAME_VARS if not environ.get(k)}
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from appliance.timing import TimingLog
 from appliance.training.distributed import (
     Launch,
     LaunchError,
+    interface_env,
     launcher,
     plan_launch,
     rendezvous_failure,
@@ -215,9 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"dataset: train {', '.join(map(str, trains))}, val {', '.join(map(str, vals))}",
           flush=True)
+    nics = interface_env(cluster.NODE_ADDR, os.environ) if launch.is_cluster else {}
     if launch.is_cluster:
         print(f"cluster: node {launch.node_rank} of {launch.nnodes}, {launch.nproc} trainer "
-              f"process(es) here, rendezvous {launch.endpoint}", flush=True)
+              f"process(es) here, rendezvous {launch.endpoint}"
+              + "".join(f", {k}={v}" for k, v in nics.items()), flush=True)
     print("trainer: " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
@@ -226,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timing.phase("train_baseline") as res:
         error_file = Path(tmp) / "error.json"
         res["exit_code"] = subprocess.call(
-            cmd, env={**os.environ, "TORCHELASTIC_ERROR_FILE": str(error_file)})
+            cmd, env={**os.environ, **nics, "TORCHELASTIC_ERROR_FILE": str(error_file)})
         failure = f"trainer exited with {res['exit_code']}"
         if res["exit_code"] and launch.is_cluster:
             failure = rendezvous_failure(error_file, launch, timeout_s) or failure

@@ -1,4 +1,4 @@
-"""The trainer: whole-game training with a loss at every eligible position, on CPU, GPU or DDP.
+"""The trainer: whole-game training with a loss at every eligible position, alone or data-parallel.
 
 Run `python -m appliance.training.train --help` (options: `training.options`); under torchrun it
 trains data-parallel (gloo on CPU, NCCL on GPU; the step, the process group and the defaults that
@@ -207,10 +207,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
-        # The bare module: DDP's forward syncs buffers across ranks, and ranks may see
-        # different numbers of validation batches.
-        model = getattr(model, "module", model)
-        model.eval()
+        model.eval()  # ranks may see different numbers of validation batches: no collective
         ce_sum = correct = count = 0.0
         for batch in self._loader(self.val_set, 0, shuffle=False):
             batch = batch.to(self.device)

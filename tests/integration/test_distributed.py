@@ -21,10 +21,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
 
 from appliance.model.checkpoint import read_checkpoint
+from appliance.training.distributed import DataParallelStep, OutOfMemory
 from tests.utils import free_port
 from tests.utils.datasets import make_dataset
+from tests.utils.training import toy_batch, toy_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 # 25 games, 2 ranks x 4 games a step: 4 steps an epoch, and in the last global batch (one game)
@@ -32,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ["--embed-dim", "16", "--hidden-dim", "24", "--dropout", "0", "--seed", "7", "--lr",
          "0.01", "--epochs", "2", "--runtime-min-context", "2"]
 CLUSTER_VARS = ("NUM_NODES", "NODE_RANK", "NUM_TRAINERS", "PRIMARY_ADDR", "PRIMARY_PORT",
-                "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+                "MASTER_ADDR", "MASTER_PORT", "NODE_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -52,6 +58,7 @@ def _trainer(launcher: list[str], ds: Path, out: Path, batch: int) -> None:
 def _node(rank: int, port: int, ds: Path, out: Path, timeout_s: int = 60,
           nodes: int = 2) -> subprocess.Popen[str]:
     env = _env(NUM_NODES=str(nodes), NODE_RANK=str(rank), PRIMARY_ADDR="127.0.0.1",
+               NODE_ADDR="127.0.0.1",
                PRIMARY_PORT=str(port), TRAIN_RENDEZVOUS_TIMEOUT_SECONDS=str(timeout_s),
                TRAIN_DATASET_DIR=str(ds), TRAIN_OUTPUT_DIR=str(out), TRAIN_BATCH_SIZE="4",
                TRAIN_EXTRA_ARGS=" ".join(FLAGS), REPO_DIR=str(out.parent / f"repo{rank}"),
@@ -122,3 +129,54 @@ def test_a_node_that_never_comes_ends_the_others_within_the_timeout(tmp_path: Pa
             f"at 127.0.0.1:{port} within TRAIN_RENDEZVOUS_TIMEOUT_SECONDS=4 ("
             + missing.format(port=port)), last
         assert last.endswith("); start the preset on every node")
+
+
+def _ladder_rank(rank: int, port: int, fits: int, out: Path) -> None:
+    """One of two gloo ranks; rank 1 runs out of memory above `fits` games a micro-batch."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    log: list[str] = []
+    step = DataParallelStep(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                            toy_loss(model, fits if rank == 1 else None), torch.device("cpu"),
+                            world=2, log=log.append)
+    batch = toy_batch(8)
+    share = type(batch)(batch.x[rank::2], batch.y[rank::2])
+    error = ""
+    try:
+        step.step(share, " at epoch 1 step 0")
+    except OutOfMemory as exc:
+        error = str(exc)
+    torch.save({"weights": [p.detach() for p in model.parameters()], "log": log,
+                "retries": step.times["oom_retries"], "error": error}, out / f"{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _ladder(tmp_path: Path, fits: int) -> list[dict]:
+    mp.spawn(_ladder_rank, args=(free_port(), fits, tmp_path), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
+
+
+def test_one_rank_out_of_memory_retries_the_step_on_every_rank(tmp_path: Path):
+    r0, r1 = _ladder(tmp_path, fits=1)
+    assert r0["log"] == [] and r0["retries"] == r1["retries"] == 2
+    assert [line.split(" micro-batches of ")[1].split(" ")[0] for line in r1["log"]] == ["2", "1"]
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    alone = DataParallelStep(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                             toy_loss(model, None), torch.device("cpu"))
+    alone.step(toy_batch(8))
+    for a, b, c in zip(r0["weights"], r1["weights"], model.parameters(), strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c.detach())
+
+
+def test_out_of_memory_with_one_game_on_one_rank_ends_every_rank(tmp_path: Path):
+    r0, r1 = _ladder(tmp_path, fits=0)
+    assert r1["error"] == ("out of memory on cpu with one game per micro-batch (at epoch 1 step "
+                           "0); lower the model size (--hidden-dim, --embed-dim) or the longest "
+                           "games")
+    assert r0["error"] == ("out of memory on cpu with one game per micro-batch on another rank (at "
+                           "epoch 1 step 0); lower the model size (--hidden-dim, --embed-dim) or "
+                           "the longest games")

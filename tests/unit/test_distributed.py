@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,12 @@ from appliance.runtime.config import PodConfig
 from appliance.runtime.render import plan
 from appliance.training import distributed, preset
 from appliance.training.distributed import DataParallelStep, Launch, LaunchError
+from tests.utils.training import toy_batch, toy_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_VARS = ("NUM_NODES", "NODE_RANK", "NUM_TRAINERS", "PRIMARY_ADDR", "PRIMARY_PORT",
-                "MASTER_ADDR", "MASTER_PORT", "TRAIN_RENDEZVOUS_TIMEOUT_SECONDS")
+                "MASTER_ADDR", "MASTER_PORT", "NODE_ADDR", "TRAIN_RENDEZVOUS_TIMEOUT_SECONDS",
+                "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 
 def _cluster(monkeypatch, **env: str) -> settings.ClusterSettings:
@@ -88,6 +89,10 @@ def test_preset_dry_run_on_a_cluster_node(tmp_path: Path):
     lines = r.stdout.splitlines()
     assert lines[1] == ("cluster: node 1 of 2, 1 trainer process(es) here, rendezvous "
                         "10.65.0.2:29400")
+    r = _preset({**env, "NODE_ADDR": "127.0.0.1"}, "--dry-run")
+    assert r.stdout.splitlines()[1] == (
+        "cluster: node 1 of 2, 1 trainer process(es) here, rendezvous 10.65.0.2:29400, "
+        "GLOO_SOCKET_IFNAME=lo, NCCL_SOCKET_IFNAME=lo")
     assert lines[2].startswith(
         "trainer: " + " ".join([sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
                                 "--nproc-per-node=1", "--node-rank=1"]))
@@ -105,6 +110,17 @@ def test_trainer_command_keeps_its_single_node_form(monkeypatch):
     cfg = settings.load(settings.TrainingSettings)
     cmd = preset.trainer_command(cfg, Path("t"), Path("v"), Path("o"), gpus=1)
     assert cmd[:4] == [sys.executable, "-m", "appliance.training.train", "--train"]
+
+
+def test_gloo_and_nccl_use_the_interface_that_holds_node_addr():
+    assert distributed.interface_of("127.0.0.1") == "lo"
+    assert distributed.interface_of("203.0.113.77") is None
+    assert distributed.interface_env("127.0.0.1", {}) == {
+        "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+    assert distributed.interface_env("127.0.0.1", {"NCCL_SOCKET_IFNAME": "ens1"}) == {
+        "GLOO_SOCKET_IFNAME": "lo"}
+    assert distributed.interface_env(None, {}) == {}
+    assert distributed.interface_env("203.0.113.77", {}) == {}
 
 
 def test_rendezvous_failure_reads_torchruns_error_file(tmp_path: Path):
@@ -127,32 +143,11 @@ def test_rendezvous_failure_reads_torchruns_error_file(tmp_path: Path):
 
 # -- the data-parallel step and its out-of-memory ladder ---------------------------------------
 
-@dataclass
-class Toy:
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def to(self, device: torch.device) -> Toy:
-        return Toy(self.x.to(device), self.y.to(device))
-
-
-def _toy(n: int = 8) -> Toy:
-    g = torch.Generator().manual_seed(0)
-    return Toy(torch.randn(n, 3, generator=g), torch.randn(n, 1, generator=g))
-
-
 def _stepper(fits: int | None, log: list[str]) -> DataParallelStep:
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
-
-    def loss_fn(part: Toy) -> tuple[torch.Tensor, float]:
-        if fits is not None and len(part.x) > fits:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(part.x)} "
-                                         "games")
-        return ((model(part.x) - part.y) ** 2).sum(), float(len(part.x))
-
-    return DataParallelStep(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn,
-                            torch.device("cpu"), log=log.append)
+    return DataParallelStep(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                            toy_loss(model, fits), torch.device("cpu"), log=log.append)
 
 
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_result():
@@ -160,7 +155,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_result():
     plain = _stepper(None, plain_log)
     log: list[str] = []
     ladder = _stepper(2, log)
-    batch = _toy(8)
+    batch = toy_batch(8)
     assert ladder.step(batch, " at epoch 1 step 0") == pytest.approx(plain.step(batch))
     assert log == [
         "out of memory at epoch 1 step 0 with 8 games per micro-batch on cpu: retrying the step "
@@ -178,7 +173,7 @@ def test_out_of_memory_with_one_game_ends_with_a_clear_error():
     log: list[str] = []
     stuck = _stepper(0, log)
     with pytest.raises(distributed.OutOfMemory) as err:
-        stuck.step(_toy(2), " at epoch 3 step 7")
+        stuck.step(toy_batch(2), " at epoch 3 step 7")
     assert str(err.value) == (
         "out of memory on cpu with one game per micro-batch (at epoch 3 step 7); lower the "
         "model size (--hidden-dim, --embed-dim) or the longest games")
@@ -186,9 +181,9 @@ def test_out_of_memory_with_one_game_ends_with_a_clear_error():
 
 
 def test_split_batch_cuts_along_the_games():
-    parts = list(distributed.split_batch(_toy(5), 2))
+    parts = list(distributed.split_batch(toy_batch(5), 2))
     assert [len(p.x) for p in parts] == [2, 2, 1]
-    torch.testing.assert_close(torch.cat([p.y for p in parts]), _toy(5).y)
+    torch.testing.assert_close(torch.cat([p.y for p in parts]), toy_batch(5).y)
 
 
 # -- defaults that fit the pod ------------------------------------------------------------------
