@@ -24,16 +24,15 @@ from host_tools.clusters import (
     MAX_NODES,
     ClusterRequest,
     create_cluster,
-    stamp,
     stop_nodes,
     terminate_ours,
     wait_nodes,
 )
-from host_tools.pod_args import create_request, parse_env_pairs, wait_request
+from host_tools.pod_args import create_request, wait_request
 from host_tools.podjobs import (
     CYCLE_SOURCE,
     Phases,
-    check_train_env,
+    cycle_inputs,
     fetch_artifacts,
     preset_command,
     tar_dir,
@@ -80,19 +79,7 @@ def cycle_cluster(env: Env, args: argparse.Namespace) -> int:
     if args.watch:
         raise CliError("--watch follows one pod: with --nodes rank 0's output is followed "
                        "on stderr", 2)
-    train_env = parse_env_pairs(args.train_env or [], None, flag="--train-env")
-    check_train_env(train_env)
-    if args.dataset is not None and not (
-            (args.dataset / "train.jsonl").is_file() and (args.dataset / "val.jsonl").is_file()):
-        raise CliError(f"--dataset {args.dataset}: needs train.jsonl and val.jsonl", 2)
-    run_id = args.run_id or f"cycle-{stamp()}"
-    if not run_id.replace("-", "").replace("_", "").isalnum():
-        raise CliError(f"--run-id {run_id!r}: letters, digits, '-' and '_' only", 2)
-    paths = settings.load(settings.PathSettings)
-    out = args.out or paths.REPO_DIR / "artifacts" / "cycle" / run_id
-    if out.exists() and any(out.iterdir()):
-        raise CliError(f"--out {out} is not empty; choose another --out or --run-id", 2)
-    ssh_settings()  # a bad known-hosts setting fails before anything bills
+    train_env, run_id, out = cycle_inputs(args)
     req = ClusterRequest(create_request(args, f"chessbot-{run_id}", {"RUN_ID": run_id}),
                          args.nodes)
     req.check()

@@ -125,7 +125,7 @@ CYCLE_VARIABLES = ("RUN_ID", "TRAIN_DATASET_DIR", "TRAIN_OUTPUT_DIR", "RUNPOD_PH
                    "TRAIN_PROGRESS_JSONL_OUT")
 
 
-def check_train_env(pairs: dict[str, str]) -> None:
+def _check_train_env(pairs: dict[str, str]) -> None:
     for name in pairs:
         if name in CYCLE_VARIABLES:
             raise CliError(f"--train-env {name}: cycle sets it (use --run-id or --dataset)", 2)
@@ -135,6 +135,25 @@ def check_train_env(pairs: dict[str, str]) -> None:
 
 
 # -- cycle ----------------------------------------------------------------------------------------
+
+
+def cycle_inputs(args: argparse.Namespace) -> tuple[dict[str, str], str, Path]:
+    """cycle's --train-env, run id and output dir, checked (with --dataset and the ssh
+    settings) before anything bills."""
+    train_env = parse_env_pairs(args.train_env or [], None, flag="--train-env")
+    _check_train_env(train_env)
+    if args.dataset is not None and not (
+            (args.dataset / "train.jsonl").is_file() and (args.dataset / "val.jsonl").is_file()):
+        raise CliError(f"--dataset {args.dataset}: needs train.jsonl and val.jsonl", 2)
+    run_id = args.run_id or f"cycle-{_stamp()}"
+    if not run_id.replace("-", "").replace("_", "").isalnum():
+        raise CliError(f"--run-id {run_id!r}: letters, digits, '-' and '_' only", 2)
+    paths = settings.load(settings.PathSettings)
+    out = args.out or paths.REPO_DIR / "artifacts" / "cycle" / run_id
+    if out.exists() and any(out.iterdir()):
+        raise CliError(f"--out {out} is not empty; choose another --out or --run-id", 2)
+    ssh_settings()  # a bad known-hosts setting fails before anything bills
+    return train_env, run_id, out
 
 
 def preset_command(run_id: str, dataset: str, remote: str, train_env: dict[str, str]) -> str:
@@ -151,19 +170,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
     if args.nodes != 1:  # an Instant Cluster (host_tools/cluster_cycle.py)
         from host_tools.cluster_cycle import cycle_cluster
         return cycle_cluster(env, args)
-    train_env = parse_env_pairs(args.train_env or [], None, flag="--train-env")
-    check_train_env(train_env)
-    if args.dataset is not None and not (
-            (args.dataset / "train.jsonl").is_file() and (args.dataset / "val.jsonl").is_file()):
-        raise CliError(f"--dataset {args.dataset}: needs train.jsonl and val.jsonl", 2)
-    run_id = args.run_id or f"cycle-{_stamp()}"
-    if not run_id.replace("-", "").replace("_", "").isalnum():
-        raise CliError(f"--run-id {run_id!r}: letters, digits, '-' and '_' only", 2)
-    paths = settings.load(settings.PathSettings)
-    out = args.out or paths.REPO_DIR / "artifacts" / "cycle" / run_id
-    if out.exists() and any(out.iterdir()):
-        raise CliError(f"--out {out} is not empty; choose another --out or --run-id", 2)
-    ssh_settings()  # a bad known-hosts setting fails before anything bills
+    train_env, run_id, out = cycle_inputs(args)
     request = create_request(args, f"chessbot-{run_id}", {"RUN_ID": run_id})
     remote = f"{args.remote_root.rstrip('/')}/{run_id}"
     watching = args.watch if args.watch is not None else env.out.isatty()
