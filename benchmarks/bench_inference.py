@@ -1,8 +1,12 @@
 """Inference benchmarks, one JSON line each, each against a baseline measured in the same run.
 
-1. http_overhead: /infer p50/p99 over HTTP vs the predictor called in-process, same inputs.
-2. batching_gain: requests/s with 16 concurrent clients vs 1 client.
-3. load_test: BENCH_LOAD_SECONDS (default 30) of 16 concurrent clients; errors must be 0.
+1. http_overhead: /infer p50/p99 over HTTP vs the predictor called in-process, same inputs; the
+   route's own time (`latency_ms`) splits the difference into what the HTTP stack and client
+   add outside the route and what the route adds around the predictor (queue, thread hop).
+2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass.
+3. game_state: real games played one request per ply with `game_id`: p50 at plies 198-202 vs
+   plies 8-12, against the same requests without it; the answers must be the same.
+4. load_test: BENCH_LOAD_SECONDS (default 30) of 16 concurrent clients; errors must be 0.
 The model has the seed dimensions (its weights do not change the cost); the server is a real
 uvicorn on a loopback port, as supervisord runs it.
 """
@@ -27,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from appliance.datasets.pgn_import import ImportCounts, iter_pgn_rows  # noqa: E402
 from appliance.inference.predictor import Predictor  # noqa: E402
 from appliance.model.checkpoint import save_checkpoint  # noqa: E402
 from appliance.model.network import ModelConfig, MovePredictor  # noqa: E402
@@ -34,6 +39,8 @@ from tests.utils import free_port  # noqa: E402
 
 LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "30"))
 CLIENTS = 16
+REAL_GAMES = ROOT / "tests" / "fixtures" / "pgn" / "real_games_chesscom.pgn"
+EARLY, LATE = range(8, 13), range(198, 203)
 
 
 def emit(name: str, **fields: object) -> None:
@@ -56,6 +63,61 @@ def positions(n: int) -> list[list[str]]:
     return out
 
 
+def batch_counts(url: str) -> tuple[float, float]:
+    """(passes, positions) so far, from the server's inference_batch_size histogram."""
+    found = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("inference_batch_size_count", "inference_batch_size_sum"):
+            found[name] = float(value)
+    return found["inference_batch_size_count"], found["inference_batch_size_sum"]
+
+
+async def play_games(url: str, games: list[list[str]], game_ids: bool
+                     ) -> tuple[dict[int, list[float]], dict[tuple[int, int], dict]]:
+    """Each game one request per ply up to LATE's end: latencies by ply and the answers."""
+    by_ply: dict[int, list[float]] = {}
+    answers = {}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for g, game in enumerate(games):
+            for t in range(LATE.stop):
+                body: dict[str, object] = {"moves": game[:t]}
+                if game_ids:
+                    body["game_id"] = f"bench-{g}"
+                start = time.perf_counter()
+                r = await client.post(url + "/infer", json=body)
+                by_ply.setdefault(t, []).append((time.perf_counter() - start) * 1000)
+                r.raise_for_status()
+                answers[g, t] = {k: v for k, v in r.json().items() if k != "latency_ms"}
+    return by_ply, answers
+
+
+def game_state(url: str) -> None:
+    games = [r["moves_uci"] for r in iter_pgn_rows(REAL_GAMES, ImportCounts())
+             if len(r["moves_uci"]) >= LATE.stop]
+    plain, plain_answers = asyncio.run(play_games(url, games, game_ids=False))
+    kept, kept_answers = asyncio.run(play_games(url, games, game_ids=True))
+
+    def p50(by_ply: dict[int, list[float]], plies: range) -> float:
+        return statistics.median([ms for t in plies for ms in by_ply[t]])
+
+    same_moves = all(
+        [(m["uci"], m["legal"]) for m in a["topk"]] == [(m["uci"], m["legal"])
+                                                         for m in kept_answers[k]["topk"]]
+        and {**a, "topk": None} == {**kept_answers[k], "topk": None}
+        for k, a in plain_answers.items())
+    prob_diff = max(abs(x["prob"] - y["prob"]) for k, a in plain_answers.items()
+                    for x, y in zip(a["topk"], kept_answers[k]["topk"], strict=True))
+    emit("game_state", games=len(games), requests_per_game=LATE.stop,
+         game_id_p50_ply10_ms=round(p50(kept, EARLY), 2),
+         game_id_p50_ply200_ms=round(p50(kept, LATE), 2),
+         ratio=round(p50(kept, LATE) / p50(kept, EARLY), 2),
+         baseline_p50_ply10_ms=round(p50(plain, EARLY), 2),
+         baseline_p50_ply200_ms=round(p50(plain, LATE), 2),
+         baseline_ratio=round(p50(plain, LATE) / p50(plain, EARLY), 2),
+         same_moves_and_fields=same_moves, max_prob_difference=prob_diff)
+
+
 def direct_latency(model: Path, inputs: list[list[str]]) -> list[float]:
     predictor = Predictor.load(model, torch.device("cpu"), 1024)
     for moves in inputs[:10]:
@@ -69,9 +131,11 @@ def direct_latency(model: Path, inputs: list[list[str]]) -> list[float]:
 
 
 async def run_clients(url: str, inputs: list[list[str]], clients: int,
-                      seconds: float | None = None, count: int | None = None
+                      seconds: float | None = None, count: int | None = None,
+                      route_ms: list[float] | None = None
                       ) -> tuple[int, int, list[float], float]:
-    """(ok, errors, latencies ms, elapsed s) for `clients` concurrent request loops."""
+    """(ok, errors, latencies ms, elapsed s) for `clients` concurrent request loops; the
+    route's own `latency_ms` of each answer into `route_ms` when given."""
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -90,6 +154,8 @@ async def run_clients(url: str, inputs: list[list[str]], clients: int,
             try:
                 r = await client.post(url + "/infer", json={"moves": inputs[i % len(inputs)]})
                 ok = r.status_code == 200
+                if ok and route_ms is not None:
+                    route_ms.append(r.json()["latency_ms"])
             except httpx.HTTPError:
                 ok = False
             latencies.append((time.perf_counter() - t) * 1000)
@@ -130,18 +196,27 @@ def main() -> int:
 
             direct = direct_latency(model, inputs)
             asyncio.run(run_clients(url, inputs, 1, count=20))  # warm-up
-            _, errs, http, _ = asyncio.run(run_clients(url, inputs, 1, count=len(inputs)))
+            route: list[float] = []
+            _, errs, http, _ = asyncio.run(run_clients(url, inputs, 1, count=len(inputs),
+                                                       route_ms=route))
             emit("http_overhead", http_p50_ms=pct(http, 50), http_p99_ms=pct(http, 99),
                  direct_p50_ms=pct(direct, 50), direct_p99_ms=pct(direct, 99),
                  ratio_p50=round(statistics.median(http) / statistics.median(direct), 2),
-                 requests=len(http), errors=errs)
+                 route_p50_ms=pct(route, 50), requests=len(http), errors=errs)
 
-            ok1, err1, _, s1 = asyncio.run(run_clients(url, inputs, 1, count=300))
+            ok1, err1, lat1, s1 = asyncio.run(run_clients(url, inputs, 1, count=300))
+            passes, positions_before = batch_counts(url)
             ok16, err16, lat16, s16 = asyncio.run(run_clients(url, inputs, CLIENTS, count=1200))
+            passes16, positions16 = batch_counts(url)
             emit("batching_gain", one_client_rps=round(ok1 / s1, 1),
                  clients=CLIENTS, concurrent_rps=round(ok16 / s16, 1),
                  ratio=round((ok16 / s16) / (ok1 / s1), 2), errors=err1 + err16,
-                 concurrent_p99_ms=pct(lat16, 99))
+                 one_client_p99_ms=pct(lat1, 99), concurrent_p50_ms=pct(lat16, 50),
+                 concurrent_p99_ms=pct(lat16, 99),
+                 positions_per_pass=round((positions16 - positions_before)
+                                          / (passes16 - passes), 2))
+
+            game_state(url)
 
             ok, err, lat, secs = asyncio.run(run_clients(url, inputs, CLIENTS,
                                                          seconds=LOAD_SECONDS))

@@ -328,3 +328,24 @@ def test_batch_window_waits_only_under_load():
 
     asyncio.run(scenario())
     assert sizes == [1, 1, 1] + [8] * 6
+
+
+def test_the_forward_thread_takes_its_torch_threads_from_the_settings(monkeypatch,
+                                                                       tmp_path: Path):
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    client = _client(monkeypatch, _checkpoint(tmp_path / "m.pt"), INFERENCE_TORCH_THREADS="1")
+    service: Service = client.service  # type: ignore[attr-defined]
+    forward = service.batcher.run
+
+    def spy(batch):
+        seen.append(torch.get_num_threads())
+        return forward(batch)
+
+    service.batcher.run = spy
+    try:
+        with client:
+            assert client.post("/infer", json={"moves": ["e2e4"]}).status_code == 200
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
