@@ -44,7 +44,9 @@ PROGRESS_FILE = "artifacts/progress.jsonl"  # next to the checkpoints, so cycle 
 REMOTE_ROOT = "/workspace/cycle"
 ON_STALL = ("none", "collect", "stop", "terminate")
 CHECKPOINTS = (BEST_MODEL, LAST_CHECKPOINT)
-GPU_QUERY = "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits"
+# stderr dropped: a pod without nvidia-smi must not print "command not found" once a minute
+GPU_QUERY = ("nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits "
+             "2>/dev/null")
 LOG_LINES = 20
 CLEAR_LINE = "\r\x1b[K"  # back to the start of the terminal's line, erase it
 _ABSENT = 3  # the copy command's exit status for "no such file in the pod"
@@ -358,7 +360,8 @@ def cmd_watch(env: Env, args: argparse.Namespace) -> int:
 def add_watch_options(sp: argparse.ArgumentParser, on_stall: bool = True) -> None:
     """The options `watch` and `cycle --watch` share (cycle's own cleanup follows a stall)."""
     sp.add_argument("--stall-minutes", type=float, default=30.0,
-                    help="no progress event for this long is a stall (default %(default)s)")
+                    help="no progress event for this long is a stall (default %(default)s; "
+                    "fractions allowed: 0.5 = 30 s)")
     if on_stall:
         sp.add_argument("--on-stall", choices=ON_STALL, default="collect",
                         help="on a stall: none (warn, keep watching), collect the checkpoints "
