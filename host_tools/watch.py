@@ -175,9 +175,10 @@ class Watcher:
                 dest = self.opts.out / "artifacts" / name
                 atomic_write(dest, partial(_copy_from, part))
                 copied.append(str(dest))
-        if copied:
+        if copied:  # the epoch is the last one finished (a step of the next may be in already)
             self.note("copied", f"copied {', '.join(Path(c).name for c in copied)} to "
-                      f"{self.opts.out / 'artifacts'}", files=copied, epoch=self.view.epoch)
+                      f"{self.opts.out / 'artifacts'}", files=copied,
+                      epoch=self.view.finished_epoch)
         return copied
 
     # -- the loop ---------------------------------------------------------------------------
