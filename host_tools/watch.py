@@ -44,6 +44,8 @@ PROGRESS_FILE = "artifacts/progress.jsonl"  # next to the checkpoints, so cycle 
 REMOTE_ROOT = "/workspace/cycle"
 ON_STALL = ("none", "collect", "stop", "terminate")
 CHECKPOINTS = (BEST_MODEL, LAST_CHECKPOINT)
+# On a stall the events too, so `provision.py report RUN_ID` draws the run from OUT.
+COLLECTED = (*CHECKPOINTS, Path(PROGRESS_FILE).name)
 # stderr dropped: a pod without nvidia-smi must not print "command not found" once a minute
 GPU_QUERY = ("nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits "
              "2>/dev/null")
@@ -299,7 +301,7 @@ class Watcher:
             self.note("stalled", f"stalled: no progress event for {minutes:.0f} min "
                       "(--on-stall none: still watching)", minutes=minutes, action=action)
             return None
-        copied = self.copy_checkpoints()
+        copied = self.copy_checkpoints(COLLECTED)
         self.hc.ping("fail", body)
         done = {"collect": f"pod {self.pod.id} left as it is",
                 "stop": f"pod {self.pod.id} stopped (`provision.py start {self.pod.id}` "
@@ -313,7 +315,7 @@ class Watcher:
         except RunpodError as exc:
             done = f"{action} of pod {self.pod.id} failed: {exc}"
         self.note("stalled", f"stalled: no progress event for {minutes:.0f} min; collected "
-                  f"{len(copied)} checkpoint(s) to {self.opts.out / 'artifacts'}; {done}",
+                  f"{len(copied)} file(s) to {self.opts.out / 'artifacts'}; {done}",
                   minutes=minutes, action=action, files=copied, pod=self.pod.id)
         return 1
 

@@ -192,12 +192,16 @@ def test_watched_cycle_cp_ssh_config_and_a_killed_run_that_stalls(
     epochs = [e["epoch"] for e in lines if e["event"] == "epoch"]
     stalled = lines[-1]
     assert stalled["what"] == "stalled" and stalled["action"] == "stop", stalled
-    assert stalled["files"] == [str(stall_out / "artifacts" / "model_best.pt"),
-                                str(stall_out / "artifacts" / "checkpoint_last.pt")]
+    assert stalled["files"] == [str(stall_out / "artifacts" / name) for name in (
+        "model_best.pt", "checkpoint_last.pt", "progress.jsonl")]
     assert stalled["minutes"] >= 0.2 and epochs and epochs == list(range(1, len(epochs) + 1))
     # Collected: exactly what the trainer left when it died.
     assert in_pod == "".join(f"{sha256((stall_out / 'artifacts' / name).read_bytes())}  {name}\n"
                              for name in ("model_best.pt", "checkpoint_last.pt"))
+    # The collected events make the stalled run's report.
+    result = cli(localpod, "report", STALL_RUN, "--dir", str(stall_out), "--json")
+    assert result.code == 0, result.err
+    assert [e["epoch"] for e in json.loads(result.out)["epochs"]] == epochs
     assert localpod.account.pods[pod_id].status == "EXITED"
     container, volume = ContainerBackend.names(localpod.account.pods[pod_id])
     wait_until(lambda: not exists(engine, "container", container), 60, 0.5, "the stop")

@@ -266,10 +266,11 @@ def test_stall_actions(h: Harness, action: str) -> None:
     then = {"collect": f"pod {watched} left as it is",
             "stop": f"pod {watched} stopped (`provision.py start {watched}` resumes it)",
             "terminate": f"pod {watched} terminated"}[action]
-    assert re.fullmatch(rf"watch: stalled: no progress event for \d+ min; collected 2 "
-                        rf"checkpoint\(s\) to {re.escape(str(out / 'artifacts'))}; "
+    assert re.fullmatch(rf"watch: stalled: no progress event for \d+ min; collected 3 "
+                        rf"file\(s\) to {re.escape(str(out / 'artifacts'))}; "
                         rf"{re.escape(then)}", stalled[0])
     assert (out / "artifacts" / "model_best.pt").read_bytes() == b"model_best.pt@epoch1"
+    assert (out / "artifacts" / "progress.jsonl").read_bytes() == b"progress.jsonl@epoch1"
     assert states == {watched: {"collect": "RUNNING", "stop": "EXITED",
                                 "terminate": "TERMINATED"}[action], other: "RUNNING"}
     changed = [r["path"] for r in h.server.account.requests
