@@ -271,9 +271,9 @@ def _train_watched(env: Env, client: RunpodClient, pod: Pod, args: argparse.Name
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, int | BaseException] = {}
 
-    def train() -> None:
+    def train() -> None:  # stderr too (the trainer's lines): the terminal has the live view
         try:
-            result["code"] = _remote(env, pod, args, command, stdout=log)
+            result["code"] = _remote(env, pod, args, f"exec 2>&1; {command}", stdout=log)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             result["code"] = exc
 

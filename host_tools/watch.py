@@ -44,7 +44,11 @@ PROGRESS_FILE = "artifacts/progress.jsonl"  # next to the checkpoints, so cycle 
 REMOTE_ROOT = "/workspace/cycle"
 ON_STALL = ("none", "collect", "stop", "terminate")
 CHECKPOINTS = (BEST_MODEL, LAST_CHECKPOINT)
-GPU_QUERY = "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits"
+# On a stall the events too, so `provision.py report RUN_ID` draws the run from OUT.
+COLLECTED = (*CHECKPOINTS, Path(PROGRESS_FILE).name)
+# stderr dropped: a pod without nvidia-smi must not print "command not found" once a minute
+GPU_QUERY = ("nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits "
+             "2>/dev/null")
 LOG_LINES = 20
 CLEAR_LINE = "\r\x1b[K"  # back to the start of the terminal's line, erase it
 _ABSENT = 3  # the copy command's exit status for "no such file in the pod"
@@ -173,9 +177,10 @@ class Watcher:
                 dest = self.opts.out / "artifacts" / name
                 atomic_write(dest, partial(_copy_from, part))
                 copied.append(str(dest))
-        if copied:
+        if copied:  # the epoch is the last one finished (a step of the next may be in already)
             self.note("copied", f"copied {', '.join(Path(c).name for c in copied)} to "
-                      f"{self.opts.out / 'artifacts'}", files=copied, epoch=self.view.epoch)
+                      f"{self.opts.out / 'artifacts'}", files=copied,
+                      epoch=self.view.finished_epoch)
         return copied
 
     # -- the loop ---------------------------------------------------------------------------
@@ -296,7 +301,7 @@ class Watcher:
             self.note("stalled", f"stalled: no progress event for {minutes:.0f} min "
                       "(--on-stall none: still watching)", minutes=minutes, action=action)
             return None
-        copied = self.copy_checkpoints()
+        copied = self.copy_checkpoints(COLLECTED)
         self.hc.ping("fail", body)
         done = {"collect": f"pod {self.pod.id} left as it is",
                 "stop": f"pod {self.pod.id} stopped (`provision.py start {self.pod.id}` "
@@ -310,7 +315,7 @@ class Watcher:
         except RunpodError as exc:
             done = f"{action} of pod {self.pod.id} failed: {exc}"
         self.note("stalled", f"stalled: no progress event for {minutes:.0f} min; collected "
-                  f"{len(copied)} checkpoint(s) to {self.opts.out / 'artifacts'}; {done}",
+                  f"{len(copied)} file(s) to {self.opts.out / 'artifacts'}; {done}",
                   minutes=minutes, action=action, files=copied, pod=self.pod.id)
         return 1
 
@@ -358,7 +363,8 @@ def cmd_watch(env: Env, args: argparse.Namespace) -> int:
 def add_watch_options(sp: argparse.ArgumentParser, on_stall: bool = True) -> None:
     """The options `watch` and `cycle --watch` share (cycle's own cleanup follows a stall)."""
     sp.add_argument("--stall-minutes", type=float, default=30.0,
-                    help="no progress event for this long is a stall (default %(default)s)")
+                    help="no progress event for this long is a stall (default %(default)s; "
+                    "fractions allowed: 0.5 = 30 s)")
     if on_stall:
         sp.add_argument("--on-stall", choices=ON_STALL, default="collect",
                         help="on a stall: none (warn, keep watching), collect the checkpoints "

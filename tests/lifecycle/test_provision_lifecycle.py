@@ -6,26 +6,21 @@ the OpenSSH client's key and known-hosts file are the test's own.
 
 from __future__ import annotations
 
-import io
 import json
-import subprocess
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from host_tools.cli import Env
-from host_tools.emulators.localpod import Account, Fault, LocalPodServer
+from host_tools.emulators.localpod import Fault, LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.engine import Engine
-from host_tools.provision import main
+from tests.lifecycle.harness import POD_ARGS, exists, run_cli, serve_localpod
 
 ACCOUNT_KEY = "rpk_CLI_LIFECYCLE_CANARY_4f2a9c"
 API_TOKEN = "api-CANARY-" + uuid.uuid4().hex
 JUPYTER_TOKEN = "jt-CANARY-" + uuid.uuid4().hex
-POD_ARGS = ["--template-name", "chessbot-appliance", "--gpu-type-id", "NVIDIA RTX A4000",
-            "--poll-interval", "0.5", "--wait-timeout", "180"]
 TINY_TRAIN = ["--train-env", "TRAIN_EPOCHS=1", "--train-env", "TRAIN_BATCH_SIZE=16",
               "--train-env", "TRAIN_EXTRA_ARGS=--embed-dim 32 --hidden-dim 64 --num-layers 1"]
 
@@ -35,52 +30,14 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture
 def localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalPodServer]:
-    account = Account(ContainerBackend(engine.name, host_network=True), {ACCOUNT_KEY},
-                      boot_polls=0, image=image,
-                      public_key=client_key.with_suffix(".pub").read_text().strip())
-    server = LocalPodServer(account)
-    server.start()
-    for name, value in {"RUNPOD_API_KEY": ACCOUNT_KEY, "RUNPOD_REST_URL": server.rest_url,
-                        "RUNPOD_GRAPHQL_URL": server.graphql_url,
-                        "RUNPOD_SSH_KNOWN_HOSTS_FILE": str(tmp_path / "known_hosts"),
-                        "RUNPOD_SSH_IDENTITY_FILE": str(client_key),
-                        "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "timings.jsonl")}.items():
-        monkeypatch.setenv(name, value)
-    try:
+    with serve_localpod(engine, image, client_key, tmp_path, monkeypatch, ACCOUNT_KEY) as server:
         yield server
-    finally:
-        names = [ContainerBackend.names(p) for p in account.pods.values()]
-        server.stop()
-        for container, volume in names:
-            for argv in engine.remove(container, 0):
-                subprocess.run(argv, capture_output=True, check=False)
-            subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True,
-                           check=False)
 
 
 def cli(*argv: str) -> tuple[int, str, str, list[str]]:
-    """Runs provision.py in-process; an interactive `ssh` runs for real with its output kept."""
-    ssh_out: list[str] = []
-    env = Env(out=io.StringIO(), err=io.StringIO(), is_tty=lambda: False)
-
-    def run(args: Sequence[str]) -> int:
-        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=120,
-                              check=False)
-        ssh_out.append(proc.stdout)
-        env.err.write(proc.stderr)
-        return proc.returncode
-
-    env.run = run
-    code = main(list(argv), env)
-    out, err = env.out.getvalue(), env.err.getvalue()  # type: ignore[attr-defined]
-    for secret in (ACCOUNT_KEY, API_TOKEN, JUPYTER_TOKEN):
-        assert secret not in out + err + "".join(ssh_out)
-    return code, out, err, ssh_out
-
-
-def exists(engine: Engine, kind: str, name: str) -> bool:
-    return subprocess.run(engine.cmd(kind, "inspect", name), capture_output=True,
-                          check=False).returncode == 0
+    """provision.py in-process; an interactive `ssh` runs for real with its output kept."""
+    result = run_cli(argv, (ACCOUNT_KEY, API_TOKEN, JUPYTER_TOKEN))
+    return result.code, result.out, result.err, result.ran
 
 
 def test_provision_ssh_smoke_stop_start_terminate(engine: Engine, localpod: LocalPodServer,

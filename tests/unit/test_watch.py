@@ -195,7 +195,7 @@ def test_follows_resumes_after_drops_and_copies_each_epoch(h: Harness) -> None:
     assert sorted(p.name for p in (out / "artifacts").iterdir()) == [
         "checkpoint_last.pt", "model_best.pt"]  # no temp file left
     assert fake.commands.count(
-        "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits") == 1
+        "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null") == 1
     h.assert_no_canary()
 
 
@@ -266,10 +266,11 @@ def test_stall_actions(h: Harness, action: str) -> None:
     then = {"collect": f"pod {watched} left as it is",
             "stop": f"pod {watched} stopped (`provision.py start {watched}` resumes it)",
             "terminate": f"pod {watched} terminated"}[action]
-    assert re.fullmatch(rf"watch: stalled: no progress event for \d+ min; collected 2 "
-                        rf"checkpoint\(s\) to {re.escape(str(out / 'artifacts'))}; "
+    assert re.fullmatch(rf"watch: stalled: no progress event for \d+ min; collected 3 "
+                        rf"file\(s\) to {re.escape(str(out / 'artifacts'))}; "
                         rf"{re.escape(then)}", stalled[0])
     assert (out / "artifacts" / "model_best.pt").read_bytes() == b"model_best.pt@epoch1"
+    assert (out / "artifacts" / "progress.jsonl").read_bytes() == b"progress.jsonl@epoch1"
     assert states == {watched: {"collect": "RUNNING", "stop": "EXITED",
                                 "terminate": "TERMINATED"}[action], other: "RUNNING"}
     changed = [r["path"] for r in h.server.account.requests
@@ -395,6 +396,7 @@ def test_cycle_watch_copies_checkpoints_and_fetches(h: Harness) -> None:
     def remote(argv: list[str], stdin: Path | None, stdout: Path | None) -> int:
         if argv[-1].endswith(PRESET):  # the preset runs until the watcher has seen it done
             assert stdout is not None and stdin is None
+            assert argv[-1].startswith("exec 2>&1; mkdir -p ")  # its stderr into train.log too
             stdout.write_text("epoch 1/2 ...\n")
             fake.copied_epoch.wait_for(2)
             return 0
