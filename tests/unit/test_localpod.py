@@ -186,7 +186,7 @@ def test_container_backend_command_lines_keep_the_key_out_of_argv() -> None:
     engine.calls.clear()
     acc.action(pod.id, "terminate", "account")
     assert [argv for argv, _ in engine.calls] == [
-        ["podman", "rm", "-f", "-t", "10", name], ["podman", "volume", "rm", "-f", volume]]
+        ["podman", "rm", "-f", "-t", "1", name], ["podman", "volume", "rm", "-f", volume]]
 
 
 def test_container_backend_with_docker_stops_before_removing() -> None:
@@ -204,7 +204,7 @@ def test_container_backend_with_docker_stops_before_removing() -> None:
     engine.calls.clear()
     acc.action(pod.id, "terminate", "account")
     assert [argv for argv, _ in engine.calls] == [
-        ["docker", "stop", "-t", "10", name], ["docker", "rm", "-f", name],
+        ["docker", "stop", "-t", "1", name], ["docker", "rm", "-f", name],
         ["docker", "volume", "rm", "-f", volume]]
 
 
@@ -223,7 +223,7 @@ def test_container_backend_network_volume_is_one_named_volume_shared_and_kept() 
     assert f"{shared}:/workspace" in argvs[3] and not any("-workspace" in a for a in argvs[3])
     engine.calls.clear()
     acc.action(first.id, "terminate", "account")  # the network volume is kept
-    assert [argv for argv, _ in engine.calls] == [["podman", "rm", "-f", "-t", "10", name]]
+    assert [argv for argv, _ in engine.calls] == [["podman", "rm", "-f", "-t", "1", name]]
     engine.calls.clear()
     second = acc.create_pod({**spec, "name": "b"}, "account")
     assert f"{shared}:/workspace" in engine.calls[3][0]

@@ -137,8 +137,8 @@ class ContainerBackend:
         result = self._run([self.engine, "inspect", "-f", "{{.State.Running}}", container], None)
         return result.returncode == 0 and result.stdout.strip() == "true"
 
-    def _remove_container(self, name: str, check: bool) -> None:
-        for argv in remove_commands(self.engine, name):
+    def _remove_container(self, name: str, check: bool, grace_s: int = 10) -> None:
+        for argv in remove_commands(self.engine, name, grace_s):
             if check and argv[1] == "rm":
                 self._check(argv)
             else:
@@ -171,7 +171,9 @@ class ContainerBackend:
     def remove(self, pod: PodRecord) -> None:
         container, volume = self.names(pod)
         self._settle(pod)
-        self._remove_container(container, check=False)
+        # Terminate deletes the pod's data: no grace for a sync flush (a stop keeps its 10 s),
+        # and the API answers within the client's timeout on a loaded machine.
+        self._remove_container(container, check=False, grace_s=1)
         if not pod.network_volume:  # a network volume outlives its pods
             self._run([self.engine, "volume", "rm", "-f", volume], None)
 
