@@ -65,6 +65,12 @@ class ArenaConfig:
             raise ArenaError(f"--temperature must be >= 0, got {self.temperature}")
         check_spec(self.a)
         check_spec(self.b)
+        distinct = 2 * len(self.openings)
+        if self.games > distinct and self.temperature == 0 and "random" not in (self.a, self.b):
+            raise ArenaError(
+                f"--games {self.games} would repeat games: deterministic players (temperature "
+                f"0) play at most 2 x {len(self.openings)} openings = {distinct} different "
+                "games; pass --temperature T > 0 or an --openings file with more lines")
 
     def players(self) -> tuple[Player, Player]:
         a = make_player(self.a, self.temperature, self.max_plies, self.device)
@@ -223,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--games", type=int, required=True, help="number of games (pairs share an "
                    "opening with colours swapped: use an even number)")
     p.add_argument("--openings", type=Path, default=DEFAULT_OPENINGS,
-                   help="'name | SAN moves' per line (default: the bundled 40 openings)")
+                   help="'name | SAN moves' per line (default: the bundled 100 openings)")
     p.add_argument("--max-plies", type=int, default=DEFAULT_MAX_PLIES,
                    help="a game that reaches this many plies is a draw (default %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0,

@@ -88,10 +88,10 @@ def test_elo_edges():
 
 def test_bundled_openings_are_legal_and_varied():
     openings = load_openings(DEFAULT_OPENINGS)
-    assert len(openings) == 40
-    assert len({o.moves for o in openings}) == 40
-    assert len({o.moves[:2] for o in openings}) >= 15
-    assert all(4 <= len(o.moves) <= 10 for o in openings)
+    assert len(openings) == 100
+    assert len({o.moves for o in openings}) == 100
+    assert len({o.moves[:2] for o in openings}) == 21
+    assert all(5 <= len(o.moves) <= 16 for o in openings)
     assert openings[0] == Opening("Ruy Lopez, Morphy Defence",
                                   ("e2e4", "e7e5", "g1f3", "b8c6", "f1b5", "a7a6"))
 
@@ -179,7 +179,7 @@ def test_tiny_model_against_stockfish_plays_legal_games(tiny: Path, tmp_path: Pa
     assert r["fallback"]["a"]["moves"] == model_moves
     assert 0 < r["fallback"]["a"]["fallbacks"] <= model_moves
     assert r["terminations"] == {"checkmate": 2}
-    assert r["rules"] == {"openings": 40, "max_plies": 400, "temperature": 0.0, "seed": 0}
+    assert r["rules"] == {"openings": 100, "max_plies": 400, "temperature": 0.0, "seed": 0}
 
 
 def test_models_with_temperature_and_workers_give_the_same_games(tiny: Path, tmp_path: Path):
@@ -225,6 +225,10 @@ def test_the_same_model_twice_is_named_apart(tiny: Path, tmp_path: Path):
      "error: --temperature must be >= 0, got -1.0\n"),
     (["--white", "random", "--black", "random", "--games", "2", "--workers", "0"],
      "error: --workers must be >= 1, got 0\n"),
+    (["--white", "stockfish", "--black", "stockfish:nodes=10", "--games", "201"],
+     "error: --games 201 would repeat games: deterministic players (temperature 0) play at "
+     "most 2 x 100 openings = 200 different games; pass --temperature T > 0 or an --openings "
+     "file with more lines\n"),
 ])
 def test_cli_errors(argv: list[str], message: str, capsys):
     assert arena.main(argv) == 2
@@ -244,7 +248,7 @@ def test_summary_text(tmp_path: Path, capsys):
     assert arena.main(["--white", "random", "--black", "random", "--games", "2", "--workers",
                        "1", "--max-plies", "8", "--pgn", str(pgn)]) == 0
     assert capsys.readouterr().out == (
-        "A = random (A), B = random (B): 2 games, 40 openings, colours alternated, cap 8 plies, "
+        "A = random (A), B = random (B): 2 games, 100 openings, colours alternated, cap 8 plies, "
         "temperature 0.0\n"
         "A: W 0 D 2 L 0 (as White 0/1/0, as Black 0/1/0), score 50.0 % (1/2)\n"
         "Elo difference A - B: +0.0 (95 % interval +0.0 .. +0.0; includes 0)\n"
