@@ -14,7 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from appliance.datasets.dataset_dir import DEFAULT_SEED, DEFAULT_VAL_FRACTION
+from appliance.datasets.dataset_dir import (
+    DEFAULT_SEED,
+    DEFAULT_TEST_FRACTION,
+    DEFAULT_VAL_FRACTION,
+)
 from appliance.datasets.generate import GenerateConfig, GenerateError, generate_dataset
 from appliance.datasets.pgn_import import import_pgn
 from appliance.datasets.rows import DatasetError
@@ -115,10 +119,12 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def _print_written(out: Path, stats: dict[str, Any]) -> None:
+    test = (f"test.jsonl {stats['test_rows']} games ({stats['test_positions']} positions), "
+            if "test_rows" in stats else "")
     print(
         f"wrote {out}: train.jsonl {stats['train_rows']} games ({stats['train_positions']} "
         f"positions), val.jsonl {stats['val_rows']} games ({stats['val_positions']} positions), "
-        "stats.json"
+        f"{test}stats.json"
     )
 
 
@@ -142,6 +148,14 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="PGN", help="PGN files to read")
     _add_output_args(p)
+    p.add_argument(
+        "--test-fraction",
+        type=_float_in(0.0, 1.0, True),
+        default=DEFAULT_TEST_FRACTION,
+        metavar="F",
+        help="share of games held out in test.jsonl, which no training reads; drawn before "
+        "--val-fraction, which applies to the rest (default %(default)s: no test.jsonl)",
+    )
     p.set_defaults(handler=_run_build)
 
 
@@ -155,6 +169,7 @@ def _run_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
         force=args.force,
         command=recorded_command(MODULE, argv),
         progress=progress_wanted(args.json),
+        test_fraction=args.test_fraction,
     )
     if stats["duplicates_removed"]:
         print(f"datasets build: warning: {stats['duplicates_removed']:,} duplicate games skipped "

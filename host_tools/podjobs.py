@@ -1,7 +1,8 @@
 """`provision.py cycle` and `provision.py smoke`: jobs that run in a pod over SSH.
 
 cycle: provision -> wait for SSH -> (upload a dataset) -> the training preset in the pod -> copy
-the artifacts back -> stop, terminate or keep the pod -> the run report (host_tools/report.py).
+the artifacts back -> stop, terminate or keep the pod -> (an arena against the previous best
+model, `host_tools/cycle_arena.py`) -> the run report (host_tools/report.py).
 Each phase is timed into the phase-timing log (source=host_cycle) with the pod's own preset
 phases. On a failure the pod is cleaned up unless --keep-on-failure: terminated, or only stopped
 when it may hold artifacts not copied back. Only the pod this run created is ever cleaned up: it
@@ -35,7 +36,7 @@ from appliance import settings
 from appliance.runpod import Pod, RunpodClient
 from appliance.runtime.podcheck import Check
 from appliance.timing import TimingLog
-from host_tools import watch
+from host_tools import cycle_arena, watch
 from host_tools.cli import CliError, Env, emit, load_settings, price, table, usd
 from host_tools.image import IMAGE_CODE_DIR
 from host_tools.pod_args import create_request, parse_env_pairs, provision_options, wait_request
@@ -145,6 +146,7 @@ def cycle_inputs(args: argparse.Namespace) -> tuple[dict[str, str], str, Path]:
     if args.dataset is not None and not (
             (args.dataset / "train.jsonl").is_file() and (args.dataset / "val.jsonl").is_file()):
         raise CliError(f"--dataset {args.dataset}: needs train.jsonl and val.jsonl", 2)
+    cycle_arena.check_options(args)
     run_id = args.run_id or f"cycle-{_stamp()}"
     if not run_id.replace("-", "").replace("_", "").isalnum():
         raise CliError(f"--run-id {run_id!r}: letters, digits, '-' and '_' only", 2)
@@ -222,6 +224,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
             raise
     hours = (env.clock() - created_at) / 3600
     cost = pod.cost_per_hr * hours
+    cycle_arena.run(args, out, phases, env.err)  # after the pod stopped: not billed
     report = _report(env, info, out, phases.path)
     summary = {"run_id": run_id, "pod": pod.id, "then": args.then, "out": str(out),
                "files": files, "phases": phases.done, "timing_log": str(phases.path),
@@ -497,6 +500,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                     help="follow the training live (`provision.py watch`), its output in "
                     "OUT/train.log (default: when stdout is a terminal)")
     watch.add_watch_options(sp, on_stall=False)
+    cycle_arena.add_options(sp)
 
     sp = add("smoke", "check a pod end to end: SSH, supervisorctl status, /healthz, /infer, "
              "Jupyter API, one training epoch; without POD on a throwaway pod", cmd_smoke)

@@ -4,7 +4,8 @@ the end of `provision.py cycle` and by `provision.py report RUN_ID` later.
 A `RunReport` is built from what the run left: the phase-timing records of the run (the host's
 cycle phases and the pod's, merged by cycle), `run.json` (what cycle knew: pod, GPU, $/h, running
 time, dataset), the trainer's progress events (`artifacts/progress.jsonl`), `metrics.json` and the
-evaluation against the baselines (`artifacts/evaluation.json`, the preset's `evaluate --json-out`).
+evaluation against the baselines (`artifacts/evaluation.json`, the preset's `evaluate --json-out`)
+and, when cycle played one, the arena against the previous best model (`arena.json`).
 Whatever is missing is named in the report (`missing`), never an error. matplotlib is a
 workstation dependency (the `workstation` extra), imported only where the plot is drawn.
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 from appliance import settings
 from appliance.atomic import atomic_write_json
+from host_tools import cycle_arena
 from host_tools.cli import CliError, Env, emit, load_settings, table
 
 RUN_INFO = "run.json"
@@ -88,6 +90,7 @@ class RunReport:
     throughput: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    arena: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     plot: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
@@ -284,6 +287,7 @@ def build_report(run_id: str, run_dir: Path, timing_log: Path | None,
     _gpu_and_cost(report, info, metrics)
     _epochs(report, run_dir, metrics)
     _evaluation(report, run_dir)
+    report.arena = cycle_arena.read_result(run_dir, report.missing)
     if not report.epochs:
         report.missing.append("no loss curves: no epochs")
     else:
@@ -392,6 +396,7 @@ def render_markdown(r: RunReport) -> str:
         lines += ["", "## Final metrics and baselines", ""]
         lines += _md_table([[name, str(v["positions"]), *(_pct(v[k]) for k in EVAL_KEYS)]
                             for name, v in r.evaluation.items()], ["", "positions", *EVAL_KEYS])
+    lines += cycle_arena.markdown(r.arena)
     if r.plot:
         lines += ["", "## Loss curves", "", f"![loss curves]({r.plot['file']})"]
     if r.missing:

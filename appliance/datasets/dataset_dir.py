@@ -1,5 +1,9 @@
 """Dataset directories: the deterministic train/val split by game and the atomic writer of
 `train.jsonl`, `val.jsonl` and `stats.json`, shared by every tool that makes datasets.
+
+A held-out split (`test_fraction` > 0) adds `test.jsonl`: games no trainer reads (training uses
+train and val only), drawn from a hash domain of their own, so a game is held out in every
+dataset built with the same seed and fraction whatever else the dataset holds.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import chess
 
 from appliance.datasets.rows import GAME_FORMAT, DatasetError
 
-Split = Literal["train", "val"]
+Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, Split] = ("train", "val")
+TEST: Split = "test"
 DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.0
 DEFAULT_SEED = 0
 
 
@@ -29,11 +35,20 @@ def game_key(moves: Sequence[str], fen: str | None = None) -> bytes:
     return hashlib.sha256(f"{start}\n{' '.join(moves)}".encode()).digest()
 
 
-def split_of_key(key: bytes, *, seed: int, val_fraction: float) -> Split:
-    """The side a game with `game_key` `key` lands on; the seed reshuffles which games go to val."""
-    digest = hashlib.sha256(f"split-v1:{seed}:".encode() + key).digest()
-    fraction = int.from_bytes(digest[:8], "big") / 2**64
-    return "val" if fraction < val_fraction else "train"
+def _unit(domain: str, seed: int, key: bytes) -> float:
+    digest = hashlib.sha256(f"{domain}:{seed}:".encode() + key).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_of_key(
+    key: bytes, *, seed: int, val_fraction: float, test_fraction: float = 0.0
+) -> Split:
+    """The side a game with `game_key` `key` lands on; the seed reshuffles which games go to val.
+    With `test_fraction`, that share of all games is held out first; `val_fraction` is then the
+    share of the rest (train/val of the rest are exactly as without a held-out split)."""
+    if test_fraction > 0.0 and _unit("test-v1", seed, key) < test_fraction:
+        return TEST
+    return "val" if _unit("split-v1", seed, key) < val_fraction else "train"
 
 
 def split_of(
@@ -42,14 +57,17 @@ def split_of(
     *,
     seed: int = DEFAULT_SEED,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> Split:
-    """Train or val for one game, from its content alone (independent of input order)."""
-    return split_of_key(game_key(moves, fen), seed=seed, val_fraction=val_fraction)
+    """Train, val or test for one game, from its content alone (independent of input order)."""
+    return split_of_key(
+        game_key(moves, fen), seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
+    )
 
 
-def check_val_fraction(value: float) -> float:
+def check_val_fraction(value: float, what: str = "val") -> float:
     if not 0.0 <= value < 1.0:
-        raise DatasetError(f"val fraction must be in [0, 1), got {value}")
+        raise DatasetError(f"{what} fraction must be in [0, 1), got {value}")
     return value
 
 
@@ -73,7 +91,8 @@ class DatasetWriter:
     """Streams game rows into a dataset directory; nothing appears under the final names
     until `commit`, and an exception inside the `with` block leaves no temp files behind.
 
-    Rows are split with `split_of` and, with `dedup`, a game seen before is dropped.
+    Rows are split with `split_of_key` and, with `dedup`, a game seen before is dropped.
+    `test_fraction` > 0 adds the held-out `test.jsonl` (and its counts in stats.json).
     """
 
     def __init__(
@@ -84,22 +103,26 @@ class DatasetWriter:
         val_fraction: float = DEFAULT_VAL_FRACTION,
         force: bool = False,
         dedup: bool = True,
+        test_fraction: float = DEFAULT_TEST_FRACTION,
     ) -> None:
         check_val_fraction(val_fraction)
+        check_val_fraction(test_fraction, "test")
         check_output_dir(out_dir, force)
         self.out_dir = out_dir
         self.seed = seed
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
         self.dedup = dedup
-        self.rows = dict.fromkeys(SPLITS, 0)
-        self.positions = dict.fromkeys(SPLITS, 0)
+        self.splits: tuple[Split, ...] = (*SPLITS, TEST) if test_fraction > 0.0 else SPLITS
+        self.rows = dict.fromkeys(self.splits, 0)
+        self.positions = dict.fromkeys(self.splits, 0)
         self.duplicates_removed = 0
         self._seen: set[bytes] = set()
         self._tmp: dict[str, Path] = {}
         self._files: dict[str, IO[str]] = {}
         self._created_dir = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
-        for split in SPLITS:
+        for split in self.splits:
             self._files[split] = self._open_tmp(f"{split}.jsonl")
 
     def _open_tmp(self, name: str) -> IO[str]:
@@ -116,21 +139,20 @@ class DatasetWriter:
                 self.duplicates_removed += 1
                 return None
             self._seen.add(key)
-        split = split_of_key(key, seed=self.seed, val_fraction=self.val_fraction)
+        split = split_of_key(
+            key, seed=self.seed, val_fraction=self.val_fraction, test_fraction=self.test_fraction
+        )
         self._files[split].write(dumps_row(row) + "\n")
         self.rows[split] += 1
         self.positions[split] += len(moves)
         return split
 
     def counts(self) -> dict[str, Any]:
-        return {
-            "dataset_format": GAME_FORMAT,
-            "train_rows": self.rows["train"],
-            "val_rows": self.rows["val"],
-            "train_positions": self.positions["train"],
-            "val_positions": self.positions["val"],
-            "duplicates_removed": self.duplicates_removed,
-        }
+        counts: dict[str, Any] = {"dataset_format": GAME_FORMAT}
+        counts.update({f"{s}_rows": self.rows[s] for s in self.splits})
+        counts.update({f"{s}_positions": self.positions[s] for s in self.splits})
+        counts["duplicates_removed"] = self.duplicates_removed
+        return counts
 
     def commit(self, stats: dict[str, Any]) -> dict[str, Any]:
         """Write stats.json (the writer's counts first, then `stats`) and move all files in place;
@@ -142,7 +164,7 @@ class DatasetWriter:
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
-        for name in ("train.jsonl", "val.jsonl", "stats.json"):
+        for name in (*(f"{s}.jsonl" for s in self.splits), "stats.json"):
             os.replace(self._tmp.pop(name), self.out_dir / name)
         return full
 
@@ -177,10 +199,12 @@ def write_dataset_dir(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     force: bool = False,
     dedup: bool = True,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> dict[str, Any]:
     """Split, dedup and write `rows` to `out_dir`; returns the stats.json content."""
     with DatasetWriter(
-        out_dir, seed=seed, val_fraction=val_fraction, force=force, dedup=dedup
+        out_dir, seed=seed, val_fraction=val_fraction, force=force, dedup=dedup,
+        test_fraction=test_fraction,
     ) as writer:
         for row in rows:
             writer.add(row)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from appliance.datasets.dataset_dir import (
     DEFAULT_SEED,
+    DEFAULT_TEST_FRACTION,
     DEFAULT_VAL_FRACTION,
     DatasetWriter,
     utc_now_iso,
@@ -402,8 +403,10 @@ def import_pgn(
     force: bool = False,
     command: str = "",
     progress: bool = False,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> dict[str, Any]:
-    """Build a dataset directory from PGN files; returns the stats.json content.
+    """Build a dataset directory from PGN files; returns the stats.json content. With
+    `test_fraction` > 0 that share of the games goes to the held-out `test.jsonl`.
 
     Raises DatasetError (and writes nothing) when an input is missing or unreadable, when
     `out_dir` is not empty without `force`, or when no game at all is usable.
@@ -411,7 +414,9 @@ def import_pgn(
     for path in inputs:
         probe_pgn(path)
     counts = ImportCounts()
-    with DatasetWriter(out_dir, seed=seed, val_fraction=val_fraction, force=force) as writer:
+    with DatasetWriter(
+        out_dir, seed=seed, val_fraction=val_fraction, force=force, test_fraction=test_fraction
+    ) as writer:
         for path in inputs:
             for row in iter_pgn_rows(path, counts, progress):
                 if writer.add(row) is not None:
@@ -430,6 +435,7 @@ def import_pgn(
                     "sources": [str(p) for p in inputs],
                     "seed": seed,
                     "val_fraction": val_fraction,
+                    **({"test_fraction": test_fraction} if test_fraction > 0.0 else {}),
                     "created_at": utc_now_iso(),
                 },
                 "skipped": [r.as_dict() for r in counts.skipped],

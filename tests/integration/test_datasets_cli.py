@@ -54,6 +54,17 @@ def test_build_json_output(tmp_path: Path):
     assert result["stats"]["games_kept"] == 5 and result["stats"]["created_by"]["seed"] == 4
 
 
+def test_build_with_a_held_out_test_split(tmp_path: Path):
+    real = REPO / "tests" / "fixtures" / "pgn" / "real_games_chesscom.pgn"
+    done = _run(MODULE, "build", real, "--out", tmp_path / "out", "--test-fraction", "0.3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        f"wrote {tmp_path / 'out'}: train.jsonl 194 games (17569 positions), val.jsonl 28 games "
+        "(2553 positions), test.jsonl 90 games (8445 positions), stats.json")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "stats.json", "test.jsonl", "train.jsonl", "val.jsonl"]
+
+
 @pytest.mark.parametrize(
     ("make", "args", "message"),
     [
@@ -63,6 +74,12 @@ def test_build_json_output(tmp_path: Path):
             None,
             ["--val-fraction", "1"],
             "datasets build: error: argument --val-fraction: must be in [0, 1), got 1 (see --help)",
+        ),
+        (
+            None,
+            ["--test-fraction", "1"],
+            "datasets build: error: argument --test-fraction: must be in [0, 1), got 1 "
+            "(see --help)",
         ),
         (
             None,

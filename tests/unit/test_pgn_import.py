@@ -312,3 +312,28 @@ def test_failure_after_start_leaves_no_temp_files(tmp_path: Path):
     with pytest.raises(TypeError):
         write_dataset_dir(out, rows, {})
     assert list(out.iterdir()) == []
+
+
+def test_held_out_test_split(tmp_path: Path):
+    plain = _import([REAL_GAMES], tmp_path / "plain")
+    held = _import([REAL_GAMES], tmp_path / "held", test_fraction=0.3)
+    assert (held["train_rows"], held["val_rows"], held["test_rows"]) == (194, 28, 90)
+    assert held["created_by"]["test_fraction"] == 0.3
+    assert "test_rows" not in plain and "test_fraction" not in plain["created_by"]
+    assert not (tmp_path / "plain" / "test.jsonl").exists()
+
+    def games(out: Path, name: str) -> set[tuple[str, ...]]:
+        return {tuple(json.loads(line)["moves_uci"]) for line in (out / name).open()}
+
+    test = games(tmp_path / "held", "test.jsonl")
+    assert len(test) == 90
+    assert all(split_of(list(g), seed=0, test_fraction=0.3) == "test" for g in test)
+    # The rest is split exactly as without a held-out share: train/val lose the test games only.
+    for name in ("train.jsonl", "val.jsonl"):
+        assert games(tmp_path / "held", name) == games(tmp_path / "plain", name) - test
+    # A game is held out whatever else the dataset holds (here: one file vs. two).
+    both = _import([REAL_GAMES, TRAPS], tmp_path / "both", test_fraction=0.3)
+    assert test <= games(tmp_path / "both", "test.jsonl")
+    assert both["test_rows"] >= 90
+    with pytest.raises(DatasetError, match=r"^test fraction must be in \[0, 1\), got 1.0$"):
+        _import([REAL_GAMES], tmp_path / "bad", test_fraction=1.0)
