@@ -55,6 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, default=2e-4)
     p.add_argument("--batch-size", type=_positive_int, default=32, help="games per batch")
     p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
+    p.add_argument("--arch", choices=("recurrent", "conv"), default="recurrent",
+                   help="recurrent: LSTM/GRU over the move history (--embed-dim, --hidden-dim, "
+                   "--num-layers, --rnn); conv: residual tower over the board planes "
+                   "(--channels, --blocks, --history-moves)")
+    p.add_argument("--channels", type=_positive_int, default=64, help="conv: tower width")
+    p.add_argument("--blocks", type=_non_negative_int, default=6,
+                   help="conv: residual blocks (depth)")
+    p.add_argument("--history-moves", type=_positive_int, default=6,
+                   help="conv: last moves fed as planes")
+    p.add_argument("--legal-mask", action=argparse.BooleanOptionalAction, default=True,
+                   help="take the loss over each position's legal moves only (default: on)")
+    p.add_argument("--encoded-cache", default="auto", metavar="auto|off|DIR",
+                   help="where the encoded datasets (with their legal moves) are kept between "
+                   "runs; auto: .encoded/ next to each data file")
+    p.add_argument("--time-budget-min", type=_non_negative_float, default=0.0,
+                   help="stop training after this many minutes of wall time (checked every "
+                   "step; the epoch in progress is validated and saved); 0 = no limit")
     p.add_argument("--embed-dim", type=_positive_int, default=256)
     p.add_argument("--hidden-dim", type=_positive_int, default=512)
     p.add_argument("--num-layers", type=_positive_int, default=2)
