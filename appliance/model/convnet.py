@@ -6,8 +6,11 @@ on the 8x8 board (12 piece planes, 4 castling-right planes, the side to move, th
 file) and each of the last `history` moves adds two (its from and to squares; the move tokens of
 positions t - history + 1 .. t). So the logits at t depend on the inputs at those `history`
 positions only (`context_positions`), with no absolute position index: a caller may pass just
-the last `context_positions` positions of a game. Padding positions (PAD token) are not computed;
-their logits are zero.
+the last `context_positions` positions of a game. With `flip` (the trainer's default) it always
+sees the board from the side to move: for black, squares are mirrored top to bottom and colours
+swapped (history moves and castling rights too), and its move logits are mirrored back, so
+white's and black's positions teach the same weights. Padding positions (PAD token) are not
+computed; their logits are zero.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from appliance.model.vocab import NUM_MOVES, PAD_ID, token_squares
+from appliance.model.vocab import NUM_MOVES, PAD_ID, mirror_classes, token_squares
 
 BOARD_PLANES = 18
 
@@ -30,6 +33,7 @@ class ConvConfig:
     blocks: int = 6  # residual blocks (two 3x3 convolutions each): the depth
     history: int = 6  # moves of history fed as planes (>= 1: the move that led here)
     head_channels: int = 32  # 1x1 convolution before the move head
+    flip: bool = False  # see the board from the side to move (absent from the first checkpoints)
 
     def __post_init__(self) -> None:
         for name in ("channels", "head_channels", "history"):
@@ -69,12 +73,20 @@ class ResidualBlock(nn.Module):
 class ConvPredictor(nn.Module):
     recurrent = False
     squares: torch.Tensor
+    mirror_square: torch.Tensor
+    swap_colour: torch.Tensor
+    mirror_class: torch.Tensor
 
     def __init__(self, config: ConvConfig) -> None:
         super().__init__()
         self.config = c = config
         self.context_positions = c.history
         self.register_buffer("squares", torch.from_numpy(token_squares()), persistent=False)
+        mirror = torch.cat([torch.arange(64) ^ 56, torch.tensor([64])])
+        self.register_buffer("mirror_square", mirror, persistent=False)
+        swap = torch.tensor([0, 7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6])
+        self.register_buffer("swap_colour", swap, persistent=False)
+        self.register_buffer("mirror_class", torch.from_numpy(mirror_classes()), persistent=False)
         self.stem = nn.Sequential(
             nn.Conv2d(BOARD_PLANES + 2 * c.history, c.channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(c.channels), nn.ReLU())
@@ -89,10 +101,18 @@ class ConvPredictor(nn.Module):
         (N, 18 + 2 * history, 8, 8), squares a1..h8 in row-major order (rank, file)."""
         n = board.shape[0]
         codes = board.long()
-        pieces = F.one_hot(codes[:, :64], 13)[:, :, 1:].transpose(1, 2)  # (N, 12, 64)
-        moves = F.one_hot(self.squares[tokens.flip(1)], 65)[..., :64]  # (N, history, 2, 64)
-        grid = torch.cat([pieces, moves.reshape(n, -1, 64)], 1).reshape(n, -1, 8, 8)
+        squares = self.squares[tokens.flip(1)]  # (N, history, 2): from, to; 64 for none
         castling = (codes[:, 64:65] >> torch.arange(4, device=board.device)) & 1  # (N, 4)
+        if self.config.flip:
+            black = side.bool()
+            mirrored = self.swap_colour[codes[:, :64][:, self.mirror_square[:64]]]
+            codes = torch.cat([torch.where(black[:, None], mirrored, codes[:, :64]),
+                               codes[:, 64:]], 1)
+            squares = torch.where(black[:, None, None], self.mirror_square[squares], squares)
+            castling = torch.where(black[:, None], castling[:, [2, 3, 0, 1]], castling)
+        pieces = F.one_hot(codes[:, :64], 13)[:, :, 1:].transpose(1, 2)  # (N, 12, 64)
+        moves = F.one_hot(squares, 65)[..., :64]  # (N, history, 2, 64)
+        grid = torch.cat([pieces, moves.reshape(n, -1, 64)], 1).reshape(n, -1, 8, 8)
         flags = torch.cat([castling, side.long()[:, None]], 1)[:, :, None, None]
         ep = F.one_hot(codes[:, 65], 9)[:, None, None, 1:]  # (N, 1, 1, 8): the en-passant file
         return torch.cat([grid.float(), flags.float().expand(n, 5, 8, 8),
@@ -116,6 +136,9 @@ class ConvPredictor(nn.Module):
                         side.reshape(-1)[rows])
         x = self.tower(self.stem(x))
         logits = self.head(self.head_conv(x).flatten(1))
+        if self.config.flip:
+            black = side.reshape(-1)[rows].bool()[:, None]
+            logits = torch.where(black, logits[:, self.mirror_class], logits)
         out = logits.new_zeros(b * t, NUM_MOVES)
         out[rows] = logits
         return out.reshape(b, t, NUM_MOVES)

@@ -109,3 +109,17 @@ def token_squares() -> np.ndarray:
         move = chess.Move.from_uci(uci)
         table[cls + NUM_SPECIAL] = (move.from_square, move.to_square)
     return table
+
+
+@lru_cache(maxsize=1)
+def mirror_classes() -> np.ndarray:
+    """(NUM_MOVES,) int64: the class of each move mirrored top to bottom (a1 <-> a8), which is
+    how a move looks from the other side of the board; the vocabulary is closed under it."""
+    ids = _move_to_id()
+    out = np.empty(NUM_MOVES, dtype=np.int64)
+    for cls, uci in enumerate(all_moves()):
+        move = chess.Move.from_uci(uci)
+        mirrored = chess.Move(chess.square_mirror(move.from_square),
+                              chess.square_mirror(move.to_square), move.promotion)
+        out[cls] = ids[mirrored.uci()] - NUM_SPECIAL
+    return out

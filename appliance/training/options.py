@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="conv: residual blocks (depth)")
     p.add_argument("--history-moves", type=_positive_int, default=6,
                    help="conv: last moves fed as planes")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="conv: see the board from the side to move (default: on)")
     p.add_argument("--legal-mask", action=argparse.BooleanOptionalAction, default=True,
                    help="take the loss over each position's legal moves only (default: on)")
     p.add_argument("--encoded-cache", default="auto", metavar="auto|off|DIR",

@@ -84,7 +84,7 @@ def model_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The architecture and its config dict that the trainer's flags describe."""
     if args.arch == "conv":
         return "conv", {"channels": args.channels, "blocks": args.blocks,
-                        "history": args.history_moves}
+                        "history": args.history_moves, "flip": args.flip}
     return "recurrent", {
         "embed_dim": args.embed_dim, "hidden_dim": args.hidden_dim,
         "num_layers": args.num_layers, "dropout": args.dropout, "rnn": args.rnn,
