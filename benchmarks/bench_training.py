@@ -5,6 +5,7 @@
    samples bucketed by length, the 1968-way head and the loss at the last position only), on the
    same targets, repeated BENCH_REPEATS times: median, min and max of each, and the ratio.
 2. legal_mask: whole-game targets/s with and without the legal-move mask (same batches).
+The sides of a pair run in turns (a, b, a, b, ...), so a change in the machine's load hits both.
 3. data_pipeline: batches/s of the loader (with the legal-move mask) vs training steps/s.
 4. eval_*: the sample-trained model (`make train` settings) evaluated on the sample's val split
    and on the real games PGN, with both baselines (BENCH_EVAL=0 skips it).
@@ -134,14 +135,17 @@ def per_sample_pass(model: MovePredictor, opt: torch.optim.Optimizer,
     return run
 
 
-def repeated(run: Callable[[], int]) -> list[float]:
-    """Targets/s of REPEATS passes over the same targets, after one warm-up pass."""
-    run()
-    rates = []
+def in_turns(*runs: Callable[[], int]) -> list[list[float]]:
+    """Targets/s of REPEATS passes of each run over its targets, after one warm-up pass each;
+    the runs take turns, so a change in the machine's load hits them all."""
+    for run in runs:
+        run()
+    rates: list[list[float]] = [[] for _ in runs]
     for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        n = run()
-        rates.append(n / (time.perf_counter() - t0))
+        for run, out in zip(runs, rates, strict=True):
+            t0 = time.perf_counter()
+            n = run()
+            out.append(n / (time.perf_counter() - t0))
     return rates
 
 
@@ -153,7 +157,7 @@ def bench_throughput(games: list[EncodedGame]) -> None:
     sample = per_sample_pass(model, opt, games, 256)
     targets = whole()
     assert targets == sample(), "both sides must train on the same targets"
-    w, s = repeated(whole), repeated(sample)
+    w, s = in_turns(whole, sample)
     ratios = [a / b for a in w for b in s]
     emit("train_throughput", features="history+board", model="seed dims (256/512/2)",
          games=len(games), targets=targets, repeats=REPEATS,
@@ -164,12 +168,14 @@ def bench_throughput(games: list[EncodedGame]) -> None:
 
 
 def bench_legal_mask(games: list[EncodedGame]) -> None:
-    rates = {}
+    passes = []
     for legal in (False, True):
         torch.manual_seed(0)
         model = MovePredictor(ModelConfig()).train()
         opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
-        rates[legal] = repeated(whole_game_pass(model, opt, batches_of(games, 16, legal)))
+        passes.append(whole_game_pass(model, opt, batches_of(games, 16, legal)))
+    without, with_mask = in_turns(*passes)
+    rates = {False: without, True: with_mask}
     emit("legal_mask", games=len(games), repeats=REPEATS,
          with_mask_targets_per_s=spread(rates[True]),
          without_mask_targets_per_s=spread(rates[False]),

@@ -42,7 +42,7 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class SpliceConfig:
-    min_context: int = 8
+    min_context: int = 0
     min_target: int = 1
     max_samples_per_game: int = 0
 

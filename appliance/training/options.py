@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feed the current board to the network (default: on)")
     p.add_argument("--phase-feature", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--side-to-move-feature", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--runtime-min-context", type=_non_negative_int, default=8,
-                   help="a target position needs at least this many moves of history")
+    p.add_argument("--runtime-min-context", type=_non_negative_int, default=0,
+                   help="a target position needs at least this many moves of history (default 0: "
+                   "train on every position, as they are served; the predecessor used 8)")
     p.add_argument("--runtime-min-target", type=_positive_int, default=1,
                    help="at least this many moves must remain from a target position")
     p.add_argument("--runtime-max-samples-per-game", type=_non_negative_int, default=0,
