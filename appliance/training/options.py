@@ -55,12 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, default=2e-4)
     p.add_argument("--batch-size", type=_positive_int, default=32, help="games per batch")
     p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers")
-    p.add_argument("--arch", choices=("recurrent", "conv"), default="recurrent",
-                   help="recurrent: LSTM/GRU over the move history (--embed-dim, --hidden-dim, "
-                   "--num-layers, --rnn); conv: residual tower over the board planes "
-                   "(--channels, --blocks, --history-moves)")
-    p.add_argument("--channels", type=_positive_int, default=64, help="conv: tower width")
-    p.add_argument("--blocks", type=_non_negative_int, default=6,
+    p.add_argument("--arch", choices=("recurrent", "conv"), default="conv",
+                   help="conv (default): residual tower over the board planes (--channels, "
+                   "--blocks, --history-moves, --flip); recurrent: LSTM/GRU over the move "
+                   "history (--embed-dim, --hidden-dim, --num-layers, --rnn, --*-feature)")
+    p.add_argument("--channels", type=_positive_int, default=32, help="conv: tower width")
+    p.add_argument("--blocks", type=_non_negative_int, default=4,
                    help="conv: residual blocks (depth)")
     p.add_argument("--history-moves", type=_positive_int, default=6,
                    help="conv: last moves fed as planes")

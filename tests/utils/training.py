@@ -8,8 +8,8 @@ from typing import Any
 from appliance import settings
 from appliance.training import options, train
 
-TINY = ["--embed-dim", "16", "--hidden-dim", "24", "--batch-size", "8", "--seed", "5",
-        "--runtime-min-context", "2"]
+TINY = ["--arch", "recurrent", "--embed-dim", "16", "--hidden-dim", "24", "--batch-size", "8",
+        "--seed", "5", "--runtime-min-context", "2"]
 
 
 def trainer_args(ds: Path, out: Path, *extra: str) -> list[str]:
