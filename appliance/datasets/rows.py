@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from appliance.model.encoding import EncodingError, PositionInputs, encode_moves
+from appliance.model.encoding import EncodingError, LegalMoves, PositionInputs, encode_moves
 
 GAME_FORMAT = "game_jsonl_runtime_splice_v1"
 LEGACY_FORMAT = "splice_rows_legacy"
@@ -42,7 +42,7 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class SpliceConfig:
-    min_context: int = 8
+    min_context: int = 0
     min_target: int = 1
     max_samples_per_game: int = 0
 
@@ -64,6 +64,7 @@ class EncodedGame(PositionInputs):
     targets: np.ndarray  # (n,) int16: output class of m1 .. mn
     trainable: np.ndarray  # (n,) bool: False for random plies and a legacy row's context
     spliced: bool  # True for a legacy row (its one target is fixed)
+    legal: LegalMoves | None = None  # each position's legal moves, when encoded with them
 
     def eligible(self, cfg: SpliceConfig) -> np.ndarray:
         """Positions that count as targets under `cfg`, before max_samples_per_game."""
@@ -102,18 +103,19 @@ def _uci_list(value: Any, field: str) -> list[str]:
     return value
 
 
-def _game(moves: list[str], fen: str | None, field: str) -> EncodedGame:
+def _game(moves: list[str], fen: str | None, field: str, legal: bool) -> EncodedGame:
     """Encode a move list with every position trainable; DatasetError names the bad move."""
     try:
-        enc = encode_moves(moves, fen, field)
+        enc = encode_moves(moves, fen, field, legal=legal)
     except EncodingError as exc:
         raise DatasetError(str(exc)) from None
     inp = enc.inputs
     return EncodedGame(inp.tokens, inp.phase, inp.side, inp.boards, enc.targets,
-                       np.ones(len(moves), dtype=bool), False)
+                       np.ones(len(moves), dtype=bool), False, enc.legal)
 
 
-def encode_row(row: Any) -> EncodedGame:
+def encode_row(row: Any, legal: bool = False) -> EncodedGame:
+    """One row encoded (with each position's legal moves when `legal`)."""
     if not isinstance(row, dict):
         raise DatasetError("row must be a JSON object")
     kind = row_format(row)
@@ -125,7 +127,7 @@ def encode_row(row: Any) -> EncodedGame:
         moves = _uci_list(row[key], key)
         if not moves:
             raise DatasetError(f"field '{key}' is empty")
-        game = _game(moves, fen, key)
+        game = _game(moves, fen, key, legal)
         random_plies = row.get("random_plies", [])
         if not isinstance(random_plies, list) or not all(
             isinstance(i, int) and 0 <= i < len(moves) for i in random_plies
@@ -139,7 +141,7 @@ def encode_row(row: Any) -> EncodedGame:
     target = row["target"]
     if not isinstance(target, str):
         raise DatasetError("field 'target' must be a UCI string")
-    game = _game(context + [target], fen, "context+target")
+    game = _game(context + [target], fen, "context+target", legal)
     game.trainable[:] = False
     game.trainable[-1] = True
     game.spliced = True
@@ -189,11 +191,11 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def load_games(
-    paths: Iterable[Path | str], progress: bool = False
+    paths: Iterable[Path | str], progress: bool = False, legal: bool = False
 ) -> tuple[list[EncodedGame], dict[str, int]]:
     """Encode every row of every file; returns the games and a count per row format.
 
-    Memory: about 73 bytes per position (66 of them board codes).
+    Memory: about 73 bytes per position (66 of them board codes), about 70 more with `legal`.
     """
     games: list[EncodedGame] = []
     counts = {GAME_FORMAT: 0, LEGACY_FORMAT: 0}
@@ -206,7 +208,7 @@ def load_games(
         for line_no, row in bar:
             try:
                 counts[row_format(row) if isinstance(row, dict) else GAME_FORMAT] += 1
-                games.append(encode_row(row))
+                games.append(encode_row(row, legal))
             except DatasetError as exc:
                 raise DatasetError(f"{path}:{line_no}: {exc}") from None
         if len(games) == before:

@@ -34,7 +34,7 @@ from appliance.model.encoding import (
     pad_inputs,
     replay,
 )
-from appliance.model.network import count_parameters
+from appliance.model.network import MovePredictor, count_parameters
 
 TOPK_MAX = 50
 # A forward pass costs about as much as this many extra rows at every step (weights are read
@@ -289,6 +289,7 @@ class Predictor:
         keep each game's new state."""
         state = join_states([p.start.state for p in items if p.start]) if continued else None
         tokens, phase, side, board = self._tensors([p.inputs for p in items])
+        assert isinstance(self.model, MovePredictor)  # only recurrent models keep game states
         logits, new_state = self.model.step(tokens, phase, side, board, state=state)
         for j, (i, p) in enumerate(zip(rows, items, strict=True)):
             finals[i] = logits[j, -1]

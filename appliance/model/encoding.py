@@ -4,7 +4,9 @@ Owns the start board (from an optional FEN), the replay of UCI moves with a reas
 illegal one, and the inputs of each position. Position t is the one before move t (t moves
 played); its input token is the move that led to it (BOS for the start position), its features
 (phase, side to move, board codes; see `features`) are those of position t itself, and its
-target is move t. `pad_inputs` lays games of different lengths out as (games, positions)
+target is move t. With `legal`, `encode_moves` also lists the legal moves of each position as
+output classes (`LegalMoves`, one flat array for the whole game: the training loss and ranking
+look only at these). `pad_inputs` lays games of different lengths out as (games, positions)
 arrays, as the network reads them. Errors are `EncodingError`, whose message says which move
 (`field[i]`) or FEN is wrong and why. `start_board` is where every FEN enters (API, datasets, PGN
 import, evaluation): it refuses a move counter beyond any real game (a huge one used to overflow
@@ -44,12 +46,50 @@ class PositionInputs:
 
 
 @dataclass
+class LegalMoves:
+    """The legal moves of n positions as output classes, flat: position t's are
+    classes[offsets[t]:offsets[t + 1]]."""
+
+    classes: np.ndarray  # (total,) int16
+    offsets: np.ndarray  # (n + 1,) int64
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    def of(self, t: int) -> np.ndarray:
+        return self.classes[self.offsets[t] : self.offsets[t + 1]]
+
+    def mask(self) -> np.ndarray:
+        """(n, NUM_MOVES) bool: True at each position's legal moves."""
+        out = np.zeros((len(self), vocab.NUM_MOVES), dtype=bool)
+        rows = np.repeat(np.arange(len(self)), np.diff(self.offsets))
+        out[rows, self.classes] = True
+        return out
+
+
+def legal_keys(board: chess.Board) -> list[int]:
+    """Move keys (`vocab.MOVE_KEYS`) of the legal moves on `board`."""
+    return [(m.promotion or 0) << 12 | m.from_square << 6 | m.to_square
+            for m in board.generate_legal_moves()]
+
+
+def legal_moves(keys: list[list[int]]) -> LegalMoves:
+    """The legal move lists of several positions (`legal_keys` each), in one table lookup."""
+    counts = np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(keys))
+    offsets = np.zeros(len(keys) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    flat = np.fromiter((k for ks in keys for k in ks), dtype=np.int64, count=int(offsets[-1]))
+    return LegalMoves(vocab.key_to_class()[flat], offsets)
+
+
+@dataclass
 class EncodedMoves:
     """A move list encoded: the inputs, the target class of each move, and the final board."""
 
     inputs: PositionInputs  # n positions (n + 1 with `final`: the one after the last move)
     targets: np.ndarray  # (n,) int16: output class of each move
     board: chess.Board  # the position after the last move
+    legal: LegalMoves | None = None  # with `legal`: the legal moves of each input position
 
 
 def _cut(text: str, limit: int) -> str:
@@ -114,27 +154,35 @@ def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> It
 
 
 def encode_moves(
-    moves: list[str], fen: str | None = None, field: str = "moves_uci", final: bool = False
+    moves: list[str], fen: str | None = None, field: str = "moves_uci", final: bool = False,
+    legal: bool = False,
 ) -> EncodedMoves:
     """Encode the positions before each move; with `final`, also the one after the last move
-    (what inference predicts from). `field` names the moves in error messages."""
+    (what inference predicts from); with `legal`, list each position's legal moves. `field`
+    names the moves in error messages."""
     board = start_board(fen)
     n = len(moves)
     positions = n + 1 if final else n
     tokens = np.empty(positions, dtype=np.int16)
     targets = np.empty(n, dtype=np.int16)
     snaps = np.empty((positions, 10), dtype=np.uint64)
+    keys: list[list[int]] = []
     prev = vocab.BOS_ID
     for i, _ in enumerate(replay(moves, board, field)):
         tokens[i] = prev
         targets[i] = vocab.move_class(moves[i])
         snaps[i] = features.snapshot(board)
+        if legal:
+            keys.append(legal_keys(board))
         prev = vocab.move_id(moves[i])
     if final:
         tokens[n] = prev
         snaps[n] = features.snapshot(board)
+        if legal:
+            keys.append(legal_keys(board))
     phase, side, boards = features.encode_snapshots(snaps)
-    return EncodedMoves(PositionInputs(tokens, phase, side, boards), targets, board)
+    return EncodedMoves(PositionInputs(tokens, phase, side, boards), targets, board,
+                        legal_moves(keys) if legal else None)
 
 
 def pad_inputs(

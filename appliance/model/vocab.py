@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import chess
+import numpy as np
 
 VOCAB_VERSION = "uci1968-v1"
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -84,3 +85,41 @@ def class_to_move(cls: int) -> str:
 def move_class(uci: str) -> int:
     """Output class (0..1967) of a UCI move."""
     return _move_to_id()[uci] - NUM_SPECIAL
+
+
+# Move key: promotion piece (python-chess code, 0 for none) * 4096 + from square * 64 + to square.
+MOVE_KEYS = 6 * 4096
+
+
+@lru_cache(maxsize=1)
+def key_to_class() -> np.ndarray:
+    """(MOVE_KEYS,) int16: output class of each move key, -1 where no vocabulary move has it."""
+    table = np.full(MOVE_KEYS, -1, dtype=np.int16)
+    for cls, uci in enumerate(all_moves()):
+        move = chess.Move.from_uci(uci)
+        table[(move.promotion or 0) * 4096 + move.from_square * 64 + move.to_square] = cls
+    return table
+
+
+@lru_cache(maxsize=1)
+def token_squares() -> np.ndarray:
+    """(VOCAB_SIZE, 2) int64: from and to square of each move token; 64 for special tokens."""
+    table = np.full((VOCAB_SIZE, 2), 64, dtype=np.int64)
+    for cls, uci in enumerate(all_moves()):
+        move = chess.Move.from_uci(uci)
+        table[cls + NUM_SPECIAL] = (move.from_square, move.to_square)
+    return table
+
+
+@lru_cache(maxsize=1)
+def mirror_classes() -> np.ndarray:
+    """(NUM_MOVES,) int64: the class of each move mirrored top to bottom (a1 <-> a8), which is
+    how a move looks from the other side of the board; the vocabulary is closed under it."""
+    ids = _move_to_id()
+    out = np.empty(NUM_MOVES, dtype=np.int64)
+    for cls, uci in enumerate(all_moves()):
+        move = chess.Move.from_uci(uci)
+        mirrored = chess.Move(chess.square_mirror(move.from_square),
+                              chess.square_mirror(move.to_square), move.promotion)
+        out[cls] = ids[mirrored.uci()] - NUM_SPECIAL
+    return out

@@ -1,9 +1,11 @@
-"""Batches of whole games: padding, target selection per epoch, length-bucketed batch order."""
+"""Batches of whole games: padding, target selection per epoch, length-bucketed batch order, and
+the legal-move mask of every position (scattered in one step from the games' cached lists)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ from torch.utils.data import Dataset
 from appliance.datasets.rows import EncodedGame, SpliceConfig
 from appliance.model import features
 from appliance.model.encoding import pad_inputs
+from appliance.model.vocab import NUM_MOVES
 
 IGNORE = -100
 
@@ -24,9 +27,12 @@ class Batch:
     boards: torch.Tensor  # (B, T, 66) uint8
     targets: torch.Tensor  # (B, T) long, IGNORE where the position is not a target
     weights: torch.Tensor  # (B, T) float, 0 where not a target
+    legal: torch.Tensor | None = None  # (B, T, NUM_MOVES) bool: the legal moves; None: no mask
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in vars(self).values()))
+        moved: dict[str, Any] = {k: None if t is None else t.to(device, non_blocking=True)
+                                 for k, t in vars(self).items()}
+        return Batch(**moved)
 
     @property
     def num_targets(self) -> int:
@@ -66,7 +72,23 @@ class GameDataset(Dataset[tuple[EncodedGame, np.ndarray]]):
         return sum(int(self[i][1].sum()) for i in range(len(self)))
 
 
-def collate(items: list[tuple[EncodedGame, np.ndarray]], endgame_weight: float = 1.0) -> Batch:
+def legal_mask(games: Sequence[EncodedGame], length: int) -> np.ndarray:
+    """(games, length, NUM_MOVES) bool: True at the legal moves of each position; padding has
+    none. Needs games encoded with their legal moves."""
+    mask = np.zeros((len(games), length, NUM_MOVES), dtype=bool)
+    rows, cols = [], []
+    for i, game in enumerate(games):
+        if game.legal is None:
+            raise ValueError("the legal-move mask needs games encoded with their legal moves")
+        counts = np.diff(game.legal.offsets)
+        rows.append(np.repeat(np.arange(i * length, i * length + len(counts)), counts))
+        cols.append(game.legal.classes)
+    mask.reshape(-1, NUM_MOVES)[np.concatenate(rows), np.concatenate(cols)] = True
+    return mask
+
+
+def collate(items: list[tuple[EncodedGame, np.ndarray]], endgame_weight: float = 1.0,
+            legal: bool = False) -> Batch:
     tokens, phase, side, boards = pad_inputs([game for game, _ in items])
     targets = np.full(tokens.shape, IGNORE, dtype=np.int64)
     for i, (game, mask) in enumerate(items):
@@ -81,17 +103,19 @@ def collate(items: list[tuple[EncodedGame, np.ndarray]], endgame_weight: float =
         torch.from_numpy(boards),
         torch.from_numpy(targets),
         torch.from_numpy(weights),
+        torch.from_numpy(legal_mask([g for g, _ in items], tokens.shape[1])) if legal else None,
     )
 
 
 class Collator:
     """A picklable collate function (DataLoader workers need one)."""
 
-    def __init__(self, endgame_weight: float) -> None:
+    def __init__(self, endgame_weight: float, legal: bool = False) -> None:
         self.endgame_weight = endgame_weight
+        self.legal = legal
 
     def __call__(self, items: list[tuple[EncodedGame, np.ndarray]]) -> Batch:
-        return collate(items, self.endgame_weight)
+        return collate(items, self.endgame_weight, self.legal)
 
 
 def bucketed_batches(

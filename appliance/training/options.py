@@ -57,6 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "32 on CPU, from the GPU's memory on a GPU)")
     p.add_argument("--num-workers", type=_non_negative_int, help="DataLoader workers per rank "
                    "(default: 0 on CPU, the CPUs per rank less one on a GPU, at most 8)")
+    p.add_argument("--arch", choices=("recurrent", "conv"), default="conv",
+                   help="conv (default): residual tower over the board planes (--channels, "
+                   "--blocks, --history-moves, --flip); recurrent: LSTM/GRU over the move "
+                   "history (--embed-dim, --hidden-dim, --num-layers, --rnn, --*-feature)")
+    p.add_argument("--channels", type=_positive_int, default=32, help="conv: tower width")
+    p.add_argument("--blocks", type=_non_negative_int, default=4,
+                   help="conv: residual blocks (depth)")
+    p.add_argument("--history-moves", type=_positive_int, default=6,
+                   help="conv: last moves fed as planes")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="conv: see the board from the side to move (default: on)")
+    p.add_argument("--legal-mask", action=argparse.BooleanOptionalAction, default=True,
+                   help="take the loss over each position's legal moves only (default: on)")
+    p.add_argument("--encoded-cache", default="auto", metavar="auto|off|DIR",
+                   help="where the encoded datasets (with their legal moves) are kept between "
+                   "runs; auto: .encoded/ next to each data file")
+    p.add_argument("--time-budget-min", type=_non_negative_float, default=0.0,
+                   help="stop training after this many minutes of wall time (checked every "
+                   "step; the epoch in progress is validated and saved); 0 = no limit")
     p.add_argument("--embed-dim", type=_positive_int, default=256)
     p.add_argument("--hidden-dim", type=_positive_int, default=512)
     p.add_argument("--num-layers", type=_positive_int, default=2)
@@ -66,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feed the current board to the network (default: on)")
     p.add_argument("--phase-feature", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--side-to-move-feature", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--runtime-min-context", type=_non_negative_int, default=8,
-                   help="a target position needs at least this many moves of history")
+    p.add_argument("--runtime-min-context", type=_non_negative_int, default=0,
+                   help="a target position needs at least this many moves of history (default 0: "
+                   "train on every position, as they are served; the predecessor used 8)")
     p.add_argument("--runtime-min-target", type=_positive_int, default=1,
                    help="at least this many moves must remain from a target position")
     p.add_argument("--runtime-max-samples-per-game", type=_non_negative_int, default=0,

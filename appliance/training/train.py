@@ -1,5 +1,9 @@
 """The trainer: whole-game training with a loss at every eligible position, alone or data-parallel.
 
+With the legal-move mask (the default) the loss of each position is taken over its legal moves
+only: the logits of illegal moves are masked before the softmax, in training and validation, and
+the checkpoint says so (`meta["legal_mask"]`), so inference ranks legal moves only.
+
 Run `python -m appliance.training.train --help` (options: `training.options`); under torchrun it
 trains data-parallel (gloo on CPU, NCCL on GPU; the step, the process group and the defaults that
 fit the pod: `training.distributed`). Global rank 0 alone writes checkpoint_last.pt every epoch,
@@ -27,10 +31,18 @@ from tqdm import tqdm
 
 from appliance import settings
 from appliance.atomic import atomic_write, atomic_write_json
-from appliance.datasets.rows import DatasetError, SpliceConfig, load_games
+from appliance.datasets.encoded_cache import load_cached
+from appliance.datasets.rows import DatasetError, SpliceConfig
 from appliance.model import BEST_MODEL, LAST_CHECKPOINT
-from appliance.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from appliance.model.network import ModelConfig, MovePredictor, count_parameters
+from appliance.model.checkpoint import (
+    AnyModel,
+    CheckpointError,
+    architecture_of,
+    build_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+from appliance.model.network import count_parameters
 from appliance.training import distributed
 from appliance.training.batching import IGNORE, Batch, Collator, GameDataset, bucketed_batches
 from appliance.training.options import build_parser
@@ -58,6 +70,29 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     elif device.type != "cpu":
         raise TrainError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     return device
+
+
+ILLEGAL_LOGIT = -1e9  # what an illegal move's logit becomes under the legal-move mask
+
+
+def mask_illegal(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The logits with every illegal move's at ILLEGAL_LOGIT (unchanged without a mask)."""
+    if batch.legal is None:
+        return logits
+    return logits.float().masked_fill(~batch.legal, ILLEGAL_LOGIT)
+
+
+def model_config(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The architecture and its config dict that the trainer's flags describe."""
+    if args.arch == "conv":
+        return "conv", {"channels": args.channels, "blocks": args.blocks,
+                        "history": args.history_moves, "flip": args.flip}
+    return "recurrent", {
+        "embed_dim": args.embed_dim, "hidden_dim": args.hidden_dim,
+        "num_layers": args.num_layers, "dropout": args.dropout, "rnn": args.rnn,
+        "phase_feature": args.phase_feature, "side_feature": args.side_to_move_feature,
+        "board_feature": args.board_feature,
+    }
 
 
 def masked_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +149,10 @@ class Trainer:
     def _load_data(self) -> None:
         t0 = time.monotonic()
         self.progress.say("loading datasets ...")
-        train_games, train_formats = load_games(self.args.train, progress=self.primary)
-        val_games, val_formats = load_games(self.args.val, progress=self.primary)
+        legal, cache = self.args.legal_mask, self.args.encoded_cache
+        train_games, train_formats, hits = load_cached(self.args.train, cache, legal,
+                                                       self.primary)
+        val_games, val_formats, val_hits = load_cached(self.args.val, cache, legal, self.primary)
         self.train_set = GameDataset(train_games, self.splice, self.args.seed, sample=True)
         self.val_set = GameDataset(val_games, self.splice, self.args.seed, sample=False)
         self.train_targets = self.train_set.count_targets()
@@ -132,7 +169,7 @@ class Trainer:
         self.progress.say(
             f"data: {len(train_games)} train games ({self.train_targets} targets), "
             f"{len(val_games)} val games ({self.val_targets} targets) in "
-            f"{time.monotonic() - t0:.1f}s"
+            f"{time.monotonic() - t0:.1f}s ({hits + val_hits} files from the encoded cache)"
         )
 
     def _loader(self, dataset: GameDataset, epoch: int, shuffle: bool) -> DataLoader[Any]:
@@ -144,7 +181,8 @@ class Trainer:
         return DataLoader(
             dataset,
             batch_sampler=batches,
-            collate_fn=Collator(self.args.endgame_phase_weight if shuffle else 1.0),
+            collate_fn=Collator(self.args.endgame_phase_weight if shuffle else 1.0,
+                                self.args.legal_mask),
             num_workers=self.args.num_workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -152,7 +190,7 @@ class Trainer:
     def _forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out: torch.Tensor = model(batch.tokens, batch.phase, batch.side, batch.boards)
-        return out
+        return mask_illegal(out, batch)
 
     def _all_reduce(self, values: list[float]) -> list[float]:
         if self.world == 1:
@@ -176,7 +214,7 @@ class Trainer:
                    self.primary else True, leave=False)
         self.stepper.start_epoch()
         for step, batch in enumerate(loader):
-            if step >= total:
+            if step >= total or self._out_of_time():
                 break
             loss_b, w = self.stepper.step(batch, f" at epoch {epoch} step {step}")
             loss_sum += loss_b
@@ -220,6 +258,13 @@ class Trainer:
         ce_sum, correct, count = self._all_reduce([ce_sum, correct, count])
         return {"val_loss": ce_sum / max(count, 1.0), "val_top1": correct / max(count, 1.0)}
 
+    def _out_of_time(self) -> bool:
+        budget = self.args.time_budget_min * 60
+        if not budget:
+            return False
+        out = time.monotonic() - self.t_start >= budget
+        return bool(self._all_reduce([float(out)])[0]) if self.world > 1 else out
+
     def _resume_path(self) -> Path | None:
         if self.args.resume is None:
             return None
@@ -233,16 +278,7 @@ class Trainer:
         random.seed(args.seed)
         np.random.seed(args.seed % 2**32)
         self._load_data()
-        config = ModelConfig(
-            embed_dim=args.embed_dim,
-            hidden_dim=args.hidden_dim,
-            num_layers=args.num_layers,
-            dropout=args.dropout,
-            rnn=args.rnn,
-            phase_feature=args.phase_feature,
-            side_feature=args.side_to_move_feature,
-            board_feature=args.board_feature,
-        )
+        arch, config_dict = model_config(args)
         state: dict[str, Any] = {
             "epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
         }
@@ -256,8 +292,10 @@ class Trainer:
             if "train_state" not in payload:
                 raise TrainError(
                     f"--resume: {resume} holds no training state (use {LAST_CHECKPOINT})")
-            config = ModelConfig.from_dict(payload["model_config"])
-        core = MovePredictor(config).to(self.device)
+            arch = payload.get("architecture", "recurrent")
+            config_dict = payload["model_config"]
+        core = build_model(arch, config_dict).to(self.device)
+        config = core.config
         model: nn.Module = core
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -285,13 +323,17 @@ class Trainer:
             start_epoch=state["epoch"] + 1, epochs=args.epochs,
         )
         out = Path(args.output_dir)
-        t_start = time.monotonic()
-        stopped_early = False
+        t_start = self.t_start = time.monotonic()
+        cpu_start = time.process_time()
+        stopped_early = out_of_time = False
         for epoch in range(state["epoch"] + 1, args.epochs + 1):
             if args.early_stopping_patience and state["bad_epochs"] >= args.early_stopping_patience:
                 stopped_early = True
                 break
+            if out_of_time:
+                break
             tr = self.train_epoch(model, opt, epoch)
+            out_of_time = self._out_of_time()
             va = self.validate(model)
             sched.step(va["val_loss"])
             rec = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **tr, **va}
@@ -306,7 +348,7 @@ class Trainer:
                 state["bad_epochs"] += 1
             rng = self._gather_rng()
             if self.primary:
-                common = self._meta(config, state)
+                common = self._meta(core, state)
                 if improved:
                     save_checkpoint(out / BEST_MODEL, core, **common)
                 save_checkpoint(
@@ -327,9 +369,11 @@ class Trainer:
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
         metrics = {
-            **self._meta(config, state)["metrics"],
+            **self._meta(core, state)["metrics"],
             "stopped_early": stopped_early,
+            "stopped_by_time_budget": out_of_time,
             "elapsed_s": time.monotonic() - t_start,
+            "cpu_s": time.process_time() - cpu_start,
             "model_path": str(out / BEST_MODEL),
         }
         if self.primary:
@@ -354,7 +398,8 @@ class Trainer:
         dist.all_gather_object(everyone, mine)
         return everyone
 
-    def _meta(self, config: ModelConfig, state: dict[str, Any]) -> dict[str, Any]:
+    def _meta(self, core: AnyModel, state: dict[str, Any]) -> dict[str, Any]:
+        config = core.config
         best = next(
             (h for h in state["history"] if h["epoch"] == state["best_epoch"]), None
         )
@@ -372,11 +417,13 @@ class Trainer:
                 "dataset_formats": self.formats,
                 "parameters": self.parameters,
                 "features": config.features(),
+                "architecture": architecture_of(core),
                 "model_config": config.to_dict(),
                 "runtime_splice": vars(self.splice),
                 "device": str(self.device),
                 "world_size": self.world,
             },
+            "legal_mask": bool(self.args.legal_mask),
             "train_args": {
                 k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list)
                     else v)

@@ -79,9 +79,11 @@ def test_table_output_and_training_files_from_checkpoint(tmp_path: Path, capsys)
                           str(ds / "val.jsonl")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["positions", "top1", "top5", "legal_top1", "best_legal_top1",
-                                "best_legal_legal"]
-    assert [line.split()[0] for line in lines[2:]] == [
-        "model", "opening", "middlegame", "endgame", "baseline:", "baseline:"]
+                                "best_legal_legal", "raw_top1_illegal"]
+    assert [line[:26].strip() for line in lines[2:]] == [
+        "model", "opening", "middlegame", "endgame", "plies 0-7", "plies 8-19",
+        "plies 20-39", "plies 40-79", "plies 80+", "baseline: random legal",
+        "baseline: frequent prefix"]
 
 
 def test_errors(tmp_path: Path, model_path: Path, capsys):

@@ -10,8 +10,8 @@ import torch
 
 from appliance.training import distributed, options, train
 
-TINY = ["--embed-dim", "16", "--hidden-dim", "24", "--batch-size", "8", "--seed", "5",
-        "--runtime-min-context", "2"]
+TINY = ["--arch", "recurrent", "--embed-dim", "16", "--hidden-dim", "24", "--batch-size", "8",
+        "--seed", "5", "--runtime-min-context", "2"]
 
 
 def trainer_args(ds: Path, out: Path, *extra: str) -> list[str]:
