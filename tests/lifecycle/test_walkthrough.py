@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from appliance.runpod import RunpodClient
 from host_tools.cli import Env
 from host_tools.emulators.localpod import Account, LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
@@ -70,8 +71,11 @@ def localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
-    """provision.py in-process; what it runs (ssh, rsync) runs for real, output kept."""
-    env = Env(out=io.StringIO(), err=io.StringIO(), is_tty=lambda: False)
+    """provision.py in-process; what it runs (ssh, rsync) runs for real, output kept. localpod's
+    container actions (pull, `rm -t 10`) can outlast the client's 30 s on a loaded machine, and a
+    retried stop then finds the pod EXITED: the client waits longer here."""
+    env = Env(out=io.StringIO(), err=io.StringIO(), is_tty=lambda: False,
+              client_factory=lambda: RunpodClient(timeout_s=180))
 
     def run(args: Sequence[str]) -> int:
         proc = subprocess.run(list(args), capture_output=True, text=True, timeout=300,
