@@ -64,8 +64,10 @@ def context_copy(dest: Path, wheels: Path | None) -> None:
                            check=True).stdout.decode().split("\0")
     for rel in filter(None, files):
         src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():  # appliance/runtime/templates -> supervisord.conf.d
+            os.symlink(os.readlink(src), dest / rel)
+        elif src.is_file():
             shutil.copy2(src, dest / rel)
     if wheels is not None:
         shutil.copytree(wheels, dest / wheels.relative_to(ROOT), copy_function=os.link)

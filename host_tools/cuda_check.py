@@ -70,7 +70,7 @@ def check_container(engine: Engine, ref: str) -> dict[str, object]:
            "AUTOSTOP_ACTION": "none", "INFERENCE_MODEL_RESCAN_SECONDS": "1"}
 
     def sh(script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(engine.cmd("exec", name, "bash", "-lc", script),
+        return subprocess.run(engine.cmd("exec", name, "bash", "-c", script),
                               capture_output=True, text=True, check=False, timeout=timeout)
 
     argv = engine.cmd("run", "-d", "--name", name, *engine.run_flags,
@@ -100,7 +100,7 @@ def check_container(engine: Engine, ref: str) -> dict[str, object]:
         state = json.loads(explained.stdout)
         gpu = next(s for s in state["signals"] if s["name"] == "gpu")
         status = sh("supervisorctl status idle-watchdog").stdout
-        if gpu["status"] != "unavailable" or "RUNNING" not in status:
+        if gpu["state"] != "unavailable" or "RUNNING" not in status:
             raise CheckFailed(f"watchdog: gpu signal {gpu}, program: {status.strip()}")
         log(f"idle watchdog: RUNNING, gpu signal unavailable: {gpu['detail']}")
         return {"torch": out[0], "cuda": out[1], "inference_fallback": fallback[0],

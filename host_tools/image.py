@@ -2,13 +2,10 @@
 dependency sets each path mounts into the build, the debootstrap base, tags, build and push.
 
 Two paths (the build log says which one and why). Default: BASE_IMAGE (Debian bookworm slim) is
-pulled and pip installs the dependencies inside the build from the package index, with a cache
-mount (torch's CPU index for the cpu variant; wheels that pip's find-links here hold are offered
-first). Offline (OFFLINE=1, or BASE_IMAGE cannot be pulled): a debootstrapped base and a wheelhouse
-downloaded on this host, installed with --no-index.
-
-`python -m host_tools.image base-image|wheelhouse|build|push|tags|engine` (or `appliance-image`;
-the Makefile's `base-image`, `image` and `push` targets are thin wrappers over these subcommands).
+pulled when missing and pip installs the dependencies inside the build from the package index,
+with a cache mount (torch's CPU index for the cpu variant; wheels that pip's find-links here hold
+are offered first). Offline (OFFLINE=1, or BASE_IMAGE cannot be pulled): a debootstrapped base and
+a wheelhouse downloaded on this host, installed with --no-index.
 """
 
 from __future__ import annotations
@@ -330,10 +327,13 @@ def choose_path(engine: Engine, variant: str, base: str | None = None,
     if offline if offline is not None else settings.OFFLINE:
         reason = "OFFLINE=1"
     else:
-        why = pull(engine, base)
+        # Pulled only when missing, as `docker build` does: a re-pull voids podman's layer
+        # cache, and a one-line change would rebuild every layer.
+        here = image_exists(engine, base)
+        why = None if here else pull(engine, base)
         if why is None:
-            log(f"default path: pulled {base}; pip installs the dependencies in the build "
-                "(cache mount)")
+            log(f"default path: {'found' if here else 'pulled'} {base}; pip installs the "
+                "dependencies in the build (cache mount)")
             return base, prepare_deps(variant, dest=context / "build" / "deps")
         reason = f"{base} cannot be pulled ({why})"
     offline_base = settings.OFFLINE_BASE_IMAGE

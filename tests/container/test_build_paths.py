@@ -49,6 +49,8 @@ def test_default_path_pulls_the_official_base_and_installs_from_the_index(
         subprocess.run(engine.cmd("push", *push_flags(engine.name, tls_verify=False), mirrored),
                        check=True, capture_output=True)
         subprocess.run(engine.cmd("rmi", mirrored), check=True, capture_output=True)
+        # Pulled only when missing: untag a copy left here, so this build pulls it.
+        subprocess.run(engine.cmd("rmi", DEFAULT_BASE_IMAGE), capture_output=True, check=False)
         conf = hub_mirror_conf(tmp_path / "registries.conf", registry.host)
         try:
             proc = make_image({"CONTAINERS_REGISTRIES_CONF": str(conf), "IMAGE_TAG": tag})
@@ -64,8 +66,9 @@ def test_default_path_pulls_the_official_base_and_installs_from_the_index(
                            "os.path.exists('/opt/chessbot/build'), "
                            "open('/opt/venvs/chessbot/TORCH_VARIANT').read().strip())")
             assert out == "2.13.0+cpu False torch variant: cpu"
-        finally:
-            subprocess.run(engine.cmd("rmi", ref), capture_output=True, check=False)
+        finally:  # the official name goes too: the session's own builds take what is here
+            for gone in (ref, DEFAULT_BASE_IMAGE):
+                subprocess.run(engine.cmd("rmi", gone), capture_output=True, check=False)
 
 
 def test_a_base_that_cannot_be_pulled_takes_the_offline_path(engine: Engine, image: str,

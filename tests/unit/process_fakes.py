@@ -60,13 +60,20 @@ def unexpected(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError(f"a real process was about to start: {args!r}")
 
 
+@pytest.fixture(autouse=True)
+def pinned_host_facts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests see NESTED_HOST, whatever machine runs them: engine flags (host_tools.engine)
+    are then the same everywhere. Other tiers keep the real facts."""
+    if "unit" in request.node.path.parts:
+        monkeypatch.setattr(engine, "host_facts", lambda: NESTED_HOST)
+
+
 @pytest.fixture
 def no_real_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(subprocess, "run", unexpected)
     monkeypatch.setattr(subprocess, "Popen", unexpected)
-    monkeypatch.setattr(engine, "host_facts", lambda: NESTED_HOST)
 
 
 @pytest.fixture

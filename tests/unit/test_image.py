@@ -586,11 +586,26 @@ def build_seams(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     monkeypatch.setattr(image, "build_wheelhouse", wheelhouse)
     monkeypatch.setattr(image, "prepare_deps", deps)
     monkeypatch.setattr(image, "pull", pull)
+    monkeypatch.setattr(image, "image_exists",
+                        lambda engine, ref: ref in getattr(build_seams_state, "here", ()))
     build_seams_state.pull_error = None
+    build_seams_state.here = ()
     return events
 
 
-build_seams_state = SimpleNamespace(pull_error=None)
+build_seams_state = SimpleNamespace(pull_error=None, here=())
+
+
+def test_build_default_path_does_not_pull_a_base_that_is_here(
+        build_seams: list[tuple[str, Any]], fake_run: FakeRun,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    build_seams_state.here = (DEFAULT_BASE_IMAGE,)
+    image.build(PODMAN, repo="r", tag="t")
+    assert build_seams == [("deps", "cpu")]  # no pull: it would void the layer cache
+    assert f"BASE_IMAGE={DEFAULT_BASE_IMAGE}" in fake_run.calls[0]
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"image: default path: found {DEFAULT_BASE_IMAGE}; pip installs the dependencies in "
+        "the build (cache mount)")
 
 
 def test_build_default_path_docker_argv(build_seams: list[tuple[str, Any]], fake_run: FakeRun,
