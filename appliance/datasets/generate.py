@@ -26,6 +26,7 @@ from appliance.datasets.dataset_dir import (
     DatasetWriter,
     utc_now_iso,
 )
+from appliance.parallel import spawn_imap
 
 DEFAULT_ENGINE = "/usr/games/stockfish"
 ENGINE_OPTIONS = {"Threads": 1, "Hash": 16}
@@ -184,18 +185,8 @@ def iter_games(config: GenerateConfig, workers: int) -> Iterator[dict]:
         finally:
             engine.quit()
         return
-    # spawn: the parent may hold threads (tqdm, engine I/O) that fork would copy half-locked.
-    pool = multiprocessing.get_context("spawn").Pool(
-        workers, initializer=_init_worker, initargs=(config, engine_path)
-    )
-    try:
-        yield from pool.imap(_play_in_worker, range(config.games), chunksize=1)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    yield from spawn_imap(workers, _init_worker, (config, engine_path), _play_in_worker,
+                          config.games)
 
 
 def generate_dataset(

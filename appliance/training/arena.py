@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from appliance.atomic import atomic_write, atomic_write_json
+from appliance.parallel import spawn_imap
 from appliance.training.arena_play import (
     DEFAULT_OPENINGS,
     ArenaError,
@@ -122,17 +123,7 @@ def iter_games(config: ArenaConfig, workers: int) -> Iterator[GameRecord]:
             a.close()
             b.close()
         return
-    # spawn: the parent may hold threads (torch, engine I/O) that fork would copy half-locked.
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
-                                                     initargs=(config,))
-    try:
-        yield from pool.imap(_play_in_worker, range(config.games), chunksize=1)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    yield from spawn_imap(workers, _init_worker, (config,), _play_in_worker, config.games)
 
 
 def summarize(config: ArenaConfig, names: dict[str, str],

@@ -29,10 +29,12 @@ POD_ARGS = ["--template-name", "chessbot-appliance", "--gpu-type-id", "NVIDIA RT
 @contextmanager
 def serve_localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
                    monkeypatch: pytest.MonkeyPatch, account_key: str,
-                   stop_delay_s: float = 0.0) -> Iterator[LocalPodServer]:
-    """localpod with the container backend; every container and volume its pods used is removed
-    afterwards (network volumes too), also when the test failed."""
-    backend = ContainerBackend(engine.name, host_network=True, stop_delay_s=stop_delay_s)
+                   stop_delay_s: float = 0.0, host_network: bool = True,
+                   env: dict[str, str] | None = None) -> Iterator[LocalPodServer]:
+    """localpod with the container backend (`image`: the pods' default); every container, volume
+    and cluster network its pods used is removed afterwards (network volumes too), also when the
+    test failed. `env`: more variables for the CLI."""
+    backend = ContainerBackend(engine.name, host_network=host_network, stop_delay_s=stop_delay_s)
     account = Account(backend, {account_key}, boot_polls=0, image=image,
                       public_key=client_key.with_suffix(".pub").read_text().strip())
     server = LocalPodServer(account)
@@ -41,17 +43,22 @@ def serve_localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
                         "RUNPOD_GRAPHQL_URL": server.graphql_url,
                         "RUNPOD_SSH_KNOWN_HOSTS_FILE": str(tmp_path / "known_hosts"),
                         "RUNPOD_SSH_IDENTITY_FILE": str(client_key),
-                        "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "timings.jsonl")}.items():
+                        "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "timings.jsonl"),
+                        **(env or {})}.items():
         monkeypatch.setenv(name, value)
     try:
         yield server
     finally:
         names = [ContainerBackend.names(p) for p in account.pods.values()]
-        server.stop()
+        networks = [c.network for c in account.clusters.values()]
+        server.stop()  # removes what it knows; then whatever a failed test left behind
         for container, volume in names:
             for argv in engine.remove(container, 0):
                 subprocess.run(argv, capture_output=True, check=False)
             subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True,
+                           check=False)
+        for network in networks:
+            subprocess.run(engine.cmd("network", "rm", network), capture_output=True,
                            check=False)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from host_tools.cli import Env, run_remote
-from host_tools.emulators.localpod import Account, LocalPodServer
+from host_tools.emulators.localpod import LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.engine import Engine
 from host_tools.podjobs import PRESET
 from host_tools.provision import main
+from tests.lifecycle.harness import exists, serve_localpod
 
 ACCOUNT_KEY = "rpk_CLUSTER_LIFECYCLE_CANARY_7d1e"
 NODES = ["--nodes", "2", "--template-name", "chessbot-appliance", "--gpu-type-id",
@@ -35,36 +35,9 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture
 def localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalPodServer]:
-    account = Account(ContainerBackend(engine.name), {ACCOUNT_KEY}, boot_polls=0, image=image,
-                      public_key=client_key.with_suffix(".pub").read_text().strip())
-    server = LocalPodServer(account)
-    server.start()
-    for name, value in {"RUNPOD_API_KEY": ACCOUNT_KEY, "RUNPOD_REST_URL": server.rest_url,
-                        "RUNPOD_GRAPHQL_URL": server.graphql_url,
-                        "RUNPOD_SSH_KNOWN_HOSTS_FILE": str(tmp_path / "known_hosts"),
-                        "RUNPOD_SSH_IDENTITY_FILE": str(client_key),
-                        "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "timings.jsonl"),
-                        "REPO_DIR": str(tmp_path / "repo")}.items():
-        monkeypatch.setenv(name, value)
-    try:
+    with serve_localpod(engine, image, client_key, tmp_path, monkeypatch, ACCOUNT_KEY,
+                        host_network=False, env={"REPO_DIR": str(tmp_path / "repo")}) as server:
         yield server
-    finally:
-        made = [ContainerBackend.names(p) for p in account.pods.values()]
-        networks = [c.network for c in account.clusters.values()]
-        server.stop()  # removes every cluster, container and volume it knows
-        for container, volume in made:  # and whatever a failed test left behind
-            for argv in engine.remove(container, 0):
-                subprocess.run(argv, capture_output=True, check=False)
-            subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True,
-                           check=False)
-        for network in networks:
-            subprocess.run(engine.cmd("network", "rm", network), capture_output=True,
-                           check=False)
-
-
-def exists(engine: Engine, kind: str, name: str) -> bool:
-    return subprocess.run(engine.cmd(kind, "inspect", name), capture_output=True,
-                          check=False).returncode == 0
 
 
 def cli(*argv: str, remote: object = None) -> tuple[int, str, str]:

@@ -20,11 +20,11 @@ import pytest
 
 from appliance.runpod import RunpodClient
 from host_tools.cli import Env
-from host_tools.emulators.localpod import Account, LocalPodServer
-from host_tools.emulators.localpod.containers import ContainerBackend
+from host_tools.emulators.localpod import LocalPodServer
 from host_tools.engine import Engine
 from host_tools.image import ROOT
 from host_tools.provision import main
+from tests.lifecycle.harness import serve_localpod
 from tests.utils.registry import Registry, loopback_registry
 
 ACCOUNT_KEY = "rpk_WALKTHROUGH_CANARY_81d3c0"
@@ -47,27 +47,8 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 def localpod(engine: Engine, image: str, client_key: Path, tmp_path: Path,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalPodServer]:
     """localpod whose default image is NOT the one pushed: pods run what the template names."""
-    account = Account(ContainerBackend(engine.name, host_network=True), {ACCOUNT_KEY},
-                      boot_polls=0, image=image,
-                      public_key=client_key.with_suffix(".pub").read_text().strip())
-    server = LocalPodServer(account)
-    server.start()
-    for name, value in {"RUNPOD_API_KEY": ACCOUNT_KEY, "RUNPOD_REST_URL": server.rest_url,
-                        "RUNPOD_GRAPHQL_URL": server.graphql_url,
-                        "RUNPOD_SSH_KNOWN_HOSTS_FILE": str(tmp_path / "known_hosts"),
-                        "RUNPOD_SSH_IDENTITY_FILE": str(client_key),
-                        "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "timings.jsonl")}.items():
-        monkeypatch.setenv(name, value)
-    try:
+    with serve_localpod(engine, image, client_key, tmp_path, monkeypatch, ACCOUNT_KEY) as server:
         yield server
-    finally:
-        names = [ContainerBackend.names(p) for p in account.pods.values()]
-        server.stop()
-        for container, volume in names:
-            for argv in engine.remove(container, 0):
-                subprocess.run(argv, capture_output=True, check=False)
-            subprocess.run(engine.cmd("volume", "rm", "-f", volume), capture_output=True,
-                           check=False)
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
