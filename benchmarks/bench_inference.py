@@ -7,8 +7,10 @@
 3. game_state: real games played one request per ply with `game_id`: p50 at plies 198-202 vs
    plies 8-12, against the same requests without it; the answers must be the same.
 4. load_test: BENCH_LOAD_SECONDS (default 30) of 16 concurrent clients; errors must be 0.
-The model has the seed dimensions (its weights do not change the cost); the server is a real
-uvicorn on a loopback port, as supervisord runs it.
+The model has the dimensions of BENCH_ARCH's default (recurrent: the LSTM, where game_id saves
+work; conv: the trainer's default board-centric net, 32 channels x 4 blocks, which reads a fixed
+context); its weights do not change the cost. The server is a real uvicorn on a loopback port,
+as supervisord runs it.
 """
 
 from __future__ import annotations
@@ -33,18 +35,20 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.datasets.pgn_import import ImportCounts, iter_pgn_rows  # noqa: E402
 from appliance.inference.predictor import Predictor  # noqa: E402
-from appliance.model.checkpoint import save_checkpoint  # noqa: E402
+from appliance.model.checkpoint import build_model, save_checkpoint  # noqa: E402
 from appliance.model.network import ModelConfig, MovePredictor  # noqa: E402
 from tests.utils import free_port  # noqa: E402
 
 LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "30"))
+ARCH = os.environ.get("BENCH_ARCH", "recurrent")
+CONV_DEFAULT = {"channels": 32, "blocks": 4, "history": 6, "flip": True}  # the trainer's flags
 CLIENTS = 16
 REAL_GAMES = ROOT / "tests" / "fixtures" / "pgn" / "real_games_chesscom.pgn"
 EARLY, LATE = range(8, 13), range(198, 203)
 
 
 def emit(name: str, **fields: object) -> None:
-    print(json.dumps({"benchmark": name, **fields}), flush=True)
+    print(json.dumps({"benchmark": name, "arch": ARCH, **fields}), flush=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -173,7 +177,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "seed.pt"
         torch.manual_seed(0)
-        save_checkpoint(model, MovePredictor(ModelConfig()))
+        save_checkpoint(model, MovePredictor(ModelConfig()) if ARCH == "recurrent"
+                        else build_model(ARCH, CONV_DEFAULT))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
