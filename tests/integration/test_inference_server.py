@@ -37,8 +37,8 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     r = subprocess.run(
         [sys.executable, "-m", "appliance.training.train", "--train",
          str(ROOT / "data/sample/train.jsonl"), "--val", str(ROOT / "data/sample/val.jsonl"),
-         "--output-dir", str(out), "--epochs", "1", "--embed-dim", "16", "--hidden-dim", "32",
-         "--batch-size", "64", "--lr", "3e-3"],
+         "--output-dir", str(out), "--epochs", "1", "--arch", "recurrent", "--embed-dim", "16",
+         "--hidden-dim", "32", "--batch-size", "64", "--lr", "3e-3"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return out / "model_best.pt"

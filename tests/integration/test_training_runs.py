@@ -17,8 +17,8 @@ GAMES = [
     ["d2d4", "d7d5", "c2c4", "e7e6", "b1c3", "g8f6", "c1g5", "f8e7", "e2e3", "e8g8", "g1f3"],
     ["c2c4", "e7e5", "b1c3", "g8f6", "g1f3", "b8c6", "g2g3", "d7d5", "c4d5", "f6d5", "f1g2"],
 ]
-SMALL = ["--embed-dim", "32", "--hidden-dim", "48", "--batch-size", "6", "--runtime-min-context",
-         "0", "--dropout", "0"]
+SMALL = ["--arch", "recurrent", "--embed-dim", "32", "--hidden-dim", "48", "--batch-size", "6",
+         "--runtime-min-context", "0", "--dropout", "0"]
 
 
 def _dataset(root: Path) -> Path:
