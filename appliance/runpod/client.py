@@ -142,18 +142,11 @@ class RunpodClient:
         return self._rest.create_pod(spec)
 
     def stop_pod(self, pod_id: str) -> Pod | None:
-        """Stop: compute released, /workspace kept (and billed as storage). A pod already EXITED
-        is stopped: no error (a stop retried after a timeout finds it so)."""
+        """Stop: compute released, /workspace kept (and billed as storage)."""
         check_pod_id(pod_id)
-        try:
-            return self._with_fallback(
-                lambda: self._action(pod_id, "stop"),
-                lambda: self._pod_after_mutation(pod_id, self._graphql.stop_pod(pod_id)))
-        except ConflictError as exc:
-            if exc.state != "EXITED":
-                raise
-            log.info("stop pod %s: already EXITED", pod_id)
-            return None
+        return self._with_fallback(
+            lambda: self._action(pod_id, "stop"),
+            lambda: self._pod_after_mutation(pod_id, self._graphql.stop_pod(pod_id)))
 
     def start_pod(self, pod_id: str, gpu_count: int = 1) -> Pod | None:
         check_pod_id(pod_id)

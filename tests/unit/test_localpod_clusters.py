@@ -112,3 +112,37 @@ def test_container_nodes_run_on_the_clusters_own_network() -> None:
     acc.close()
     assert engine.calls[-1] == ["podman", "network", "rm", cluster.network]
     assert sum(argv[1:3] == ["volume", "rm"] for argv in engine.calls) == 2
+
+
+class SubnetsTaken(RecordsBackend):
+    """The host already has networks on the first `taken` subnets drawn."""
+
+    def __init__(self, taken: int) -> None:
+        super().__init__()
+        self.taken, self.tried = taken, []
+
+    def create_network(self, name: str, cidr: str) -> None:
+        self.tried.append(cidr)
+        if len(self.tried) <= self.taken:
+            raise RuntimeError(f"subnet {cidr} is already used on the host")
+        super().create_network(name, cidr)
+
+
+def test_a_subnet_another_network_holds_is_drawn_again() -> None:
+    backend = SubnetsTaken(taken=2)
+    acc = Account(backend, {CANARY})
+    cluster, _ = acc.create_cluster(dict(REQ), 2, "TRAINING", "account")
+    assert len(set(backend.tried)) == 3 and cluster.cidr == backend.tried[-1]
+    assert backend.events[0] == ("create-network", cluster.network)
+
+
+def test_no_free_subnet_after_five_draws_is_a_500_and_creates_nothing() -> None:
+    backend = SubnetsTaken(taken=5)
+    acc = Account(backend, {CANARY})
+    with pytest.raises(ApiError) as info:
+        acc.create_cluster(dict(REQ), 2, "TRAINING", "account")
+    assert info.value.status == 500
+    assert info.value.message.startswith(
+        f"the cluster's network was not created: subnet {backend.tried[-1]} is already used")
+    assert len(backend.tried) == 5 and acc.clusters == {} and acc.pods == {}
+    assert acc.catalog["NVIDIA RTX A4000"].free == 8

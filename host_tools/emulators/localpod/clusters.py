@@ -33,13 +33,20 @@ class ClusterRecord:
     pod_ids: list[str] = field(default_factory=list)  # by rank
 
 
+NETWORK_TRIES = 5  # another program's network may hold the subnet drawn: draw again
+
+
 def subnet(taken: set[str]) -> str:
     """A /24 of 10.0.0.0/8 no cluster of this account uses (10.64-127.x: clear of podman's and
-    Docker's default pools)."""
+    Docker's default pools), drawn from the OS's randomness: a test that seeds `random` must not
+    make two localpods on one host draw the same."""
     while True:
-        cidr = f"10.{random.randint(64, 127)}.{random.randint(0, 255)}.0/24"
+        cidr = f"10.{_draw.randint(64, 127)}.{_draw.randint(0, 255)}.0/24"
         if cidr not in taken:
             return cidr
+
+
+_draw = random.SystemRandom()
 
 
 class ClustersMixin(PodsMixin):
@@ -59,15 +66,21 @@ class ClustersMixin(PodsMixin):
         with self.lock:
             first = self.new_pod(req, nodes)  # checks every value and the stock for all
             cluster_id = new_id()
-            cidr = subnet({c.cidr for c in self.clusters.values()})
+            network = f"localpod-cluster-{cluster_id}"
+            taken = {c.cidr for c in self.clusters.values()}
+            for attempt in range(NETWORK_TRIES):
+                cidr = subnet(taken)
+                try:
+                    self.backend.create_network(network, cidr)
+                    break
+                except Exception as exc:
+                    taken.add(cidr)
+                    if attempt == NETWORK_TRIES - 1:
+                        raise ApiError(500, f"the cluster's network was not created: {exc}") \
+                            from None
             base = cidr.rsplit(".", 1)[0]
             cluster = ClusterRecord(cluster_id, req["name"], cluster_type, first.gpu_id,
-                                    first.gpu_count, first.template_id, cidr,
-                                    f"localpod-cluster-{cluster_id}", now())
-            try:
-                self.backend.create_network(cluster.network, cidr)
-            except Exception as exc:
-                raise ApiError(500, f"the cluster's network was not created: {exc}") from None
+                                    first.gpu_count, first.template_id, cidr, network, now())
             self.clusters[cluster_id] = cluster
             made: list[PodRecord] = []
             try:
