@@ -151,6 +151,9 @@ def _ladder_rank(rank: int, port: int, fits: int, out: Path) -> None:
         error = str(exc)
     torch.save({"weights": [p.detach() for p in model.parameters()], "log": log,
                 "retries": step.times["oom_retries"], "error": error}, out / f"{rank}.pt")
+    # Both ranks leave together: rank 0 holds the store, and a rank 0 that exits while rank 1
+    # still talks to it can abort in gloo's teardown ("terminate called ...", SIGABRT).
+    dist.barrier()
     dist.destroy_process_group()
 
 
