@@ -11,7 +11,6 @@ running.
 from __future__ import annotations
 
 import argparse
-import shlex
 import tempfile
 import threading
 from pathlib import Path
@@ -36,6 +35,7 @@ from host_tools.podjobs import (
     fetch_artifacts,
     preset_command,
     tar_dir,
+    untar_command,
 )
 from host_tools.pods import ssh_argv, ssh_settings
 
@@ -101,9 +101,8 @@ def cycle_cluster(env: Env, args: argparse.Namespace) -> int:
                         tempfile.TemporaryDirectory() as tmp:
                     archive = Path(tmp) / "dataset.tar"
                     tar_dir(args.dataset, archive)
-                    q = shlex.quote(dataset)
                     for node in nodes:
-                        if node_remote(env, node, args, f"mkdir -p {q} && tar -xf - -C {q}",
+                        if node_remote(env, node, args, untar_command(dataset),
                                        stdin=archive) != 0:
                             raise CliError(f"uploading {args.dataset} to node {node.id} failed")
             command = preset_command(run_id, dataset, remote, train_env)

@@ -107,6 +107,12 @@ def tar_dir(src: Path, dest: Path) -> None:
             tar.add(item, arcname=item.name)
 
 
+def untar_command(dest: str) -> str:
+    """The remote command that unpacks a `tar_dir` archive from stdin into `dest`."""
+    q = shlex.quote(dest)
+    return f"mkdir -p {q} && tar -xf - -C {q}"
+
+
 def _extract(archive: Path, dest: Path) -> list[str]:
     """Every member is checked before any is written: no absolute or escaping paths, no links
     out, no devices (tarfile's data filter)."""
@@ -197,9 +203,7 @@ def cmd_cycle(env: Env, args: argparse.Namespace) -> int:
                     archive = Path(tmp) / "dataset.tar"
                     tar_dir(args.dataset, archive)
                     print(f"  {_mb(archive)} to {pod.id}:{dataset}", file=env.err, flush=True)
-                    q = shlex.quote(dataset)
-                    if _remote(env, pod, args, f"mkdir -p {q} && tar -xf - -C {q}",
-                               stdin=archive) != 0:
+                    if _remote(env, pod, args, untar_command(dataset), stdin=archive) != 0:
                         raise CliError(f"uploading {args.dataset} to the pod failed")
             command = preset_command(run_id, dataset, remote, train_env)
             state["train_started"] = True

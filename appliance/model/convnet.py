@@ -15,13 +15,14 @@ computed; their logits are zero.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from appliance.model.network import check_config_keys
 from appliance.model.vocab import NUM_MOVES, PAD_ID, mirror_classes, token_squares
 
 BOARD_PLANES = 18
@@ -47,10 +48,7 @@ class ConvConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConvConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        check_config_keys(cls, data)
         return cls(**data)
 
     def features(self) -> dict[str, bool]:

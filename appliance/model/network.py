@@ -22,6 +22,13 @@ _BOARD_SLOT_OFFSETS = [sq * 13 for sq in range(64)] + [64 * 13, 64 * 13 + 16]
 _BOARD_INDEX_SPACE = 64 * 13 + 16 + 9
 
 
+def check_config_keys(cls: Any, data: dict[str, Any]) -> None:
+    """ValueError naming the keys of a checkpoint's model config that `cls` does not know."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     embed_dim: int = 256
@@ -48,10 +55,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        check_config_keys(cls, data)
         return cls(**data)
 
     def features(self) -> dict[str, bool]:
