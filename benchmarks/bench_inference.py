@@ -7,10 +7,12 @@
 3. game_state: real games played one request per ply with `game_id`: p50 at plies 198-202 vs
    plies 8-12, against the same requests without it; the answers must be the same.
 4. load_test: BENCH_LOAD_SECONDS (default 30) of 16 concurrent clients; errors must be 0.
-The model has the dimensions of BENCH_ARCH's default (recurrent: the LSTM, where game_id saves
-work; conv: the trainer's default board-centric net, 32 channels x 4 blocks, which reads a fixed
-context); its weights do not change the cost. The server is a real uvicorn on a loopback port,
-as supervisord runs it.
+The model has the dimensions of BENCH_ARCH's default (conv: the trainer's default board-centric
+net, 32 channels x 4 blocks, which reads a fixed context; recurrent: the LSTM); its weights do not
+change the cost. The server is a real uvicorn on a loopback port, as supervisord runs it. The
+clients are minimal keep-alive HTTP/1.1 connections (`Connection`), so that what the figures
+show is the server's cost, not a client library's: on these 2 cores an httpx request costs about
+a millisecond of CPU, as much as the whole forward pass.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from appliance.model.network import ModelConfig, MovePredictor  # noqa: E402
 from tests.utils import free_port  # noqa: E402
 
 LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "30"))
-ARCH = os.environ.get("BENCH_ARCH", "recurrent")
+ARCH = os.environ.get("BENCH_ARCH", "conv")
 CONV_DEFAULT = {"channels": 32, "blocks": 4, "history": 6, "flip": True}  # the trainer's flags
 CLIENTS = 16
 REAL_GAMES = ROOT / "tests" / "fixtures" / "pgn" / "real_games_chesscom.pgn"
@@ -77,30 +79,61 @@ def batch_counts(url: str) -> tuple[float, float]:
     return found["inference_batch_size_count"], found["inference_batch_size_sum"]
 
 
-async def play_games(url: str, games: list[list[str]], game_ids: bool
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the answer: only what the
+    benchmark needs (Content-Length bodies; the server is ours)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: object) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        data = json.dumps(body).encode()
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                          b"application/json\r\nContent-Length: %d\r\n\r\n%s"
+                          % (path.encode(), len(data), data))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(line.split(b":", 1)[1]) for line in lines[1:]
+                      if line.lower().startswith(b"content-length:"))
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def play_games(port: int, games: list[list[str]], game_ids: bool
                      ) -> tuple[dict[int, list[float]], dict[tuple[int, int], dict]]:
     """Each game one request per ply up to LATE's end: latencies by ply and the answers."""
     by_ply: dict[int, list[float]] = {}
     answers = {}
-    async with httpx.AsyncClient(timeout=30) as client:
-        for g, game in enumerate(games):
-            for t in range(LATE.stop):
-                body: dict[str, object] = {"moves": game[:t]}
-                if game_ids:
-                    body["game_id"] = f"bench-{g}"
-                start = time.perf_counter()
-                r = await client.post(url + "/infer", json=body)
-                by_ply.setdefault(t, []).append((time.perf_counter() - start) * 1000)
-                r.raise_for_status()
-                answers[g, t] = {k: v for k, v in r.json().items() if k != "latency_ms"}
+    conn = Connection(port)
+    for g, game in enumerate(games):
+        for t in range(LATE.stop):
+            body: dict[str, object] = {"moves": game[:t]}
+            if game_ids:
+                body["game_id"] = f"bench-{g}"
+            start = time.perf_counter()
+            status, raw = await conn.post("/infer", body)
+            by_ply.setdefault(t, []).append((time.perf_counter() - start) * 1000)
+            if status != 200:
+                raise RuntimeError(f"/infer answered {status}: {raw[:200]!r}")
+            answers[g, t] = {k: v for k, v in json.loads(raw).items() if k != "latency_ms"}
+    conn.close()
     return by_ply, answers
 
 
-def game_state(url: str) -> None:
+def game_state(port: int) -> None:
     games = [r["moves_uci"] for r in iter_pgn_rows(REAL_GAMES, ImportCounts())
              if len(r["moves_uci"]) >= LATE.stop]
-    plain, plain_answers = asyncio.run(play_games(url, games, game_ids=False))
-    kept, kept_answers = asyncio.run(play_games(url, games, game_ids=True))
+    plain, plain_answers = asyncio.run(play_games(port, games, game_ids=False))
+    kept, kept_answers = asyncio.run(play_games(port, games, game_ids=True))
 
     def p50(by_ply: dict[int, list[float]], plies: range) -> float:
         return statistics.median([ms for t in plies for ms in by_ply[t]])
@@ -124,6 +157,8 @@ def game_state(url: str) -> None:
 
 def direct_latency(model: Path, inputs: list[list[str]]) -> list[float]:
     predictor = Predictor.load(model, torch.device("cpu"), 1024)
+    if os.environ.get("INFERENCE_TORCH_THREADS", "0") != "0":  # as the server's forward thread
+        torch.set_num_threads(int(os.environ["INFERENCE_TORCH_THREADS"]))
     for moves in inputs[:10]:
         predictor.predict([predictor.prepare(moves, None, 5)])
     times = []
@@ -134,41 +169,43 @@ def direct_latency(model: Path, inputs: list[list[str]]) -> list[float]:
     return times
 
 
-async def run_clients(url: str, inputs: list[list[str]], clients: int,
+async def run_clients(port: int, inputs: list[list[str]], clients: int,
                       seconds: float | None = None, count: int | None = None,
                       route_ms: list[float] | None = None
                       ) -> tuple[int, int, list[float], float]:
-    """(ok, errors, latencies ms, elapsed s) for `clients` concurrent request loops; the
-    route's own `latency_ms` of each answer into `route_ms` when given."""
+    """(ok, errors, latencies ms, elapsed s) for `clients` concurrent request loops, one
+    connection each; the route's own `latency_ms` of each answer into `route_ms` when given."""
     latencies: list[float] = []
     errors = 0
     sent = 0
     start = time.perf_counter()
 
-    async def loop(client: httpx.AsyncClient, k: int) -> None:
+    async def loop(k: int) -> None:
         nonlocal errors, sent
+        conn = Connection(port)
         i = k
         while True:
             if count is not None and sent >= count:
-                return
+                break
             if seconds is not None and time.perf_counter() - start >= seconds:
-                return
+                break
             sent += 1
             t = time.perf_counter()
             try:
-                r = await client.post(url + "/infer", json={"moves": inputs[i % len(inputs)]})
-                ok = r.status_code == 200
+                status, raw = await conn.post("/infer", {"moves": inputs[i % len(inputs)]})
+                ok = status == 200
                 if ok and route_ms is not None:
-                    route_ms.append(r.json()["latency_ms"])
-            except httpx.HTTPError:
+                    route_ms.append(json.loads(raw)["latency_ms"])
+            except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
                 ok = False
+                conn.close()
+                conn = Connection(port)
             latencies.append((time.perf_counter() - t) * 1000)
             errors += not ok
             i += clients
+        conn.close()
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        await asyncio.gather(*(loop(client, k) for k in range(clients)))
+    await asyncio.gather(*(loop(k) for k in range(clients)))
     return len(latencies) - errors, errors, latencies, time.perf_counter() - start
 
 
@@ -185,7 +222,8 @@ def main() -> int:
             [sys.executable, "-m", "appliance.inference", "--model", str(model), "--host",
              "127.0.0.1", "--port", str(port), "--device", "cpu"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")})
+            env={k: v for k, v in os.environ.items()
+                 if not k.startswith("INFERENCE_") or k == "INFERENCE_TORCH_THREADS"})
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -200,18 +238,18 @@ def main() -> int:
                 time.sleep(0.2)
 
             direct = direct_latency(model, inputs)
-            asyncio.run(run_clients(url, inputs, 1, count=20))  # warm-up
+            asyncio.run(run_clients(port, inputs, 1, count=20))  # warm-up
             route: list[float] = []
-            _, errs, http, _ = asyncio.run(run_clients(url, inputs, 1, count=len(inputs),
+            _, errs, http, _ = asyncio.run(run_clients(port, inputs, 1, count=len(inputs),
                                                        route_ms=route))
             emit("http_overhead", http_p50_ms=pct(http, 50), http_p99_ms=pct(http, 99),
                  direct_p50_ms=pct(direct, 50), direct_p99_ms=pct(direct, 99),
                  ratio_p50=round(statistics.median(http) / statistics.median(direct), 2),
                  route_p50_ms=pct(route, 50), requests=len(http), errors=errs)
 
-            ok1, err1, lat1, s1 = asyncio.run(run_clients(url, inputs, 1, count=300))
+            ok1, err1, lat1, s1 = asyncio.run(run_clients(port, inputs, 1, count=300))
             passes, positions_before = batch_counts(url)
-            ok16, err16, lat16, s16 = asyncio.run(run_clients(url, inputs, CLIENTS, count=1200))
+            ok16, err16, lat16, s16 = asyncio.run(run_clients(port, inputs, CLIENTS, count=1200))
             passes16, positions16 = batch_counts(url)
             emit("batching_gain", one_client_rps=round(ok1 / s1, 1),
                  clients=CLIENTS, concurrent_rps=round(ok16 / s16, 1),
@@ -221,9 +259,9 @@ def main() -> int:
                  positions_per_pass=round((positions16 - positions_before)
                                           / (passes16 - passes), 2))
 
-            game_state(url)
+            game_state(port)
 
-            ok, err, lat, secs = asyncio.run(run_clients(url, inputs, CLIENTS,
+            ok, err, lat, secs = asyncio.run(run_clients(port, inputs, CLIENTS,
                                                          seconds=LOAD_SECONDS))
             emit("load_test", seconds=round(secs, 1), clients=CLIENTS, requests=ok + err,
                  errors=err, rps=round((ok + err) / secs, 1), p50_ms=pct(lat, 50),

@@ -2,6 +2,11 @@
 the time its body may take) and batching; the API docs unless a token closes them. Bodies and
 error responses are defined in `inference.schemas`.
 
+A valid, authorised `POST /infer` is answered by the middleware itself, before FastAPI's router,
+dependencies and exception layers (about a millisecond a request on a small CPU): it validates
+the body with the same pydantic model and answers exactly as the route does. Anything else, every
+error included, goes through FastAPI, so error answers have one source.
+
 The model loads on a background thread; until it is ready (or while none can be found) /healthz
 answers 503 with the reason and /infer* answer 503, and the service keeps looking for a model.
 """
@@ -35,6 +40,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from appliance.inference.batcher import MicroBatcher
@@ -228,19 +234,40 @@ class Service:
     def game(self, game_id: str | None) -> GameKey | None:
         return None if game_id is None else game_key(self.token, game_id)
 
-    async def check_token(self, request: Request) -> None:
-        """The auth dependency; async, so FastAPI runs it on the loop, not in a thread."""
+    def token_error(self, header: str) -> HTTPException | None:
+        """The 401 for an Authorization header value, or None when it passes."""
         if not self.token:
-            return
-        header = request.headers.get("authorization", "")
+            return None
         scheme, _, value = header.partition(" ")
         if not header:
-            raise HTTPException(401, "missing bearer token",
-                                headers={"WWW-Authenticate": 'Bearer realm="inference"'})
+            return HTTPException(401, "missing bearer token",
+                                 headers={"WWW-Authenticate": 'Bearer realm="inference"'})
         if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(),
                                                                      self.token):
-            raise HTTPException(401, "invalid bearer token", headers={
+            return HTTPException(401, "invalid bearer token", headers={
                 "WWW-Authenticate": 'Bearer realm="inference", error="invalid_token"'})
+        return None
+
+    async def check_token(self, request: Request) -> None:
+        """The auth dependency; async, so FastAPI runs it on the loop, not in a thread."""
+        error = self.token_error(request.headers.get("authorization", ""))
+        if error is not None:
+            raise error
+
+    async def infer(self, predictor: Predictor, req: InferRequest) -> dict[str, Any]:
+        """The answer of `POST /infer` (InputError for a position it cannot predict)."""
+        t0 = time.perf_counter()
+        args = (req.moves, req.fen, req.topk or self.cfg.INFERENCE_TOPK_DEFAULT,
+                self.game(req.game_id))
+        if len(req.moves) <= INLINE_PREPARE_MOVES:
+            prepared = predictor.prepare(*args)
+        else:
+            prepared = await run_in_threadpool(predictor.prepare, *args)
+        [result] = await self.batcher.submit([prepared])
+        body = result.to_dict()
+        body["device"] = str(predictor.device)
+        body["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return body
 
 
 # -- ASGI middleware: body limit, metrics, heartbeat --------------------------------------------
@@ -281,6 +308,11 @@ class ServiceMiddleware:
                     return {"type": "http.request", "body": body, "more_body": False}
                 return await receive()
 
+            if route == "/infer" and scope["method"] == "POST":
+                answer = await self._fast_infer(scope, body)
+                if answer is not None:
+                    await answer(scope, receive, tracking_send)
+                    return
             if route.startswith("/infer"):
                 # Bodies are JSON whatever Content-Type says (curl -d sends a form type).
                 scope = {**scope, "headers": [
@@ -293,6 +325,31 @@ class ServiceMiddleware:
             if path.startswith("/infer"):
                 # Health probes and scrapes are not activity: they must not keep a pod alive.
                 service.heartbeat.beat()
+
+    async def _fast_infer(self, scope: Scope, body: bytes) -> JSONResponse | None:
+        """The answer to an authorised `POST /infer` with a valid body once a model is ready;
+        None otherwise: FastAPI then answers (with the error) exactly as it always does."""
+        service = self.service
+        predictor = service.state.predictor
+        if predictor is None:
+            return None
+        header = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                header = value
+        try:
+            if service.token_error(header.decode("latin-1")) is not None:
+                return None
+            data = json.loads(body)
+            if not isinstance(data, dict):
+                return None
+            req = InferRequest.model_validate(data)
+        except (ValueError, ValidationError, RecursionError):  # bad JSON, bytes or nesting
+            return None
+        try:
+            return JSONResponse(await service.infer(predictor, req))
+        except InputError as exc:
+            return json_error(422, str(exc))
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | JSONResponse:
         """The whole body, or the error answer: 400 for a bad Content-Length, 413 over the size
@@ -399,19 +456,8 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     # answer through response_model, which only documents it.
     @app.post("/infer", dependencies=[auth], response_model=InferResponse, responses=errors)
     async def infer(req: InferRequest) -> JSONResponse:
-        predictor = service.ready_predictor()
-        t0 = time.perf_counter()
-        args = (req.moves, req.fen, req.topk or service.cfg.INFERENCE_TOPK_DEFAULT,
-                service.game(req.game_id))
-        if len(req.moves) <= INLINE_PREPARE_MOVES:
-            prepared = predictor.prepare(*args)
-        else:
-            prepared = await run_in_threadpool(predictor.prepare, *args)
-        [result] = await service.batcher.submit([prepared])
-        body = result.to_dict()
-        body["device"] = str(predictor.device)
-        body["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        return JSONResponse(body)
+        # Reached only when the middleware's fast path declined (it answers valid requests).
+        return JSONResponse(await service.infer(service.ready_predictor(), req))
 
     @app.post("/infer/batch", dependencies=[auth], response_model=BatchResponse,
               responses=errors)

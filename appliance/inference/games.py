@@ -1,12 +1,14 @@
 """Per-game state: what the service keeps after the last position of a game a client named with
-`game_id`, so the next request of that game runs only its new moves through a recurrent network.
+`game_id`, so the next request of that game replays only its new moves and, for a recurrent
+network, runs only those.
 
-An entry holds the game's start (FEN), its moves, the board after them, the network's state after
-the last position and that position's logits. The cache is an LRU bounded by entry count and by
-bytes (`GameEntry.nbytes`, an estimate: tensors exactly, Python objects roughly), and an entry
-unused for `ttl_s` is dropped. Keys are (scope, game_id): the scope is the caller's bearer token
-(hashed), so two tokens never share a game. Thread-safe: the event loop reads, the forward
-thread writes.
+An entry holds the game's start (FEN), its moves, the board after them, and either the recurrent
+network's state after the last position and that position's logits, or, for a network that reads
+a fixed context, the inputs of the game's last positions. The cache is an LRU bounded by entry
+count and by bytes (`GameEntry.nbytes`, an estimate: arrays exactly, Python objects roughly), and
+an entry unused for `ttl_s` is dropped. Keys are (scope, game_id): the scope is the caller's bearer
+token (hashed), so two tokens never share a game. Thread-safe: the event loop (or a worker
+thread, for a long history) and the forward thread read and write it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import chess
+import numpy as np
 import torch
+
+from appliance.model.encoding import PositionInputs
 
 # Rough sizes of the Python objects an entry holds besides its tensors.
 _BYTES_PER_MOVE = 64  # a short str object and its list slot
@@ -37,6 +42,10 @@ def game_key(token: bytes, game_id: str) -> GameKey:
 def state_nbytes(state: Any) -> int:
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size()
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, PositionInputs):
+        return sum(a.nbytes for a in (state.tokens, state.phase, state.side, state.boards))
     if isinstance(state, tuple | list):
         return sum(state_nbytes(s) for s in state)
     return 0
@@ -47,12 +56,14 @@ class GameEntry:
     fen: str | None
     moves: list[str]
     board: chess.Board  # after `moves`, without its move stack
-    state: Any  # the network's state after the last position, one game
-    logits: torch.Tensor  # (NUM_MOVES,) at the last position
+    state: Any = None  # recurrent: the network's state after the last position, one game
+    logits: torch.Tensor | None = None  # recurrent: (NUM_MOVES,) at the last position
+    context: PositionInputs | None = None  # fixed context: the inputs of the last positions
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.nbytes = (state_nbytes(self.state) + state_nbytes(self.logits)
+                       + state_nbytes(self.context)
                        + _BYTES_PER_MOVE * len(self.moves) + _BYTES_FIXED)
 
 

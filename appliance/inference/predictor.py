@@ -5,7 +5,8 @@
 exact message the API returns; `predict` runs any number of prepared positions in as few forward
 passes as their kinds allow. Either architecture loads: a recurrent one (`recurrent = True`,
 `step`) can continue a game from the state kept in a `GameCache`; a non-recurrent one
-(`context_positions`) is fed only the positions its last prediction depends on. A checkpoint
+(`context_positions`) is fed only the positions its last prediction depends on, and a game kept
+for it holds those positions' inputs, so its next request replays only the new moves. A checkpoint
 trained with the legal-move mask (`meta["legal_mask"]`) ranks legal moves only.
 """
 
@@ -17,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import chess
 import numpy as np
@@ -31,6 +32,7 @@ from appliance.model.encoding import (
     EncodingError,
     PositionInputs,
     encode_moves,
+    legal_keys,
     pad_inputs,
     replay,
 )
@@ -59,8 +61,7 @@ class GameSave:
 @dataclass
 class Prepared:
     inputs: PositionInputs  # the positions to run: the game's, or only those after `start`
-    legal: list[str]  # legal moves in the final position, UCI
-    legal_classes: list[int]  # their output classes
+    legal_classes: list[int]  # output classes of the legal moves in the final position
     topk: int
     phase: int  # of the final position
     side: int
@@ -107,6 +108,13 @@ def tail(inputs: PositionInputs, n: int) -> PositionInputs:
         return inputs
     return PositionInputs(inputs.tokens[-n:], inputs.phase[-n:], inputs.side[-n:],
                           inputs.boards[-n:])
+
+
+def joined(first: PositionInputs, then: PositionInputs) -> PositionInputs:
+    """The positions of `first` followed by those of `then`."""
+    return PositionInputs(*(np.concatenate(pair) for pair in (
+        (first.tokens, then.tokens), (first.phase, then.phase), (first.side, then.side),
+        (first.boards, then.boards))))
 
 
 def plan_passes(lengths: Sequence[int], overhead: int = PASS_COST_ROWS) -> list[list[int]]:
@@ -158,8 +166,7 @@ class Predictor:
         if not self.recurrent:
             self.context = getattr(self.model, "context_positions", None)
         self.legal_only = bool(loaded.meta.get("legal_mask", False))
-        # Without recurrent state there is nothing to continue from: game ids gain nothing.
-        self.games = games if self.recurrent else None
+        self.games = games
 
     @classmethod
     def load(cls, path: Path, device: torch.device, max_history: int,
@@ -184,8 +191,10 @@ class Predictor:
 
     def prepare(self, moves: list[str], fen: str | None, topk: int,
                 game: GameKey | None = None) -> Prepared:
-        """The inputs of the position after `moves`; with `game`, only those after the state
-        cached for that game when `moves` (from the same `fen`) extend its moves."""
+        """The inputs of the position after `moves`; with `game`, when `moves` (from the same
+        `fen`) extend the moves kept for that game, only the new moves are replayed: a
+        recurrent network then runs only their positions from the kept state, a fixed-context
+        one gets the kept inputs followed by theirs (and the game is kept again at once)."""
         if len(moves) > self.max_history:
             raise InputError(
                 f"moves: {len(moves)} moves exceed the limit of {self.max_history}"
@@ -201,27 +210,33 @@ class Predictor:
             self.games.stats.diverged += 1
         if start is None:
             try:
-                enc = encode_moves(moves, fen, field="moves", final=True)
+                enc = encode_moves(moves, fen, field="moves", final=True, last=self.context)
             except EncodingError as exc:
                 raise InputError(str(exc)) from None
             inputs, board = enc.inputs, enc.board
-        legal = [m.uci() for m in board.legal_moves]
+        legal = vocab.key_to_class()[legal_keys(board)].tolist()
         if not legal:
             outcome = board.outcome()
             why = outcome.termination.name.lower() if outcome else "no legal move"
             raise InputError(f"the game is over ({why}): no legal move in the final position")
+        save = None
+        if self.context is not None:
+            if start is not None:
+                assert start.context is not None  # kept by this branch below
+                inputs = joined(start.context, inputs)
+                start = None  # nothing kept feeds the forward pass but these inputs
+            inputs = tail(inputs, self.context)
+            if game is not None and self.games is not None:
+                self.games.put(game, GameEntry(fen, list(moves), board.copy(stack=False),
+                                               context=inputs))
+        elif game is not None and self.games is not None and len(inputs):
+            save = GameSave(game, fen, list(moves), board.copy(stack=False))
         if len(inputs):
             phase, side = int(inputs.phase[-1]), int(inputs.side[-1])
         else:  # the very position the cache ends at: its logits are kept
             phase, side = features.game_phase(board), features.side_to_move(board)
-        if self.context is not None:
-            inputs = tail(inputs, self.context)
-        save = None
-        if game is not None and self.games is not None and len(inputs):
-            save = GameSave(game, fen, list(moves), board.copy(stack=False))
         # The prediction is read at the final position, exactly as training reads position t.
-        return Prepared(inputs, legal, [vocab.move_class(m) for m in legal], topk, phase, side,
-                        start, save)
+        return Prepared(inputs, legal, topk, phase, side, start, save)
 
     @staticmethod
     def _continue(entry: GameEntry, moves: list[str]
@@ -263,6 +278,12 @@ class Predictor:
             else:
                 stateful[(len(p.inputs), p.start is not None)].append(i)
         with torch.inference_mode():
+            if self.context is not None and plain:  # one pass over the final positions only
+                logits = cast(Any, self.model).position_logits(*self._last_positions(
+                    [batch[i].inputs for i in plain]))
+                for j, i in enumerate(plain):
+                    finals[i] = logits[j]
+                plain = []
             for group in plan_passes([len(batch[i].inputs) for i in plain]):
                 rows = [plain[g] for g in group]
                 arrays = self._tensors([batch[i].inputs for i in rows])
@@ -279,6 +300,18 @@ class Predictor:
                 final = final + mask.to(final.device)
             probs = torch.softmax(final, dim=-1).cpu()
         return [self._rank(p, probs[i]) for i, p in enumerate(batch)]
+
+    def _last_positions(self, inputs: list[PositionInputs]) -> list[torch.Tensor]:
+        """A fixed-context model's inputs of each game's final position: its last `context`
+        move tokens (PAD before the first), board codes and side to move."""
+        assert self.context is not None
+        k = self.context
+        tokens = np.full((len(inputs), k), vocab.PAD_ID, dtype=np.int64)
+        for j, g in enumerate(inputs):
+            tokens[j, k - min(k, len(g)):] = g.tokens[-k:]
+        boards = np.stack([g.boards[-1] for g in inputs])
+        side = np.array([g.side[-1] for g in inputs], dtype=np.int64)
+        return [torch.from_numpy(a).to(self.device) for a in (tokens, boards, side)]
 
     def _tensors(self, inputs: list[PositionInputs]) -> list[torch.Tensor]:
         return [torch.from_numpy(a).to(self.device) for a in pad_inputs(inputs)]
@@ -300,15 +333,16 @@ class Predictor:
                                                 logits[j, -1].clone()))
 
     def _rank(self, p: Prepared, probs: torch.Tensor) -> Prediction:
-        legal = set(p.legal)
-        values, idx = probs.topk(min(p.topk, len(p.legal)) if self.legal_only else p.topk)
-        ranked = [vocab.class_to_move(c) for c in idx.tolist()]
-        top = [{"uci": m, "prob": round(v, 6), "legal": m in legal}
-               for m, v in zip(ranked, values.tolist(), strict=True)]
+        legal = set(p.legal_classes)
+        values, idx = probs.topk(min(p.topk, len(legal)) if self.legal_only else p.topk)
+        classes = idx.tolist()
+        ranked = [vocab.class_to_move(c) for c in classes]
+        top = [{"uci": m, "prob": round(v, 6), "legal": c in legal}
+               for m, c, v in zip(ranked, classes, values.tolist(), strict=True)]
         if self.legal_only:
             best = ranked[0]
         else:
-            classes = p.legal_classes
-            best = vocab.class_to_move(classes[int(probs[classes].argmax())])
+            moves = p.legal_classes
+            best = vocab.class_to_move(moves[int(probs[moves].argmax())])
         return Prediction(topk=top, predicted_uci=ranked[0], best_legal=best,
                           phase=features.PHASES[p.phase], side_to_move=features.SIDES[p.side])

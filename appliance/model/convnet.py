@@ -130,13 +130,20 @@ class ConvPredictor(nn.Module):
         k = self.config.history
         history = F.pad(tokens, (k - 1, 0), value=PAD_ID).unfold(1, k, 1)  # (B, T, k)
         rows = (tokens != PAD_ID).reshape(-1).nonzero().squeeze(1)
-        x = self.planes(history.reshape(b * t, k)[rows], board.reshape(b * t, -1)[rows],
-                        side.reshape(-1)[rows])
-        x = self.tower(self.stem(x))
-        logits = self.head(self.head_conv(x).flatten(1))
-        if self.config.flip:
-            black = side.reshape(-1)[rows].bool()[:, None]
-            logits = torch.where(black, logits[:, self.mirror_class], logits)
+        logits = self.position_logits(history.reshape(b * t, k)[rows],
+                                      board.reshape(b * t, -1)[rows], side.reshape(-1)[rows])
         out = logits.new_zeros(b * t, NUM_MOVES)
         out[rows] = logits
         return out.reshape(b, t, NUM_MOVES)
+
+    def position_logits(self, history: torch.Tensor, board: torch.Tensor, side: torch.Tensor
+                        ) -> torch.Tensor:
+        """(N, 1968) logits of N positions, each from its last `history` move tokens (N, history;
+        newest last, PAD before a game's first move), board codes (N, 66) and side to move (N,):
+        what `forward` computes at each position, for a caller that needs only some positions
+        (inference: the last one of each game)."""
+        x = self.tower(self.stem(self.planes(history, board, side)))
+        logits = self.head(self.head_conv(x).flatten(1))
+        if self.config.flip:
+            logits = torch.where(side.bool()[:, None], logits[:, self.mirror_class], logits)
+        return logits

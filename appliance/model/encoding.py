@@ -155,33 +155,37 @@ def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> It
 
 def encode_moves(
     moves: list[str], fen: str | None = None, field: str = "moves_uci", final: bool = False,
-    legal: bool = False,
+    legal: bool = False, last: int | None = None,
 ) -> EncodedMoves:
     """Encode the positions before each move; with `final`, also the one after the last move
-    (what inference predicts from); with `legal`, list each position's legal moves. `field`
-    names the moves in error messages."""
+    (what inference predicts from); with `legal`, list each position's legal moves; with
+    `last`, the inputs (and legal moves) of the last `last` positions only, what a network
+    with a fixed context reads (every move is still replayed and checked). `field` names the
+    moves in error messages."""
     board = start_board(fen)
     n = len(moves)
     positions = n + 1 if final else n
+    first = 0 if last is None else max(0, positions - last)
     tokens = np.empty(positions, dtype=np.int16)
     targets = np.empty(n, dtype=np.int16)
-    snaps = np.empty((positions, 10), dtype=np.uint64)
+    snaps = np.empty((positions - first, 10), dtype=np.uint64)
     keys: list[list[int]] = []
     prev = vocab.BOS_ID
     for i, _ in enumerate(replay(moves, board, field)):
         tokens[i] = prev
         targets[i] = vocab.move_class(moves[i])
-        snaps[i] = features.snapshot(board)
-        if legal:
-            keys.append(legal_keys(board))
+        if i >= first:
+            snaps[i - first] = features.snapshot(board)
+            if legal:
+                keys.append(legal_keys(board))
         prev = vocab.move_id(moves[i])
     if final:
         tokens[n] = prev
-        snaps[n] = features.snapshot(board)
+        snaps[n - first] = features.snapshot(board)
         if legal:
             keys.append(legal_keys(board))
     phase, side, boards = features.encode_snapshots(snaps)
-    return EncodedMoves(PositionInputs(tokens, phase, side, boards), targets, board,
+    return EncodedMoves(PositionInputs(tokens[first:], phase, side, boards), targets, board,
                         legal_moves(keys) if legal else None)
 
 

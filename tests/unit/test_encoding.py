@@ -90,6 +90,21 @@ def test_inputs_shift_tokens_by_one_and_final_adds_the_last_position():
     assert empty.inputs.tokens.tolist() == [vocab.BOS_ID] and len(empty.targets) == 0
 
 
+@pytest.mark.parametrize("last", [1, 3, 6, 7])
+def test_last_encodes_only_the_last_positions_and_still_checks_every_move(last: int):
+    full = encode_moves(GAME, final=True, legal=True)
+    part = encode_moves(GAME, final=True, legal=True, last=last)
+    keep = min(last, len(GAME) + 1)
+    for name in ("tokens", "phase", "side", "boards"):
+        assert np.array_equal(getattr(part.inputs, name), getattr(full.inputs, name)[-keep:])
+    assert np.array_equal(part.targets, full.targets) and part.board == full.board
+    assert part.legal is not None and full.legal is not None and len(part.legal) == keep
+    for t in range(keep):
+        assert np.array_equal(part.legal.of(t), full.legal.of(len(GAME) + 1 - keep + t))
+    with pytest.raises(EncodingError, match=r"moves_uci\[1\] = 'e2e4' is illegal"):
+        encode_moves(["e2e4", "e2e4", *GAME[2:]], final=True, last=1)
+
+
 def test_pad_inputs_pads_shorter_games():
     a, b = encode_row({"moves_uci": GAME}), encode_moves(GAME[:2]).inputs
     tokens, phase, side, boards = pad_inputs([a, b])

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from appliance import settings
 from appliance.datasets.rows import encode_row
-from appliance.inference.app import Heartbeat, Service, create_app
+from appliance.inference.app import Heartbeat, Service, ServiceMiddleware, create_app
 from appliance.inference.batcher import MicroBatcher
 from appliance.model import features
 from appliance.model.checkpoint import save_checkpoint
@@ -78,6 +78,36 @@ def test_infer_response(client: TestClient):
     assert r.status_code == 200
     assert (r.json()["phase"], r.json()["side_to_move"]) == ("endgame", "black")
     assert len(r.json()["topk"]) == 5
+
+
+def test_valid_infer_requests_are_answered_before_fastapi_exactly_as_its_route(
+        client: TestClient, monkeypatch):
+    bodies = [{"moves": GAME[:4], "topk": 7}, {"moves": GAME, "fen": None, "topk": None},
+              {"fen": "4k3/8/8/8/8/8/4P3/4K3 b - - 0 30"}, {}]
+    answered = []
+    fast_infer = ServiceMiddleware._fast_infer
+
+    async def spy(self, scope, body):
+        answer = await fast_infer(self, scope, body)
+        answered.append(answer is not None)
+        return answer
+
+    monkeypatch.setattr(ServiceMiddleware, "_fast_infer", spy)
+    fast = [client.post("/infer", json=b) for b in bodies]
+    bad = client.post("/infer", json={"moves": ["e2e4"], "topk": 0})
+    assert answered == [True] * len(bodies) + [False]  # errors are FastAPI's to answer
+    assert (bad.status_code, bad.json()["error"]) == (422, "topk: must be an integer from 1 to 50")
+
+    async def declined(self, scope, body):
+        return None
+
+    monkeypatch.setattr(ServiceMiddleware, "_fast_infer", declined)
+    routed = [client.post("/infer", json=b) for b in bodies]
+    for a, b in zip(fast, routed, strict=True):
+        assert a.status_code == b.status_code == 200
+        assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
+        assert {**a.json(), "latency_ms": 0} == {**b.json(), "latency_ms": 0}
+        assert a.json()["latency_ms"] > 0
 
 
 def test_prediction_equals_the_training_forward_pass(client: TestClient):

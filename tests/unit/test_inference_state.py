@@ -18,10 +18,12 @@ from torch import nn
 
 from appliance import settings
 from appliance.datasets.pgn_import import ImportCounts, iter_pgn_rows
+from appliance.inference import predictor as predictor_module
 from appliance.inference.app import Service, create_app
 from appliance.inference.batcher import MicroBatcher
 from appliance.inference.games import GameCache, GameEntry, game_key
 from appliance.inference.predictor import Predictor, plan_passes
+from appliance.model import encoding as encoding_module
 from appliance.model.checkpoint import LoadedModel, save_checkpoint
 from appliance.model.encoding import encode_moves, pad_inputs
 from appliance.model.network import ModelConfig, MovePredictor
@@ -229,20 +231,24 @@ class _Window(nn.Module):
         self.seen: list[int] = []
 
     def forward(self, tokens, phase, side, board):
-        self.seen.append(tokens.shape[1])
         window = torch.stack([tokens.roll(k, 1) for k in range(3)], -1)
         return self.out(window).sum(-2)
 
+    def position_logits(self, history, board, side):
+        self.seen.append(history.shape[1])
+        return self.out(history).sum(-2)
 
-def test_a_non_recurrent_model_gets_its_context_and_ignores_game_ids():
+
+def test_a_non_recurrent_model_gets_its_context_and_keeps_games_by_their_inputs(
+        monkeypatch, real_games: list[list[str]]):
     model = _Window().eval()
     cache = GameCache(10, 10**6, 60)
     predictor = Predictor(LoadedModel(model, TINY, {}, Path("w.pt")),  # type: ignore[arg-type]
-                          torch.device("cpu"), "sha", 100, cache)
+                          torch.device("cpu"), "sha", 500, cache)
     game = ["e2e4", "e7e5", "g1f3", "b8c6", "f1b5", "a7a6"]
     key = game_key(b"", "w")
     p = predictor.prepare(game, None, 5, key)
-    assert len(p.inputs) == 3 and p.save is None and predictor.games is None
+    assert len(p.inputs) == 3 and p.save is None and p.start is None
     full = encode_moves(game, final=True).inputs
     assert p.inputs.tokens.tolist() == full.tokens[-3:].tolist()
     [pred] = predictor.predict([p])
@@ -252,8 +258,37 @@ def test_a_non_recurrent_model_gets_its_context_and_ignores_game_ids():
         .predicted_uci
     assert [m["prob"] for m in pred.topk] == pytest.approx(
         torch.softmax(want, -1).topk(5).values.tolist(), abs=1e-6)
-    assert model.seen[0] == 3 and len(cache) == 0
+    assert model.seen[0] == 3 and len(cache) == 1
     assert predictor.facts()["recurrent"] is False
+
+    # A real game one ply at a time: each request replays only its new move from the kept
+    # board, and gets exactly the inputs (so the answer) of a full replay.
+    real = real_games[0][:60]
+    plains = [encode_moves(real[:t], final=True).inputs for t in range(len(real))]
+    replayed: list[int] = []
+    original = predictor_module.replay
+
+    def counting(moves, board, field):
+        replayed.append(len(moves))
+        return original(moves, board, field)
+
+    monkeypatch.setattr(predictor_module, "replay", counting)  # a kept game's new moves
+    monkeypatch.setattr(encoding_module, "replay", counting)  # a full replay
+    for t, plain in enumerate(plains):  # (not the whole game: its last position may be mate)
+        kept = predictor.prepare(real[:t], None, 5, game_key(b"", "real"))
+        for a, b in zip((kept.inputs.tokens, kept.inputs.phase, kept.inputs.side,
+                         kept.inputs.boards), (plain.tokens, plain.phase, plain.side,
+                                               plain.boards), strict=True):
+            assert a.tolist() == b[-3:].tolist(), t
+        assert (kept.phase, kept.side) == (int(plain.phase[-1]), int(plain.side[-1]))
+    assert replayed == [0] + [1] * (len(real) - 1)  # a new game's empty history, then 1 move each
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.diverged) == (len(real) - 1, 2, 0)
+    entry = cache.get(game_key(b"", "real"))
+    assert entry is not None and entry.moves == real[:-1] and entry.state is None
+    assert entry.context is not None and len(entry.context) == 3
+    # Taken back: a full replay, and the kept game follows the request.
+    assert len(predictor.prepare(real[:10], None, 5, game_key(b"", "real")).inputs) == 3
+    assert cache.stats.diverged == 1 and replayed[-1] == 10
 
 
 def test_predict_groups_plain_and_stepped_positions(tmp_path: Path, real_games):

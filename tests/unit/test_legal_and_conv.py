@@ -12,6 +12,7 @@ import torch
 
 from appliance.datasets import encoded_cache
 from appliance.datasets.rows import GAME_FORMAT, LEGACY_FORMAT, encode_row
+from appliance.inference.predictor import Predictor
 from appliance.model import vocab
 from appliance.model.checkpoint import build_model, load_model, save_checkpoint
 from appliance.model.convnet import ConvConfig, ConvPredictor
@@ -132,6 +133,36 @@ def test_conv_prediction_depends_on_the_last_context_positions_only():
         torch.nn.functional.pad(t(enc.boards)[None], (0, 0, 0, 2)))
     assert torch.allclose(padded[0, :10], full[0], atol=1e-5)
     assert padded[0, 10:].abs().sum() == 0
+
+
+def test_served_conv_runs_only_final_positions_and_matches_the_full_forward(tmp_path: Path):
+    torch.manual_seed(0)
+    model = ConvPredictor(ConvConfig(channels=8, blocks=1, history=3, head_channels=4,
+                                     flip=True)).eval()
+    save_checkpoint(tmp_path / "c.pt", model)
+    predictor = Predictor.load(tmp_path / "c.pt", torch.device("cpu"), 100)
+    served = predictor.model
+    rows: list[int] = []
+    position_logits = served.position_logits
+    served.position_logits = lambda h, b, s: rows.append(len(h)) or position_logits(h, b, s)
+    enc = encode_moves(GAME, final=True).inputs
+    t = torch.from_numpy
+    with torch.inference_mode():
+        full = model(t(enc.tokens).long()[None], t(enc.phase).long()[None],
+                     t(enc.side).long()[None], t(enc.boards)[None])[0]
+    # Every ply (histories shorter than the context included), alone and in one shared pass.
+    batch = [predictor.prepare(GAME[:n], None, 5) for n in range(len(GAME) + 1)]
+    together = predictor.predict(batch)
+    assert rows == [len(GAME) + 1]  # one pass of one row per position
+    for n, (p, answer) in enumerate(zip(batch, together, strict=True)):
+        [alone] = predictor.predict([p])
+        want = torch.softmax(full[n], -1).topk(5)
+        for got in (alone, answer):
+            assert [m["uci"] for m in got.topk] == [
+                vocab.class_to_move(c) for c in want.indices.tolist()], n
+            assert [m["prob"] for m in got.topk] == pytest.approx(want.values.tolist(),
+                                                                  abs=1e-6)
+    assert rows == [len(GAME) + 1] + [1] * (len(GAME) + 1)
 
 
 def test_conv_checkpoint_records_architecture_and_loads(tmp_path: Path):
