@@ -7,8 +7,9 @@
 2. legal_mask: whole-game targets/s with and without the legal-move mask (same batches).
 The sides of a pair run in turns (a, b, a, b, ...), so a change in the machine's load hits both.
 3. data_pipeline: batches/s of the loader (with the legal-move mask) vs training steps/s.
-4. eval_*: the sample-trained model (`make train` settings) evaluated on the sample's val split
-   and on the real games PGN, with both baselines (BENCH_EVAL=0 skips it).
+4. eval_*: the sample-trained model (`make train` settings) evaluated on the sample's held-out
+   test split and on the real games PGN (games the sample does not hold), with both baselines
+   (BENCH_EVAL=0 skips it).
 Env: BENCH_GAMES (default 16) games for the throughput pair, BENCH_REPEATS (default 3),
 BENCH_STEPS (default 6), BENCH_EPOCHS (default 3).
 """
@@ -206,7 +207,7 @@ def bench_eval(workdir: Path) -> None:
     train_file, val_file = SAMPLE / "train.jsonl", SAMPLE / "val.jsonl"
     baseline = evaluate.PrefixBaseline()
     baseline.fit(r for _, r in evaluate.read_jsonl(train_file))
-    datasets = {"sample_val": evaluate.read_rows(val_file, 0)}
+    datasets = {"sample_test": evaluate.read_rows(SAMPLE / "test.jsonl", 0)}
     if REAL_PGN.is_file():
         datasets["real_games_chesscom"] = evaluate.read_rows(REAL_PGN, 0)
     out = workdir / "model"

@@ -156,6 +156,15 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
         help="share of games held out in test.jsonl, which no training reads; drawn before "
         "--val-fraction, which applies to the rest (default %(default)s: no test.jsonl)",
     )
+    p.add_argument(
+        "--exclude",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="JSONL",
+        help="leave out the games of this dataset file, e.g. another dataset's test.jsonl "
+        "and val.jsonl, so that no held-out game is trained on (repeatable)",
+    )
     p.set_defaults(handler=_run_build)
 
 
@@ -170,6 +179,7 @@ def _run_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
         command=recorded_command(MODULE, argv),
         progress=progress_wanted(args.json),
         test_fraction=args.test_fraction,
+        exclude=args.exclude,
     )
     if stats["duplicates_removed"]:
         print(f"datasets build: warning: {stats['duplicates_removed']:,} duplicate games skipped "
@@ -181,6 +191,7 @@ def _run_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"read {stats['games_read']} games from {len(args.inputs)} file(s): kept "
         f"{stats['games_kept']}, skipped {stats['games_skipped']}, duplicates removed "
         f"{stats['duplicates_removed']}"
+        + (f", excluded {stats['excluded']}" if args.exclude else "")
     )
     if stats["games_skipped"]:
         reasons = ", ".join(f"{k} {v}" for k, v in stats["skipped_by_reason"].items())

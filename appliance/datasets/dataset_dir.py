@@ -92,7 +92,8 @@ class DatasetWriter:
     until `commit`, and an exception inside the `with` block leaves no temp files behind.
 
     Rows are split with `split_of_key` and, with `dedup`, a game seen before is dropped.
-    `test_fraction` > 0 adds the held-out `test.jsonl` (and its counts in stats.json).
+    `test_fraction` > 0 adds the held-out `test.jsonl` (and its counts in stats.json). A game
+    whose key is in `exclude` (another dataset's held-out games) is dropped and counted.
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class DatasetWriter:
         force: bool = False,
         dedup: bool = True,
         test_fraction: float = DEFAULT_TEST_FRACTION,
+        exclude: frozenset[bytes] = frozenset(),
     ) -> None:
         check_val_fraction(val_fraction)
         check_val_fraction(test_fraction, "test")
@@ -117,6 +119,8 @@ class DatasetWriter:
         self.rows = dict.fromkeys(self.splits, 0)
         self.positions = dict.fromkeys(self.splits, 0)
         self.duplicates_removed = 0
+        self.exclude = exclude
+        self.excluded = 0
         self._seen: set[bytes] = set()
         self._tmp: dict[str, Path] = {}
         self._files: dict[str, IO[str]] = {}
@@ -131,9 +135,13 @@ class DatasetWriter:
         return tmp.open("w", encoding="utf-8")
 
     def add(self, row: dict[str, Any]) -> Split | None:
-        """Write one game row; returns its split, or None when it duplicates an earlier game."""
+        """Write one game row; returns its split, or None when it duplicates an earlier game
+        or is excluded."""
         moves = row["moves_uci"]
         key = game_key(moves, row.get("fen"))
+        if key in self.exclude:
+            self.excluded += 1
+            return None
         if self.dedup:
             if key in self._seen:
                 self.duplicates_removed += 1
@@ -152,6 +160,8 @@ class DatasetWriter:
         counts.update({f"{s}_rows": self.rows[s] for s in self.splits})
         counts.update({f"{s}_positions": self.positions[s] for s in self.splits})
         counts["duplicates_removed"] = self.duplicates_removed
+        if self.exclude:
+            counts["excluded"] = self.excluded
         return counts
 
     def commit(self, stats: dict[str, Any]) -> dict[str, Any]:

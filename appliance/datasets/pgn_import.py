@@ -30,9 +30,10 @@ from appliance.datasets.dataset_dir import (
     DEFAULT_TEST_FRACTION,
     DEFAULT_VAL_FRACTION,
     DatasetWriter,
+    game_key,
     utc_now_iso,
 )
-from appliance.datasets.rows import DatasetError, open_data_file
+from appliance.datasets.rows import DatasetError, open_data_file, read_jsonl
 from appliance.model.encoding import EncodingError, short_repr, start_board
 
 MAX_SKIP_REPORTS = 100
@@ -404,18 +405,23 @@ def import_pgn(
     command: str = "",
     progress: bool = False,
     test_fraction: float = DEFAULT_TEST_FRACTION,
+    exclude: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Build a dataset directory from PGN files; returns the stats.json content. With
-    `test_fraction` > 0 that share of the games goes to the held-out `test.jsonl`.
+    `test_fraction` > 0 that share of the games goes to the held-out `test.jsonl`. Games found
+    in the `exclude` JSONL files (say, another dataset's test and val splits) are left out.
 
     Raises DatasetError (and writes nothing) when an input is missing or unreadable, when
     `out_dir` is not empty without `force`, or when no game at all is usable.
     """
     for path in inputs:
         probe_pgn(path)
+    excluded = frozenset(game_key(row["moves_uci"], row.get("fen"))
+                         for path in exclude for _, row in read_jsonl(path))
     counts = ImportCounts()
     with DatasetWriter(
-        out_dir, seed=seed, val_fraction=val_fraction, force=force, test_fraction=test_fraction
+        out_dir, seed=seed, val_fraction=val_fraction, force=force, test_fraction=test_fraction,
+        exclude=excluded,
     ) as writer:
         for path in inputs:
             for row in iter_pgn_rows(path, counts, progress):
@@ -436,6 +442,7 @@ def import_pgn(
                     "seed": seed,
                     "val_fraction": val_fraction,
                     **({"test_fraction": test_fraction} if test_fraction > 0.0 else {}),
+                    **({"exclude": [str(p) for p in exclude]} if exclude else {}),
                     "created_at": utc_now_iso(),
                 },
                 "skipped": [r.as_dict() for r in counts.skipped],

@@ -337,3 +337,22 @@ def test_held_out_test_split(tmp_path: Path):
     assert both["test_rows"] >= 90
     with pytest.raises(DatasetError, match=r"^test fraction must be in \[0, 1\), got 1.0$"):
         _import([REAL_GAMES], tmp_path / "bad", test_fraction=1.0)
+
+
+def test_exclude_leaves_out_another_datasets_held_out_games(tmp_path: Path):
+    held = _import([REAL_GAMES], tmp_path / "held", test_fraction=0.3)
+    out = tmp_path / "train_only"
+    stats = _import([REAL_GAMES, TRAPS], out, val_fraction=0.0,
+                    exclude=[tmp_path / "held" / "test.jsonl", tmp_path / "held" / "val.jsonl"])
+    excluded = held["test_rows"] + held["val_rows"]
+    assert stats["excluded"] == excluded == 118
+    assert stats["created_by"]["exclude"] == [str(tmp_path / "held" / n)
+                                              for n in ("test.jsonl", "val.jsonl")]
+    kept = {tuple(json.loads(line)["moves_uci"]) for line in (out / "train.jsonl").open()}
+    for name in ("test.jsonl", "val.jsonl"):
+        for line in (tmp_path / "held" / name).open():
+            assert tuple(json.loads(line)["moves_uci"]) not in kept
+    assert stats["train_rows"] == stats["games_kept"] == stats["games_read"] - \
+        stats["games_skipped"] - stats["duplicates_removed"] - excluded
+    with pytest.raises(DatasetError, match="nowhere.jsonl"):
+        _import([REAL_GAMES], tmp_path / "bad2", exclude=[tmp_path / "nowhere.jsonl"])
