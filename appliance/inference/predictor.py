@@ -295,9 +295,9 @@ class Predictor:
             final = torch.stack([f for f in finals if f is not None]).float()
             if self.legal_only:
                 mask = torch.full(final.shape, float("-inf"))
-                rows = np.repeat(np.arange(len(batch)), [len(p.legal_classes) for p in batch])
+                at = np.repeat(np.arange(len(batch)), [len(p.legal_classes) for p in batch])
                 cols = np.concatenate([p.legal_classes for p in batch])
-                mask[torch.from_numpy(rows), torch.from_numpy(cols)] = 0.0
+                mask[torch.from_numpy(at), torch.from_numpy(cols)] = 0.0
                 final = final + mask.to(final.device)
             probs = torch.softmax(final, dim=-1).cpu()
         return [self._rank(p, probs[i]) for i, p in enumerate(batch)]
