@@ -205,7 +205,7 @@ class InferenceSettings(_Env):
     )
     INFERENCE_TORCH_THREADS: int = Field(
         0, ge=0, description="CPU threads of the forward pass (torch intra-op); 0: torch's "
-        "default."
+        "default less one (at least 1), so a core stays with the event loop."
     )
     INFERENCE_GAME_CACHE_GAMES: int = Field(
         4096, ge=0, description="Most games whose network state /infer keeps for game_id "

@@ -183,8 +183,9 @@ class Service:
         )
 
     def _init_forward_thread(self) -> None:
-        if self.cfg.INFERENCE_TORCH_THREADS:
-            torch.set_num_threads(self.cfg.INFERENCE_TORCH_THREADS)
+        # Torch's spinning worker threads would otherwise take the core the event loop needs.
+        torch.set_num_threads(self.cfg.INFERENCE_TORCH_THREADS
+                              or max(1, torch.get_num_threads() - 1))
 
     def _forward(self, batch: list[Prepared]) -> list[Prediction]:
         predictor = self.state.predictor

@@ -1,11 +1,13 @@
-"""Micro-batching: concurrent requests share one forward pass.
+"""Micro-batching: concurrent requests share one forward pass, and passes overlap the event loop.
 
 Passes run one at a time on one worker thread (set up by `init_worker`, e.g. its torch thread
-count), so the event loop keeps accepting requests while the model runs. Whatever queued during a
-pass joins the next one. The wait for more is adaptive: a request that comes alone (the recent
-passes held one position each) runs at once; under load a pass waits at most `window_s`, and
-only until it is as large as the largest of the last `RECENT_PASSES` passes (the concurrency
-seen lately), up to `max_batch` positions.
+count), so the event loop keeps accepting and preparing requests while the model runs. A pass
+takes the requests queued when the worker is free, up to `max_batch` positions and at most half
+of the requests recently in flight at once (the largest number outstanding over the last
+`RECENT_PASSES` passes): with N clients each waiting for its answer, two groups of about N/2
+alternate, one in the forward pass while the loop reads and prepares the other, instead of all N
+waiting for one pass and then for the loop. The wait for more is adaptive: a request that comes
+alone runs at once; otherwise a pass waits at most `window_s` to reach that size.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
 RECENT_PASSES = 8
+
+
+class Entry(NamedTuple, Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+    request: int  # positions of one submit share it
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -36,8 +44,12 @@ class MicroBatcher(Generic[In, Out]):
         self.max_batch = max_batch
         self.on_batch = on_batch
         self.init_worker = init_worker
-        self.recent: deque[int] = deque([1], maxlen=RECENT_PASSES)  # positions per pass
-        self.queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue()
+        self.pending: deque[Entry[In, Out]] = deque()
+        self.arrived = asyncio.Event()
+        self.requests = 0  # submits so far: the next request's number
+        self.in_flight = 0  # requests submitted and not answered
+        self.peak = 0  # the most in flight at once since the last pass began
+        self.peaks: deque[int] = deque([1], maxlen=RECENT_PASSES)
         self.executor: ThreadPoolExecutor | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -55,35 +67,57 @@ class MicroBatcher(Generic[In, Out]):
 
     async def submit(self, items: Sequence[In]) -> list[Out]:
         loop = asyncio.get_running_loop()
+        request = self.requests
+        self.requests += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
         futures = []
         for item in items:
             fut: asyncio.Future[Out] = loop.create_future()
-            self.queue.put_nowait((item, fut))
+            self.pending.append(Entry(item, fut, request))
             futures.append(fut)
-        if len(futures) == 1:
-            return [await futures[0]]
-        return list(await asyncio.gather(*futures))
+        self.arrived.set()
+        try:
+            if len(futures) == 1:
+                return [await futures[0]]
+            return list(await asyncio.gather(*futures))
+        finally:
+            self.in_flight -= 1
 
-    async def _collect(self) -> list[tuple[In, asyncio.Future[Out]]]:
-        batch = [await self.queue.get()]
-        while len(batch) < self.max_batch and not self.queue.empty():
-            batch.append(self.queue.get_nowait())
-        target = min(self.max_batch, max(self.recent))
-        if len(batch) < target and self.window_s > 0:
+    def _take(self, batch: list[Entry[In, Out]], requests: set[int], limit: int) -> None:
+        """Move queued entries into `batch` while it has room: `max_batch` positions, and no
+        request beyond the `limit`-th (a request's positions stay together)."""
+        while self.pending and len(batch) < self.max_batch:
+            head = self.pending[0]
+            if head.request not in requests and len(requests) >= limit:
+                return
+            requests.add(head.request)
+            batch.append(self.pending.popleft())
+
+    async def _collect(self) -> list[Entry[In, Out]]:
+        while not self.pending:
+            self.arrived.clear()
+            await self.arrived.wait()
+        self.peaks.append(self.peak)
+        self.peak = self.in_flight
+        limit = max(1, (max(self.peaks) + 1) // 2)
+        batch: list[Entry[In, Out]] = []
+        requests: set[int] = set()
+        self._take(batch, requests, limit)
+        if len(requests) < limit and len(batch) < self.max_batch and self.window_s > 0:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.window_s
-            while len(batch) < target:
+            while len(requests) < limit and len(batch) < self.max_batch:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
+                self.arrived.clear()
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                    await asyncio.wait_for(self.arrived.wait(), remaining)
                 except TimeoutError:
                     break
-                while len(batch) < self.max_batch and not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
-        self.recent.append(len(batch))
-        return [(item, fut) for item, fut in batch if not fut.cancelled()]
+                self._take(batch, requests, limit)
+        return [e for e in batch if not e.future.cancelled()]
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,12 +128,12 @@ class MicroBatcher(Generic[In, Out]):
             self.on_batch(len(batch))
             try:
                 results = await loop.run_in_executor(self.executor, self.run,
-                                                     [item for item, _ in batch])
+                                                     [e.item for e in batch])
             except Exception as exc:  # the callers get the error; the loop keeps serving
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                for e in batch:
+                    if not e.future.done():
+                        e.future.set_exception(exc)
                 continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
+            for e, result in zip(batch, results, strict=True):
+                if not e.future.done():
+                    e.future.set_result(result)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -117,6 +118,21 @@ def joined(first: PositionInputs, then: PositionInputs) -> PositionInputs:
         (first.boards, then.boards))))
 
 
+def traced_position_logits(model: torch.nn.Module, example: list[torch.Tensor]
+                           ) -> Callable[..., torch.Tensor]:
+    """A fixed-context model's `position_logits`, traced once into TorchScript on `example`
+    (any batch size then). A traced pass runs without the GIL from start to end, where eager
+    PyTorch takes the GIL back after every operation: on a busy event loop each of those waits
+    could last the interpreter's switch interval, and the forward thread starved."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: still the one executor
+        # that runs a whole pass without the GIL, and torch is pinned
+        traced = torch.jit.trace_module(model, {"position_logits": tuple(example)},
+                                        check_trace=False)
+    return cast(Callable[..., torch.Tensor], traced.position_logits)
+
+
 def plan_passes(lengths: Sequence[int], overhead: int = PASS_COST_ROWS) -> list[list[int]]:
     """Indices of `lengths` grouped into padded passes, shortest first: a pass of b sequences
     padded to length L costs L * (overhead + b); contiguous groups of the sorted lengths that
@@ -163,8 +179,11 @@ class Predictor:
         self.parameters = count_parameters(self.model)
         self.recurrent = bool(getattr(self.model, "recurrent", False))
         self.context: int | None = None
+        self.final_logits: Callable[..., torch.Tensor] | None = None
         if not self.recurrent:
             self.context = getattr(self.model, "context_positions", None)
+            self.final_logits = traced_position_logits(self.model, self._last_positions(
+                [encode_moves([], final=True).inputs] * 2))
         self.legal_only = bool(loaded.meta.get("legal_mask", False))
         self.games = games
 
@@ -278,9 +297,9 @@ class Predictor:
             else:
                 stateful[(len(p.inputs), p.start is not None)].append(i)
         with torch.inference_mode():
-            if self.context is not None and plain:  # one pass over the final positions only
-                logits = cast(Any, self.model).position_logits(*self._last_positions(
-                    [batch[i].inputs for i in plain]))
+            if self.final_logits is not None and plain:  # one pass, final positions only
+                logits = self.final_logits(*self._last_positions([batch[i].inputs
+                                                                  for i in plain]))
                 for j, i in enumerate(plain):
                     finals[i] = logits[j]
                 plain = []

@@ -324,7 +324,7 @@ def test_micro_batcher_groups_concurrent_work_and_survives_errors():
         await batcher.stop()
 
     asyncio.run(scenario())
-    assert sizes[:3] == [8, 8, 4] and max(sizes) == 8
+    assert sizes == [8, 8, 4, 1, 2]  # a request's positions share a pass
 
 
 @pytest.mark.parametrize(("env", "is_open"), [

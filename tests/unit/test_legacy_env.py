@@ -393,12 +393,14 @@ def test_a_hand_started_inference_server_reads_the_old_names(clean_env, monkeypa
                         ("INFERENCE_API_VERBOSE", "0"), ("INFERENCE_API_DEVICE", "cpu")):
         clean_env.setenv(name, value)
     seen = {}
-    monkeypatch.setattr(inf_main.uvicorn, "run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(inf_main.uvicorn, "run", lambda app, **kw: seen.update(
+        kw, switch_us=round(sys.getswitchinterval() * 1e6)))
     monkeypatch.setattr(inf_main, "Service", lambda cfg, model, repo, device, progress: seen.update(
         device=device))
     monkeypatch.setattr(inf_main, "create_app", lambda service: "app")
     root = logging.getLogger()
     level, handlers = root.level, root.handlers[:]
+    switch = sys.getswitchinterval()
     try:
         root.handlers[:] = []  # basicConfig configures only a root without handlers
         assert inf_main.main([]) == 0
@@ -406,8 +408,9 @@ def test_a_hand_started_inference_server_reads_the_old_names(clean_env, monkeypa
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        sys.setswitchinterval(switch)
     assert seen == {"host": "127.0.0.1", "port": 8011, "log_level": "warning",
-                    "access_log": False, "device": "cpu"}
+                    "access_log": False, "device": "cpu", "switch_us": 100}
 
 
 def test_the_watchdog_log_level_from_the_old_name(clean_env, monkeypatch):

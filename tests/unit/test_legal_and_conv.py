@@ -141,10 +141,10 @@ def test_served_conv_runs_only_final_positions_and_matches_the_full_forward(tmp_
                                      flip=True)).eval()
     save_checkpoint(tmp_path / "c.pt", model)
     predictor = Predictor.load(tmp_path / "c.pt", torch.device("cpu"), 100)
-    served = predictor.model
     rows: list[int] = []
-    position_logits = served.position_logits
-    served.position_logits = lambda h, b, s: rows.append(len(h)) or position_logits(h, b, s)
+    traced = predictor.final_logits
+    assert traced is not None
+    predictor.final_logits = lambda h, b, s: rows.append(len(h)) or traced(h, b, s)
     enc = encode_moves(GAME, final=True).inputs
     t = torch.from_numpy
     with torch.inference_mode():
