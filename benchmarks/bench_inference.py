@@ -157,8 +157,9 @@ def game_state(port: int) -> None:
 
 def direct_latency(model: Path, inputs: list[list[str]]) -> list[float]:
     predictor = Predictor.load(model, torch.device("cpu"), 1024)
-    if os.environ.get("INFERENCE_TORCH_THREADS", "0") != "0":  # as the server's forward thread
-        torch.set_num_threads(int(os.environ["INFERENCE_TORCH_THREADS"]))
+    # As many torch threads as the server's forward thread (appliance.inference.app).
+    torch.set_num_threads(int(os.environ.get("INFERENCE_TORCH_THREADS", "0"))
+                          or max(1, torch.get_num_threads() - 1))
     for moves in inputs[:10]:
         predictor.predict([predictor.prepare(moves, None, 5)])
     times = []
