@@ -3,7 +3,8 @@
 1. http_overhead: /infer p50/p99 over HTTP vs the predictor called in-process, same inputs; the
    route's own time (`latency_ms`) splits the difference into what the HTTP stack and client
    add outside the route and what the route adds around the predictor (queue, thread hop).
-2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass.
+2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass, and
+   the CPU per request of the server's event loop and forward thread and of the clients.
 3. game_state: real games played one request per ply with `game_id`: p50 at plies 198-202 vs
    plies 8-12, against the same requests without it; the answers must be the same.
 4. load_test: BENCH_LOAD_SECONDS (default 30) of 16 concurrent clients; errors must be 0.
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,11 @@ def positions(n: int) -> list[list[str]]:
         g = rng.choice(games)
         out.append(g[: rng.randrange(len(g))])
     return out
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each thread of process `pid` (the main thread's id is `pid`)."""
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
 def batch_counts(url: str) -> tuple[float, float]:
@@ -250,15 +257,25 @@ def main() -> int:
 
             ok1, err1, lat1, s1 = asyncio.run(run_clients(port, inputs, 1, count=300))
             passes, positions_before = batch_counts(url)
+            threads, client = thread_cpu(server.pid), psutil.Process().cpu_times()
             ok16, err16, lat16, s16 = asyncio.run(run_clients(port, inputs, CLIENTS, count=1200))
+            spent = thread_cpu(server.pid)
+            client_s = sum(psutil.Process().cpu_times()[:2]) - sum(client[:2])
             passes16, positions16 = batch_counts(url)
+            loop_s = spent.pop(server.pid) - threads.get(server.pid, 0.0)
+            busiest = max(spent, key=lambda t: spent[t] - threads.get(t, 0.0))  # the forward thread
             emit("batching_gain", one_client_rps=round(ok1 / s1, 1),
                  clients=CLIENTS, concurrent_rps=round(ok16 / s16, 1),
                  ratio=round((ok16 / s16) / (ok1 / s1), 2), errors=err1 + err16,
                  one_client_p99_ms=pct(lat1, 99), concurrent_p50_ms=pct(lat16, 50),
                  concurrent_p99_ms=pct(lat16, 99),
                  positions_per_pass=round((positions16 - positions_before)
-                                          / (passes16 - passes), 2))
+                                          / (passes16 - passes), 2),
+                 cpu_ms_per_request={
+                     "event_loop": round(loop_s / len(lat16) * 1000, 3),
+                     "forward": round((spent[busiest] - threads.get(busiest, 0.0))
+                                      / len(lat16) * 1000, 3),
+                     "clients": round(client_s / len(lat16) * 1000, 3)})
 
             game_state(port)
 
