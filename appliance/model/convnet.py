@@ -15,21 +15,20 @@ computed; their logits are zero.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from appliance.model.network import check_config_keys
+from appliance.model.network import NetConfig
 from appliance.model.vocab import NUM_MOVES, PAD_ID, mirror_classes, token_squares
 
 BOARD_PLANES = 18
 
 
 @dataclass(frozen=True)
-class ConvConfig:
+class ConvConfig(NetConfig):
     channels: int = 64  # width of the tower
     blocks: int = 6  # residual blocks (two 3x3 convolutions each): the depth
     history: int = 6  # moves of history fed as planes (>= 1: the move that led here)
@@ -37,19 +36,8 @@ class ConvConfig:
     flip: bool = False  # see the board from the side to move (absent from the first checkpoints)
 
     def __post_init__(self) -> None:
-        for name in ("channels", "head_channels", "history"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.blocks < 0:
-            raise ValueError(f"blocks must be at least 0, got {self.blocks}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ConvConfig:
-        check_config_keys(cls, data)
-        return cls(**data)
+        self.require_at_least(1, "channels", "head_channels", "history")
+        self.require_at_least(0, "blocks")
 
     def features(self) -> dict[str, bool]:
         return {"history": True, "phase": False, "side_to_move": True, "board": True}

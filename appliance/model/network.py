@@ -10,7 +10,7 @@ causal, so one pass over a whole game yields a prediction for every position in 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Self, cast
 
 import torch
 from torch import nn
@@ -22,15 +22,28 @@ _BOARD_SLOT_OFFSETS = [sq * 13 for sq in range(64)] + [64 * 13, 64 * 13 + 16]
 _BOARD_INDEX_SPACE = 64 * 13 + 16 + 9
 
 
-def check_config_keys(cls: Any, data: dict[str, Any]) -> None:
-    """ValueError naming the keys of a checkpoint's model config that `cls` does not know."""
-    unknown = sorted(set(data) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+class NetConfig:
+    """What every architecture's (frozen dataclass) config shares: the dict a checkpoint keeps,
+    read back with a ValueError naming keys it does not know, and range checks."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(cast(Any, self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        unknown = sorted(set(data) - {f.name for f in fields(cast(Any, cls))})
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def require_at_least(self, low: int, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(NetConfig):
     embed_dim: int = 256
     hidden_dim: int = 512
     num_layers: int = 2
@@ -42,21 +55,11 @@ class ModelConfig:
     feature_dim: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "hidden_dim", "num_layers", "feature_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.require_at_least(1, "embed_dim", "hidden_dim", "num_layers", "feature_dim")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rnn not in ("lstm", "gru"):
             raise ValueError(f"rnn must be 'lstm' or 'gru', got {self.rnn!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        check_config_keys(cls, data)
-        return cls(**data)
 
     def features(self) -> dict[str, bool]:
         return {
