@@ -63,6 +63,17 @@ def test_build_with_a_held_out_test_split(tmp_path: Path):
         "(2553 positions), test.jsonl 90 games (8445 positions), stats.json")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "stats.json", "test.jsonl", "train.jsonl", "val.jsonl"]
+    # A training-only set built from the same games leaves out the held-out ones.
+    held = [tmp_path / "out" / "test.jsonl", tmp_path / "out" / "val.jsonl"]
+    done = _run(MODULE, "build", real, "--out", tmp_path / "train_only", "--val-fraction", "0",
+                "--exclude", held[0], "--exclude", held[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == (
+        "read 334 games from 1 file(s): kept 194, skipped 22, duplicates removed 0, excluded 118")
+    missing = tmp_path / "nowhere.jsonl"
+    done = _run(MODULE, "build", real, "--out", tmp_path / "x", "--exclude", missing)
+    assert (done.returncode, done.stderr) == (2, f"datasets build: error: {missing}: file not "
+                                                 "found\n")
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,13 @@ def test_conv_checkpoint_records_architecture_and_loads(tmp_path: Path):
         build_model("tree", {})
     with pytest.raises(ValueError, match="unknown model config keys: width"):
         build_model("conv", {"width": 3})
+    with pytest.raises(ValueError, match="^blocks must be at least 0, got -1$"):
+        ConvConfig(blocks=-1)
+    with pytest.raises(ValueError, match="^history must be at least 1, got 0$"):
+        build_model("conv", {"history": 0})
+    with pytest.raises(ValueError, match="^embed_dim must be at least 1, got 0$"):
+        build_model("recurrent", {"embed_dim": 0})
+    assert ConvConfig.from_dict(ConvConfig(channels=8).to_dict()) == ConvConfig(channels=8)
 
 
 def test_trainer_records_mask_and_architecture_and_evaluate_ranks_legal_moves(
