@@ -2,9 +2,9 @@
 the time its body may take) and batching; the API docs unless a token closes them. Bodies and
 error responses are defined in `inference.schemas`.
 
-A valid, authorised `POST /infer` is answered by the middleware itself, before FastAPI's router,
-dependencies and exception layers (about a millisecond a request on a small CPU): it validates
-the body with the same pydantic model and answers exactly as the route does. Anything else, every
+A valid, authorised `POST /infer` is answered by the middleware itself, without FastAPI's
+router, dependency solving and exception layers: it validates the body with the same pydantic
+model and answers exactly as the route does. Anything else, every
 error included, goes through FastAPI, so error answers have one source.
 
 The model loads on a background thread; until it is ready (or while none can be found) /healthz
