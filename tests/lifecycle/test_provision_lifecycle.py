@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
+from appliance.model.checkpoint import save_checkpoint
+from appliance.model.network import ModelConfig, MovePredictor
 from host_tools.emulators.localpod import Fault, LocalPodServer
 from host_tools.emulators.localpod.containers import ContainerBackend
 from host_tools.engine import Engine
@@ -100,8 +103,13 @@ def test_cycle_trains_in_the_pod_and_brings_the_artifacts_back(
         lines = (sample / f"{name}.jsonl").read_text().splitlines()[:rows]
         (dataset / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     out_dir = tmp_path / "out"
+    previous = tmp_path / "previous.pt"  # the "previous best" the new model plays in the arena
+    torch.manual_seed(0)
+    save_checkpoint(previous, MovePredictor(ModelConfig(embed_dim=8, hidden_dim=8, num_layers=1,
+                                                        feature_dim=4)))
     code, out, err, _ = cli("cycle", "--json", *POD_ARGS, *TINY_TRAIN, "--dataset", str(dataset),
-                            "--out", str(out_dir), "--run-id", "lc-cycle", "--then", "terminate")
+                            "--out", str(out_dir), "--run-id", "lc-cycle", "--then", "terminate",
+                            "--arena-against", str(previous), "--arena-games", "2")
     assert code == 0, err
     summary = json.loads(out)
     pod_id = summary["pod"]
@@ -115,6 +123,13 @@ def test_cycle_trains_in_the_pod_and_brings_the_artifacts_back(
     report = json.loads((out_dir / "report.json").read_text())
     assert len(report["epochs"]) == 1 and report["gpu"]["pod_id"] == pod_id
     assert (out_dir / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The arena ran here after the pod was gone: the trained model against the previous one.
+    arena = json.loads((out_dir / "arena.json").read_text())
+    assert arena["players"]["a"]["spec"] == str(out_dir / "artifacts" / "model_best.pt")
+    assert arena["players"]["b"]["spec"] == str(previous)
+    assert arena["games"] == 2 == arena["wins"] + arena["draws"] + arena["losses"]
+    assert report["arena"]["games"] == 2
+    assert (out_dir / "arena.pgn").read_text().count('[Event "arena"]') == 2
     # The pod's training output streams onto this process's stderr as it comes.
     assert "epoch 1/1: train loss" in capfd.readouterr().err
     assert localpod.account.pods[pod_id].status == "TERMINATED"
@@ -124,7 +139,8 @@ def test_cycle_trains_in_the_pod_and_brings_the_artifacts_back(
     records = [json.loads(line) for line in (tmp_path / "timings.jsonl").read_text().splitlines()]
     host = [(r["phase"], r["status"]) for r in records if r["source"] == "host_cycle"]
     assert host == [("provision", "ok"), ("wait_ssh", "ok"), ("upload_dataset", "ok"),
-                    ("train", "ok"), ("fetch_artifacts", "ok"), ("then_terminate", "ok")]
+                    ("train", "ok"), ("fetch_artifacts", "ok"), ("then_terminate", "ok"),
+                    ("arena", "ok")]
     pod_phases = [r["phase"] for r in records if r["source"] == "runpod_train_preset"]
     assert pod_phases[:2] == ["resolve_dataset_paths", "train_baseline"]
     assert {r["run_id"] for r in records} == {"lc-cycle"}
