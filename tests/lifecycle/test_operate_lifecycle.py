@@ -243,7 +243,9 @@ def test_a_network_volume_outlives_its_pod_and_max_hours_stops_the_next(
     wait_until(lambda: localpod.account.pods[second].status == "EXITED", 200, 1,
                "the hard cap's stop")
     stopped_after = time.monotonic() - created
-    assert CAP_HOURS * 3600 <= stopped_after < CAP_HOURS * 3600 + 90, stopped_after
+    # The watchdog dates the container's start from the kernel's boot time, which /proc gives in
+    # whole seconds: the cap may fall up to a second early.
+    assert CAP_HOURS * 3600 - 1.5 <= stopped_after < CAP_HOURS * 3600 + 90, stopped_after
     # Stopped by the pod itself, through the API with its own key; never terminated.
     assert any(r["path"] == f"/v2/pods/{second}/action" for r in localpod.account.requests)
     container = ContainerBackend.names(localpod.account.pods[second])[0]
