@@ -1,8 +1,9 @@
 """Inference benchmarks, one JSON line each, each against a baseline measured in the same run.
 
-1. http_overhead: /infer p50/p99 over HTTP vs the predictor called in-process, same inputs; the
-   route's own time (`latency_ms`) splits the difference into what the HTTP stack and client
-   add outside the route and what the route adds around the predictor (queue, thread hop).
+1. http_overhead: /infer p50/p99 over HTTP vs the predictor called in-process, same inputs in
+   turns (3 rounds of 300); the route's own time (`latency_ms`) splits the difference into what
+   the HTTP stack and client add outside the route and what the route adds around the predictor
+   (queue, thread hop).
 2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass, and
    the CPU per request of the server's event loop and forward thread and of the clients.
 3. game_state: real games played one request per ply with `game_id`: p50 at plies 198-202 vs
@@ -162,27 +163,45 @@ def game_state(port: int) -> None:
          same_moves_and_fields=same_moves, max_prob_difference=prob_diff)
 
 
-def direct_latency(model: Path, inputs: list[list[str]]) -> list[float]:
+async def overhead(port: int, model: Path, inputs: list[list[str]], rounds: int = 3,
+                   chunk: int = 25) -> tuple[list[float], list[float], list[float]]:
+    """(in-process ms, HTTP ms, the route's own ms) for each input, `rounds` times: chunks of
+    `chunk` inputs run in process and then over HTTP in turn, so a drift of the machine's speed
+    weighs on both alike."""
     predictor = Predictor.load(model, torch.device("cpu"), 1024)
     # As many torch threads as the server's forward thread (appliance.inference.app).
     torch.set_num_threads(int(os.environ.get("INFERENCE_TORCH_THREADS", "0"))
                           or max(1, torch.get_num_threads() - 1))
-    for moves in inputs[:10]:
+    conn = Connection(port)
+    direct: list[float] = []
+    http: list[float] = []
+    route: list[float] = []
+    for moves in inputs[:20]:  # warm-up
         predictor.predict([predictor.prepare(moves, None, 5)])
-    times = []
-    for moves in inputs:
-        t = time.perf_counter()
-        predictor.predict([predictor.prepare(moves, None, 5)])
-        times.append((time.perf_counter() - t) * 1000)
-    return times
+        await conn.post("/infer", {"moves": moves})
+    for _ in range(rounds):
+        for k in range(0, len(inputs), chunk):
+            part = inputs[k:k + chunk]
+            for moves in part:
+                t = time.perf_counter()
+                predictor.predict([predictor.prepare(moves, None, 5)])
+                direct.append((time.perf_counter() - t) * 1000)
+            for moves in part:
+                t = time.perf_counter()
+                status, raw = await conn.post("/infer", {"moves": moves})
+                http.append((time.perf_counter() - t) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"/infer answered {status}: {raw[:200]!r}")
+                route.append(json.loads(raw)["latency_ms"])
+    conn.close()
+    return direct, http, route
 
 
 async def run_clients(port: int, inputs: list[list[str]], clients: int,
-                      seconds: float | None = None, count: int | None = None,
-                      route_ms: list[float] | None = None
+                      seconds: float | None = None, count: int | None = None
                       ) -> tuple[int, int, list[float], float]:
     """(ok, errors, latencies ms, elapsed s) for `clients` concurrent request loops, one
-    connection each; the route's own `latency_ms` of each answer into `route_ms` when given."""
+    connection each."""
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -202,8 +221,6 @@ async def run_clients(port: int, inputs: list[list[str]], clients: int,
             try:
                 status, raw = await conn.post("/infer", {"moves": inputs[i % len(inputs)]})
                 ok = status == 200
-                if ok and route_ms is not None:
-                    route_ms.append(json.loads(raw)["latency_ms"])
             except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
                 ok = False
                 conn.close()
@@ -245,15 +262,11 @@ def main() -> int:
                     return 1
                 time.sleep(0.2)
 
-            direct = direct_latency(model, inputs)
-            asyncio.run(run_clients(port, inputs, 1, count=20))  # warm-up
-            route: list[float] = []
-            _, errs, http, _ = asyncio.run(run_clients(port, inputs, 1, count=len(inputs),
-                                                       route_ms=route))
+            direct, http, route = asyncio.run(overhead(port, model, inputs))
             emit("http_overhead", http_p50_ms=pct(http, 50), http_p99_ms=pct(http, 99),
                  direct_p50_ms=pct(direct, 50), direct_p99_ms=pct(direct, 99),
                  ratio_p50=round(statistics.median(http) / statistics.median(direct), 2),
-                 route_p50_ms=pct(route, 50), requests=len(http), errors=errs)
+                 route_p50_ms=pct(route, 50), requests=len(http))
 
             ok1, err1, lat1, s1 = asyncio.run(run_clients(port, inputs, 1, count=300))
             passes, positions_before = batch_counts(url)

@@ -30,7 +30,7 @@ import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -53,6 +53,7 @@ from appliance.inference.schemas import (
     InferRequest,
     InferResponse,
     json_error,
+    json_response,
     validation_message,
 )
 from appliance.model.checkpoint import CheckpointError
@@ -297,7 +298,7 @@ class ServiceMiddleware:
 
         try:
             body = await self._read_body(scope, receive)
-            if isinstance(body, JSONResponse):
+            if isinstance(body, Response):
                 await body(scope, receive, tracking_send)
                 return
             replayed = False
@@ -327,7 +328,7 @@ class ServiceMiddleware:
                 # Health probes and scrapes are not activity: they must not keep a pod alive.
                 service.heartbeat.beat()
 
-    async def _fast_infer(self, scope: Scope, body: bytes) -> JSONResponse | None:
+    async def _fast_infer(self, scope: Scope, body: bytes) -> Response | None:
         """The answer to an authorised `POST /infer` with a valid body once a model is ready;
         None otherwise: FastAPI then answers (with the error) exactly as it always does."""
         service = self.service
@@ -341,18 +342,15 @@ class ServiceMiddleware:
         try:
             if service.token_error(header.decode("latin-1")) is not None:
                 return None
-            data = json.loads(body)
-            if not isinstance(data, dict):
-                return None
-            req = InferRequest.model_validate(data)
-        except (ValueError, ValidationError, RecursionError):  # bad JSON, bytes or nesting
+            req = InferRequest.model_validate_json(body)
+        except (ValueError, ValidationError):  # bad JSON, bytes, nesting or fields
             return None
         try:
-            return JSONResponse(await service.infer(predictor, req))
+            return json_response(await service.infer(predictor, req))
         except InputError as exc:
             return json_error(422, str(exc))
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | JSONResponse:
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | Response:
         """The whole body, or the error answer: 400 for a bad Content-Length, 413 over the size
         limit, 408 when it has not all arrived within the body timeout (a client that stalls
         after its headers must not hold a connection and a task for long)."""
@@ -391,6 +389,19 @@ class ServiceMiddleware:
 # -- the app -----------------------------------------------------------------------------------
 
 
+class InferenceApp(FastAPI):
+    """FastAPI behind the service's middleware: every request meets `ServiceMiddleware` first,
+    outside FastAPI's own layers (error, telemetry, body limit, exception handling), which a
+    valid `/infer` never enters."""
+
+    def __init__(self, service: Service, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.front = ServiceMiddleware(super().__call__, service)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+
 def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -409,7 +420,8 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     open_docs = service.cfg.INFERENCE_OPEN_DOCS
     if open_docs is None:
         open_docs = not service.token  # the docs would tell anyone what the token guards
-    app = FastAPI(
+    app = InferenceApp(
+        service,
         title="chess-bot inference API",
         version="1",
         description="Next-move predictions from the trained chess model. Errors are "
@@ -425,12 +437,12 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
     }
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
         status, messages = validation_message(list(exc.errors()))
         return json_error(status, messages[0], details=messages)
 
     @app.exception_handler(HTTPException)
-    async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
+    async def on_http(request: Request, exc: HTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 404:
             detail = f"not found: {request.url.path}"
@@ -439,30 +451,30 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
         return json_error(exc.status_code, detail, headers=exc.headers)
 
     @app.exception_handler(InputError)
-    async def on_input(request: Request, exc: InputError) -> JSONResponse:
+    async def on_input(request: Request, exc: InputError) -> Response:
         return json_error(422, str(exc))
 
     @app.get("/healthz", responses={503: {"model": ErrorBody}})
-    async def healthz() -> JSONResponse:
+    async def healthz() -> Response:
         st = service.state
         if st.predictor is None:
-            return JSONResponse({"status": st.status, "reason": st.reason}, status_code=503)
-        return JSONResponse({"status": "ok", **st.predictor.facts(),
+            return json_response({"status": st.status, "reason": st.reason}, 503)
+        return json_response({"status": "ok", **st.predictor.facts(),
                              "uptime_s": round(time.time() - st.loaded_at, 1)})
 
     # HEAD answers like GET without the body, for probes that only look at the status.
     app.add_api_route("/healthz", healthz, methods=["HEAD"], responses={503: {"model": ErrorBody}})
 
-    # The routes answer with a JSONResponse: FastAPI then neither validates nor re-encodes the
+    # The routes answer with a Response: FastAPI then neither validates nor re-encodes the
     # answer through response_model, which only documents it.
     @app.post("/infer", dependencies=[auth], response_model=InferResponse, responses=errors)
-    async def infer(req: InferRequest) -> JSONResponse:
+    async def infer(req: InferRequest) -> Response:
         # Reached only when the middleware's fast path declined (it answers valid requests).
-        return JSONResponse(await service.infer(service.ready_predictor(), req))
+        return json_response(await service.infer(service.ready_predictor(), req))
 
     @app.post("/infer/batch", dependencies=[auth], response_model=BatchResponse,
               responses=errors)
-    async def infer_batch(req: BatchRequest) -> JSONResponse:
+    async def infer_batch(req: BatchRequest) -> Response:
         predictor = service.ready_predictor()
         limit = service.cfg.INFERENCE_MAX_BATCH_POSITIONS
         if len(req.positions) > limit:
@@ -483,7 +495,7 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
 
         prepared = await run_in_threadpool(prepare_all)
         results = await service.batcher.submit(prepared)
-        return JSONResponse({"results": [r.to_dict() for r in results],
+        return json_response({"results": [r.to_dict() for r in results],
                              "device": str(predictor.device),
                              "latency_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
@@ -492,6 +504,4 @@ def create_app(service: Service, load_in_background: bool = True) -> FastAPI:
         service.metrics.observe_games(service.games)
         return Response(generate_latest(service.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
-
-    app.add_middleware(ServiceMiddleware, service=service)
     return app

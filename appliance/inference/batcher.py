@@ -1,7 +1,10 @@
 """Micro-batching: concurrent requests share one forward pass, and passes overlap the event loop.
 
 Passes run one at a time on one worker thread (set up by `init_worker`, e.g. its torch thread
-count), so the event loop keeps accepting and preparing requests while the model runs. A pass
+count), so the event loop keeps accepting and preparing requests while the model runs. The
+thread takes a pass from a queue and hands the answers back to the loop in one callback that
+resolves every request of the pass (no executor future to chain: the hop costs a thread wake and
+a loop wake, nothing more). A pass
 takes the requests queued when the worker is free, up to `max_batch` positions and at most half
 of the requests recently in flight at once (the largest number outstanding over the last
 `RECENT_PASSES` passes): with N clients each waiting for its answer, two groups of about N/2
@@ -13,9 +16,10 @@ alone runs at once; otherwise a pass waits at most `window_s` to reach that size
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, NamedTuple, TypeVar
 
 In = TypeVar("In")
@@ -50,20 +54,21 @@ class MicroBatcher(Generic[In, Out]):
         self.in_flight = 0  # requests submitted and not answered
         self.peak = 0  # the most in flight at once since the last pass began
         self.peaks: deque[int] = deque([1], maxlen=RECENT_PASSES)
-        self.executor: ThreadPoolExecutor | None = None
+        # Passes for the worker (None: stop), each with the future its answers resolve.
+        self.jobs: queue.SimpleQueue[tuple[list[Entry[In, Out]], asyncio.Future[None]] | None]
+        self.jobs = queue.SimpleQueue()
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="forward",
-                                           initializer=self.init_worker)
-        self.task = asyncio.get_running_loop().create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._work, args=(loop,), name="forward", daemon=True).start()
+        self.task = loop.create_task(self._loop())
 
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        self.jobs.put(None)  # the worker ends after the pass it may be running
 
     async def submit(self, items: Sequence[In]) -> list[Out]:
         loop = asyncio.get_running_loop()
@@ -126,14 +131,43 @@ class MicroBatcher(Generic[In, Out]):
             if not batch:
                 continue
             self.on_batch(len(batch))
+            answered = loop.create_future()
+            self.jobs.put((batch, answered))
+            await answered
+
+    def _work(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The worker thread: each pass, then its answers (or its error) back to the loop."""
+        broken: Exception | None = None
+        if self.init_worker is not None:
             try:
-                results = await loop.run_in_executor(self.executor, self.run,
-                                                     [e.item for e in batch])
-            except Exception as exc:  # the callers get the error; the loop keeps serving
-                for e in batch:
-                    if not e.future.done():
-                        e.future.set_exception(exc)
+                self.init_worker()
+            except Exception as exc:  # every pass fails with it: no request waits forever
+                broken = exc
+        while (job := self.jobs.get()) is not None:
+            batch, answered = job
+            results: list[Out] = []
+            error: Exception | None = broken
+            if error is None:
+                try:
+                    results = self.run([e.item for e in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"a pass of {len(batch)} gave {len(results)} answers")
+                except Exception as exc:  # the callers get the error; the loop keeps serving
+                    error = exc
+            try:
+                loop.call_soon_threadsafe(self._deliver, batch, results, error, answered)
+            except RuntimeError:  # the loop has closed: nobody waits any more
+                return
+
+    @staticmethod
+    def _deliver(batch: list[Entry[In, Out]], results: list[Out], error: Exception | None,
+                 answered: asyncio.Future[None]) -> None:
+        for i, e in enumerate(batch):
+            if e.future.done():
                 continue
-            for e, result in zip(batch, results, strict=True):
-                if not e.future.done():
-                    e.future.set_result(result)
+            if error is None:
+                e.future.set_result(results[i])
+            else:
+                e.future.set_exception(error)
+        if not answered.done():
+            answered.set_result(None)

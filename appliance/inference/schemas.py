@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from appliance.inference.predictor import TOPK_MAX
@@ -138,6 +139,13 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[int, list[str]]:
     return status, messages
 
 
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+                  ) -> Response:
+    """`body` as compact JSON (orjson: a tenth of the stdlib's cost on an answer), every answer's
+    one encoder."""
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None,
-                **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+               **extra: Any) -> Response:
+    return json_response({"error": message, **extra}, status, headers)

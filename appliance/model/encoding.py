@@ -139,18 +139,26 @@ def illegal_reason(board: chess.Board, move: chess.Move) -> str:
 
 
 def replay(moves: list[str], board: chess.Board, field: str = "moves_uci") -> Iterator[chess.Move]:
-    """Push each move on `board`, yielding it first; EncodingError names the bad move."""
+    """Push each move on `board`, yielding it first; EncodingError names the bad move. A move is
+    legal when it is pseudo-legal and, once pushed, its own king is not attacked (python-chess's
+    `is_legal` answers the same, at twice the cost: replay is most of a request's work)."""
+    parsed = vocab.parsed_moves()
     for i, uci in enumerate(moves):
-        if not vocab.is_vocab_move(uci):
+        move = parsed.get(uci)
+        if move is None:
             raise EncodingError(f"{field}[{i}] = {short_repr(uci)} is not a UCI move")
-        move = chess.Move.from_uci(uci)
-        if not board.is_legal(move):
-            raise EncodingError(
-                f"{field}[{i}] = {uci!r} is illegal: {illegal_reason(board, move)} "
-                f"(position {board.fen()!r})"
-            )
+        if not board.is_pseudo_legal(move):
+            raise _illegal(field, i, board, move)
         yield move
         board.push(move)
+        if board.was_into_check():
+            board.pop()
+            raise _illegal(field, i, board, move)
+
+
+def _illegal(field: str, i: int, board: chess.Board, move: chess.Move) -> EncodingError:
+    return EncodingError(f"{field}[{i}] = {move.uci()!r} is illegal: "
+                         f"{illegal_reason(board, move)} (position {board.fen()!r})")
 
 
 def encode_moves(
@@ -166,27 +174,23 @@ def encode_moves(
     n = len(moves)
     positions = n + 1 if final else n
     first = 0 if last is None else max(0, positions - last)
-    tokens = np.empty(positions, dtype=np.int16)
-    targets = np.empty(n, dtype=np.int16)
     snaps = np.empty((positions - first, 10), dtype=np.uint64)
     keys: list[list[int]] = []
-    prev = vocab.BOS_ID
     for i, _ in enumerate(replay(moves, board, field)):
-        tokens[i] = prev
-        targets[i] = vocab.move_class(moves[i])
         if i >= first:
             snaps[i - first] = features.snapshot(board)
             if legal:
                 keys.append(legal_keys(board))
-        prev = vocab.move_id(moves[i])
     if final:
-        tokens[n] = prev
         snaps[n - first] = features.snapshot(board)
         if legal:
             keys.append(legal_keys(board))
+    # Every move is known now: token ids in one pass (the input at t is the move before t).
+    ids = np.fromiter(map(vocab.move_ids().__getitem__, moves), dtype=np.int16, count=n)
+    tokens = np.concatenate(([vocab.BOS_ID], ids)).astype(np.int16)[:positions]
     phase, side, boards = features.encode_snapshots(snaps)
-    return EncodedMoves(PositionInputs(tokens[first:], phase, side, boards), targets, board,
-                        legal_moves(keys) if legal else None)
+    return EncodedMoves(PositionInputs(tokens[first:], phase, side, boards),
+                        ids - vocab.NUM_SPECIAL, board, legal_moves(keys) if legal else None)
 
 
 def pad_inputs(

@@ -57,17 +57,24 @@ def all_moves() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
-def _move_to_id() -> dict[str, int]:
+def move_ids() -> dict[str, int]:
     return {m: i + NUM_SPECIAL for i, m in enumerate(all_moves())}
 
 
 def move_id(uci: str) -> int:
     """Token id of a UCI move string; KeyError when it is not in the vocabulary."""
-    return _move_to_id()[uci]
+    return move_ids()[uci]
 
 
 def is_vocab_move(uci: str) -> bool:
-    return uci in _move_to_id()
+    return uci in move_ids()
+
+
+@lru_cache(maxsize=1)
+def parsed_moves() -> dict[str, chess.Move]:
+    """Each vocabulary move as a python-chess Move, by UCI string: parsed once, so replaying a
+    game looks each move up instead of parsing it."""
+    return {m: chess.Move.from_uci(m) for m in all_moves()}
 
 
 def id_to_move(token: int) -> str:
@@ -84,7 +91,7 @@ def class_to_move(cls: int) -> str:
 
 def move_class(uci: str) -> int:
     """Output class (0..1967) of a UCI move."""
-    return _move_to_id()[uci] - NUM_SPECIAL
+    return move_ids()[uci] - NUM_SPECIAL
 
 
 # Move key: promotion piece (python-chess code, 0 for none) * 4096 + from square * 64 + to square.
@@ -115,7 +122,7 @@ def token_squares() -> np.ndarray:
 def mirror_classes() -> np.ndarray:
     """(NUM_MOVES,) int64: the class of each move mirrored top to bottom (a1 <-> a8), which is
     how a move looks from the other side of the board; the vocabulary is closed under it."""
-    ids = _move_to_id()
+    ids = move_ids()
     out = np.empty(NUM_MOVES, dtype=np.int64)
     for cls, uci in enumerate(all_moves()):
         move = chess.Move.from_uci(uci)

@@ -60,6 +60,41 @@ def test_long_inputs_are_cut_in_messages():
     assert str(err.value) == f"moves_uci[0] = {'x' * 100!r}... (500 chars) is not a UCI move"
 
 
+def test_replay_accepts_exactly_the_moves_python_chess_calls_legal():
+    """Replay checks pseudo-legality, then that the mover's king is not attacked once the move is
+    pushed: the same verdict as `Board.is_legal` for every pseudo-legal move of real games'
+    positions and of positions made for the hard cases (castling through an attacked square, en
+    passant that uncovers the king, a pinned piece, evasions); an illegal move leaves the board
+    as it was."""
+    boards = [chess.Board(fen) for fen in (
+        "4k3/8/8/8/8/8/5r2/R3K2R w KQ - 0 1",  # f1 attacked: no O-O; O-O-O is fine
+        "8/8/8/K1pP3r/8/8/8/4k3 w - c6 0 1",  # d5xc6 e.p. opens the rank to the king
+        "4k3/4r3/8/8/8/8/4B3/4K3 w - - 0 1",  # the bishop is pinned
+        "4k3/8/8/8/1b6/8/3P4/4K3 w - - 0 1",  # in check: only evasions
+    )]
+    game = encode_row({"moves_uci": ["e2e4", "d7d5", "e4d5", "d8d5", "b1c3", "d5e5", "g1e2",
+                                     "e5e4", "d2d3", "e4h4", "g2g3", "h4h5", "f1g2", "c8g4"]})
+    board = chess.Board()
+    for token in game.tokens[1:]:
+        board.push_uci(vocab.id_to_move(int(token)))
+        boards.append(board.copy())
+    checked = illegal = 0
+    for start in boards:
+        for move in start.generate_pseudo_legal_moves():
+            after = start.copy()
+            try:
+                list(replay([move.uci()], after, "moves"))
+                legal = True
+            except EncodingError as exc:
+                legal = False
+                illegal += 1
+                assert after.fen() == start.fen() and str(exc).startswith(
+                    f"moves[0] = {move.uci()!r} is illegal: ")
+            assert legal == start.is_legal(move), (start.fen(), move.uci())
+            checked += 1
+    assert (checked, illegal) == (485, 49)
+
+
 def test_replay_yields_before_pushing():
     board = start_board(None)
     seen = []

@@ -327,6 +327,28 @@ def test_micro_batcher_groups_concurrent_work_and_survives_errors():
     assert sizes == [8, 8, 4, 1, 2]  # a request's positions share a pass
 
 
+def test_micro_batcher_answers_every_request_when_its_thread_cannot_start_or_a_pass_miscounts():
+    def broken_init() -> None:
+        raise RuntimeError("no torch threads")
+
+    def short(items: list[int]) -> list[int]:
+        return items[1:]
+
+    async def scenario() -> None:
+        for kwargs, run, error in ((dict(init_worker=broken_init), list, "no torch threads"),
+                                   ({}, short, "a pass of 2 gave 1 answers")):
+            batcher: MicroBatcher[int, int] = MicroBatcher(run, window_s=0.05, max_batch=8,
+                                                           **kwargs)
+            batcher.start()
+            for _ in range(2):  # the next pass fails the same way: the batcher still serves
+                with pytest.raises(RuntimeError) as err:
+                    await asyncio.wait_for(batcher.submit([1, 2]), timeout=5)
+                assert str(err.value) == error
+            await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(("env", "is_open"), [
     ({}, True),
     ({"INFERENCE_API_TOKEN": CANARY}, False),
