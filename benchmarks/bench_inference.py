@@ -4,8 +4,9 @@
    turns (3 rounds of 300); the route's own time (`latency_ms`) splits the difference into what
    the HTTP stack and client add outside the route and what the route adds around the predictor
    (queue, thread hop).
-2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass, and
-   the CPU per request of the server's event loop and forward thread and of the clients.
+2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass, the
+   CPU per request of the server's event loop and forward thread and of the clients, and the
+   ceiling that CPU sets: cores / CPU per request (`cpu_bound_rps`), as a ratio to one client.
 3. game_state: real games played one request per ply with `game_id`: p50 at plies 198-202 vs
    plies 8-12, against the same requests without it; the answers must be the same.
 4. load_test: BENCH_LOAD_SECONDS (default 30) of 16 concurrent clients; errors must be 0.
@@ -277,6 +278,10 @@ def main() -> int:
             passes16, positions16 = batch_counts(url)
             loop_s = spent.pop(server.pid) - threads.get(server.pid, 0.0)
             busiest = max(spent, key=lambda t: spent[t] - threads.get(t, 0.0))  # the forward thread
+            # Every thread's CPU per request, the clients' too: what the cores allow at most.
+            others = sum(spent[t] - threads.get(t, 0.0) for t in spent)
+            cpu_s = (loop_s + others + client_s) / len(lat16)
+            cores = len(os.sched_getaffinity(0))
             emit("batching_gain", one_client_rps=round(ok1 / s1, 1),
                  clients=CLIENTS, concurrent_rps=round(ok16 / s16, 1),
                  ratio=round((ok16 / s16) / (ok1 / s1), 2), errors=err1 + err16,
@@ -288,7 +293,9 @@ def main() -> int:
                      "event_loop": round(loop_s / len(lat16) * 1000, 3),
                      "forward": round((spent[busiest] - threads.get(busiest, 0.0))
                                       / len(lat16) * 1000, 3),
-                     "clients": round(client_s / len(lat16) * 1000, 3)})
+                     "clients": round(client_s / len(lat16) * 1000, 3)},
+                 cores=cores, cpu_bound_rps=round(cores / cpu_s, 1),
+                 cpu_bound_ratio=round(cores / cpu_s / (ok1 / s1), 2))
 
             game_state(port)
 
