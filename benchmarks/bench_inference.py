@@ -11,11 +11,12 @@
    plies 8-12, against the same requests without it; the answers must be the same.
 4. load_test: BENCH_LOAD_SECONDS (default 30) of 16 concurrent clients; errors must be 0.
 The model has the dimensions of BENCH_ARCH's default (conv: the trainer's default board-centric
-net, 32 channels x 4 blocks, which reads a fixed context; recurrent: the LSTM); its weights do not
-change the cost. The server is a real uvicorn on a loopback port, as supervisord runs it. The
-clients are minimal keep-alive HTTP/1.1 connections (`Connection`), so that what the figures
-show is the server's cost, not a client library's: on these 2 cores an httpx request costs about
-a millisecond of CPU, as much as the whole forward pass.
+net, 32 channels x 4 blocks, which reads a fixed context; recurrent: the LSTM) and, as the
+trainer's default, ranks legal moves only; its weights do not change the cost. The server is a
+real uvicorn on a loopback port, as supervisord runs it. The clients are minimal keep-alive
+HTTP/1.1 connections (`Connection`), so that what the figures show is the server's cost, not a
+client library's: on these 2 cores an httpx request costs about a millisecond of CPU, as much
+as the whole forward pass.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def main() -> int:
         model = Path(tmp) / "seed.pt"
         torch.manual_seed(0)
         save_checkpoint(model, MovePredictor(ModelConfig()) if ARCH == "recurrent"
-                        else build_model(ARCH, CONV_DEFAULT))
+                        else build_model(ARCH, CONV_DEFAULT), legal_mask=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(

@@ -118,19 +118,18 @@ def joined(first: PositionInputs, then: PositionInputs) -> PositionInputs:
         (first.boards, then.boards))))
 
 
-def traced_position_logits(model: torch.nn.Module, example: list[torch.Tensor]
-                           ) -> Callable[..., torch.Tensor]:
-    """A fixed-context model's `position_logits`, traced once into TorchScript on `example`
-    (any batch size then). A traced pass runs without the GIL from start to end, where eager
-    PyTorch takes the GIL back after every operation: on a busy event loop each of those waits
-    could last the interpreter's switch interval, and the forward thread starved."""
+def traced(model: torch.nn.Module, method: str, example: list[torch.Tensor]
+           ) -> Callable[..., torch.Tensor]:
+    """A fixed-context model's `method`, traced once into TorchScript on `example` (any batch
+    size then). A traced pass runs without the GIL from start to end, where eager PyTorch takes
+    the GIL back after every operation: on a busy event loop each of those waits could last the
+    interpreter's switch interval, and the forward thread starved."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: still the one executor
         # that runs a whole pass without the GIL, and torch is pinned
-        traced = torch.jit.trace_module(model, {"position_logits": tuple(example)},
-                                        check_trace=False)
-    return cast(Callable[..., torch.Tensor], traced.position_logits)
+        module = torch.jit.trace_module(model, {method: tuple(example)}, check_trace=False)
+    return cast(Callable[..., torch.Tensor], getattr(module, method))
 
 
 def plan_passes(lengths: Sequence[int], overhead: int = PASS_COST_ROWS) -> list[list[int]]:
@@ -178,13 +177,20 @@ class Predictor:
         self.max_history = max_history
         self.parameters = count_parameters(self.model)
         self.recurrent = bool(getattr(self.model, "recurrent", False))
+        self.legal_only = bool(loaded.meta.get("legal_mask", False))
         self.context: int | None = None
+        # A fixed-context model's traced pass over final positions: all 1968 logits, or, for a
+        # model that ranks legal moves only, the legal moves' alone (`move_logits`).
         self.final_logits: Callable[..., torch.Tensor] | None = None
+        self.legal_logits: Callable[..., torch.Tensor] | None = None
         if not self.recurrent:
             self.context = getattr(self.model, "context_positions", None)
-            self.final_logits = traced_position_logits(self.model, self._last_positions(
-                [encode_moves([], final=True).inputs] * 2))
-        self.legal_only = bool(loaded.meta.get("legal_mask", False))
+            example = self._last_positions([encode_moves([], final=True).inputs] * 2)
+            if self.legal_only and hasattr(self.model, "move_logits"):
+                pairs = [torch.tensor(v, device=device) for v in ([0, 0, 1], [0, 5, 7])]
+                self.legal_logits = traced(self.model, "move_logits", example + pairs)
+            else:
+                self.final_logits = traced(self.model, "position_logits", example)
         self.games = games
 
     @classmethod
@@ -297,9 +303,8 @@ class Predictor:
             else:
                 stateful[(len(p.inputs), p.start is not None)].append(i)
         with torch.inference_mode():
-            if self.final_logits is not None and plain:  # one pass, final positions only
-                logits = self.final_logits(*self._last_positions([batch[i].inputs
-                                                                  for i in plain]))
+            if self.context is not None and plain:  # one pass, final positions only
+                logits = self._final_pass([batch[i] for i in plain])
                 for j, i in enumerate(plain):
                     finals[i] = logits[j]
                 plain = []
@@ -312,7 +317,7 @@ class Predictor:
             for (_, continued), rows in stateful.items():
                 self._step([batch[i] for i in rows], continued, rows, finals)
             final = torch.stack([f for f in finals if f is not None]).float()
-            if self.legal_only:
+            if self.legal_only and self.legal_logits is None:
                 mask = torch.full(final.shape, float("-inf"))
                 at = np.repeat(np.arange(len(batch)), [len(p.legal_classes) for p in batch])
                 cols = np.concatenate([p.legal_classes for p in batch])
@@ -320,6 +325,20 @@ class Predictor:
                 final = final + mask.to(final.device)
             probs = torch.softmax(final, dim=-1).cpu()
         return [self._rank(p, probs[i]) for i, p in enumerate(batch)]
+
+    def _final_pass(self, items: list[Prepared]) -> torch.Tensor:
+        """(len(items), 1968) logits at each item's final position in one traced pass; for a
+        model that ranks legal moves only, the legal moves' logits and -inf elsewhere."""
+        inputs = self._last_positions([p.inputs for p in items])
+        if self.legal_logits is None:
+            assert self.final_logits is not None
+            return self.final_logits(*inputs)
+        rows = np.repeat(np.arange(len(items)), [len(p.legal_classes) for p in items])
+        cols = np.concatenate([p.legal_classes for p in items])
+        at = [torch.from_numpy(a).to(self.device) for a in (rows, cols)]
+        out = torch.full((len(items), vocab.NUM_MOVES), float("-inf"), device=self.device)
+        out[at[0], at[1]] = self.legal_logits(*inputs, *at)
+        return out
 
     def _last_positions(self, inputs: list[PositionInputs]) -> list[torch.Tensor]:
         """A fixed-context model's inputs of each game's final position: its last `context`

@@ -165,6 +165,44 @@ def test_served_conv_runs_only_final_positions_and_matches_the_full_forward(tmp_
     assert rows == [len(GAME) + 1] + [1] * (len(GAME) + 1)
 
 
+def test_served_conv_that_ranks_legal_moves_runs_only_their_head_rows(tmp_path: Path):
+    """A conv model trained with the legal mask is served from the head rows of the legal moves
+    alone: the answers of the full head masked to legal moves, for either side to move (the
+    flip maps a black position's classes), alone and in one shared pass."""
+    torch.manual_seed(0)
+    model = ConvPredictor(ConvConfig(channels=8, blocks=1, history=3, head_channels=4,
+                                     flip=True)).eval()
+    save_checkpoint(tmp_path / "c.pt", model, legal_mask=True)
+    predictor = Predictor.load(tmp_path / "c.pt", torch.device("cpu"), 100)
+    assert predictor.final_logits is None and predictor.legal_logits is not None
+    traced = predictor.legal_logits
+    pairs: list[int] = []
+    predictor.legal_logits = lambda h, b, s, r, c: pairs.append(len(c)) or traced(h, b, s, r, c)
+    enc = encode_moves(GAME, final=True, legal=True)
+    assert enc.legal is not None
+    t = torch.from_numpy
+    with torch.inference_mode():
+        full = model(t(enc.inputs.tokens).long()[None], t(enc.inputs.phase).long()[None],
+                     t(enc.inputs.side).long()[None], t(enc.inputs.boards)[None])[0]
+    batch = [predictor.prepare(GAME[:n], None, 50) for n in range(len(GAME) + 1)]
+    together = predictor.predict(batch)
+    legal_counts = [len(enc.legal.of(n)) for n in range(len(GAME) + 1)]
+    assert pairs == [sum(legal_counts)]  # one pass, one head row per legal move
+    for n, (p, answer) in enumerate(zip(batch, together, strict=True)):
+        [alone] = predictor.predict([p])
+        masked = torch.full_like(full[n], float("-inf"))
+        masked[enc.legal.of(n)] = full[n][enc.legal.of(n)]
+        want = torch.softmax(masked, -1).topk(legal_counts[n])
+        for got in (alone, answer):
+            assert [m["uci"] for m in got.topk] == [
+                vocab.class_to_move(c) for c in want.indices.tolist()], n
+            assert [m["prob"] for m in got.topk] == pytest.approx(want.values.tolist(),
+                                                                  abs=1e-6)
+            assert all(m["legal"] for m in got.topk) and got.best_legal == got.predicted_uci
+    assert pairs == [sum(legal_counts)] + legal_counts
+    assert enc.inputs.side.tolist()[:2] == [0, 1]  # both sides to move were served
+
+
 def test_conv_checkpoint_records_architecture_and_loads(tmp_path: Path):
     model = _conv()
     save_checkpoint(tmp_path / "c.pt", model, legal_mask=True)
