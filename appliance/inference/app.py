@@ -2,10 +2,11 @@
 the time its body may take) and batching; the API docs unless a token closes them. Bodies and
 error responses are defined in `inference.schemas`.
 
-A valid, authorised `POST /infer` is answered by the middleware itself, without FastAPI's
-router, dependency solving and exception layers: it validates the body with the same pydantic
-model and answers exactly as the route does. Anything else, every
-error included, goes through FastAPI, so error answers have one source.
+A valid, authorised `POST /infer` is answered by the service's middleware itself, which
+`InferenceApp` puts in front of every FastAPI layer (error, telemetry, body limit, router,
+dependencies, exception handlers): it validates the body with the same pydantic model and
+answers exactly as the route does. Anything else, every error included, goes through FastAPI,
+so error answers have one source.
 
 The model loads on a background thread; until it is ready (or while none can be found) /healthz
 answers 503 with the reason and /infer* answer 503, and the service keeps looking for a model.
@@ -390,9 +391,7 @@ class ServiceMiddleware:
 
 
 class InferenceApp(FastAPI):
-    """FastAPI behind the service's middleware: every request meets `ServiceMiddleware` first,
-    outside FastAPI's own layers (error, telemetry, body limit, exception handling), which a
-    valid `/infer` never enters."""
+    """FastAPI with `ServiceMiddleware` in front of all its own layers."""
 
     def __init__(self, service: Service, **kwargs: Any) -> None:
         super().__init__(**kwargs)
