@@ -344,7 +344,7 @@ class ServiceMiddleware:
             if service.token_error(header.decode("latin-1")) is not None:
                 return None
             req = InferRequest.model_validate_json(body)
-        except (ValueError, ValidationError):  # bad JSON, bytes, nesting or fields
+        except ValidationError:  # bad JSON, bytes, nesting or fields: FastAPI names them
             return None
         try:
             return json_response(await service.infer(predictor, req))

@@ -1,16 +1,15 @@
 """Micro-batching: concurrent requests share one forward pass, and passes overlap the event loop.
 
 Passes run one at a time on one worker thread (set up by `init_worker`, e.g. its torch thread
-count), so the event loop keeps accepting and preparing requests while the model runs. The
-thread takes a pass from a queue and hands the answers back to the loop in one callback that
-resolves every request of the pass (no executor future to chain: the hop costs a thread wake and
-a loop wake, nothing more). A pass
-takes the requests queued when the worker is free, up to `max_batch` positions and at most half
-of the requests recently in flight at once (the largest number outstanding over the last
-`RECENT_PASSES` passes): with N clients each waiting for its answer, two groups of about N/2
-alternate, one in the forward pass while the loop reads and prepares the other, instead of all N
-waiting for one pass and then for the loop. The wait for more is adaptive: a request that comes
-alone runs at once; otherwise a pass waits at most `window_s` to reach that size.
+count), so the event loop keeps accepting and preparing requests while the model runs; the
+thread takes each pass from a queue and answers all its requests in one callback on the loop (a
+thread wake and a loop wake, no executor future chained to the loop). A pass takes the requests
+queued when the worker is free, up to `max_batch` positions and at most half of the requests
+recently in flight at once (the largest number outstanding over the last `RECENT_PASSES`
+passes): with N clients each waiting for its answer, two groups of about N/2 alternate, one in
+the forward pass while the loop reads and prepares the other, instead of all N waiting for one
+pass and then for the loop. The wait for more is adaptive: a request that comes alone runs at
+once; otherwise a pass waits at most `window_s` to reach that size.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ passes as their kinds allow. Either architecture loads: a recurrent one (`recurr
 `step`) can continue a game from the state kept in a `GameCache`; a non-recurrent one
 (`context_positions`) is fed only the positions its last prediction depends on, and a game kept
 for it holds those positions' inputs, so its next request replays only the new moves. A checkpoint
-trained with the legal-move mask (`meta["legal_mask"]`) ranks legal moves only.
+trained with the legal-move mask (`meta["legal_mask"]`) ranks legal moves only (a fixed-context
+one computes only their logits: `move_logits`).
 """
 
 from __future__ import annotations
@@ -130,6 +131,14 @@ def traced(model: torch.nn.Module, method: str, example: list[torch.Tensor]
         # that runs a whole pass without the GIL, and torch is pinned
         module = torch.jit.trace_module(model, {method: tuple(example)}, check_trace=False)
     return cast(Callable[..., torch.Tensor], getattr(module, method))
+
+
+def legal_pairs(items: Sequence[Prepared], device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item index, class) of every legal move of `items`, as two index tensors."""
+    rows = np.repeat(np.arange(len(items)), [len(p.legal_classes) for p in items])
+    cols = np.concatenate([p.legal_classes for p in items])
+    return torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
 
 
 def plan_passes(lengths: Sequence[int], overhead: int = PASS_COST_ROWS) -> list[list[int]]:
@@ -319,9 +328,7 @@ class Predictor:
             final = torch.stack([f for f in finals if f is not None]).float()
             if self.legal_only and self.legal_logits is None:
                 mask = torch.full(final.shape, float("-inf"))
-                at = np.repeat(np.arange(len(batch)), [len(p.legal_classes) for p in batch])
-                cols = np.concatenate([p.legal_classes for p in batch])
-                mask[torch.from_numpy(at), torch.from_numpy(cols)] = 0.0
+                mask[legal_pairs(batch, torch.device("cpu"))] = 0.0
                 final = final + mask.to(final.device)
             probs = torch.softmax(final, dim=-1).cpu()
         return [self._rank(p, probs[i]) for i, p in enumerate(batch)]
@@ -333,11 +340,9 @@ class Predictor:
         if self.legal_logits is None:
             assert self.final_logits is not None
             return self.final_logits(*inputs)
-        rows = np.repeat(np.arange(len(items)), [len(p.legal_classes) for p in items])
-        cols = np.concatenate([p.legal_classes for p in items])
-        at = [torch.from_numpy(a).to(self.device) for a in (rows, cols)]
+        rows, cols = legal_pairs(items, self.device)
         out = torch.full((len(items), vocab.NUM_MOVES), float("-inf"), device=self.device)
-        out[at[0], at[1]] = self.legal_logits(*inputs, *at)
+        out[rows, cols] = self.legal_logits(*inputs, rows, cols)
         return out
 
     def _last_positions(self, inputs: list[PositionInputs]) -> list[torch.Tensor]:
