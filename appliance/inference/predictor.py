@@ -319,10 +319,12 @@ class Predictor:
                 plain = []
             for group in plan_passes([len(batch[i].inputs) for i in plain]):
                 rows = [plain[g] for g in group]
-                arrays = self._tensors([batch[i].inputs for i in rows])
-                logits = self.model(*arrays)
+                tokens, phase, side, board = self._tensors([batch[i].inputs for i in rows])
+                last = torch.tensor([len(batch[i].inputs) - 1 for i in rows], device=self.device)
+                assert isinstance(self.model, MovePredictor)  # fixed-context ones took the pass
+                logits, _ = self.model.step(tokens, phase, side, board, at=last)
                 for j, i in enumerate(rows):
-                    finals[i] = logits[j, len(batch[i].inputs) - 1]
+                    finals[i] = logits[j]
             for (_, continued), rows in stateful.items():
                 self._step([batch[i] for i in rows], continued, rows, finals)
             final = torch.stack([f for f in finals if f is not None]).float()
@@ -367,14 +369,14 @@ class Predictor:
         state = join_states([p.start.state for p in items if p.start]) if continued else None
         tokens, phase, side, board = self._tensors([p.inputs for p in items])
         assert isinstance(self.model, MovePredictor)  # only recurrent models keep game states
-        logits, new_state = self.model.step(tokens, phase, side, board, state=state)
+        last = torch.full((len(items),), tokens.shape[1] - 1, device=self.device)
+        logits, new_state = self.model.step(tokens, phase, side, board, state=state, at=last)
         for j, (i, p) in enumerate(zip(rows, items, strict=True)):
-            finals[i] = logits[j, -1]
+            finals[i] = logits[j]
             if p.save is not None and self.games is not None:
                 s = p.save
                 self.games.put(s.key, GameEntry(s.fen, s.moves, s.board,
-                                                state_rows(new_state, [j]),
-                                                logits[j, -1].clone()))
+                                                state_rows(new_state, [j]), logits[j].clone()))
 
     def _rank(self, p: Prepared, probs: torch.Tensor) -> Prediction:
         legal = set(p.legal_classes)

@@ -118,11 +118,13 @@ class MovePredictor(nn.Module):
         side: torch.Tensor,
         board: torch.Tensor | None = None,
         state: Any = None,
+        at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """`forward` continued from `state` (None: the start of the game), and the state after
         the last position. The state is the recurrent layers' own: (h, c) for an LSTM, h for a
         GRU, batch on dimension 1; every position of the batch counts, so callers step games
-        of equal length together."""
+        of equal length together. With `at` (B,), the logits at position `at[b]` of each row
+        only, (B, 1968): what inference reads, without the head at every other position."""
         x = self.embed(tokens)
         board_vec = None
         if self.board_embed is not None:
@@ -140,6 +142,9 @@ class MovePredictor(nn.Module):
             parts.append(self.phase_embed(phase))
         if self.side_embed is not None:
             parts.append(self.side_embed(side))
+        if at is not None:
+            rows = torch.arange(len(at), device=at.device)
+            parts = [part[rows, at] for part in parts]
         return self.head(self.drop(torch.cat(parts, dim=-1))), state
 
 
