@@ -4,7 +4,8 @@
    turns (3 rounds of 300); the route's own time (`latency_ms`) splits the difference into what
    the HTTP stack and client add outside the route and what the route adds around the predictor
    (queue, thread hop).
-2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass, the
+2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass (mean
+   and the largest histogram bucket reached), GPU utilisation (BENCH_DEVICE=cuda), the
    CPU per request of the server's event loop and forward thread and of the clients, and the
    ceiling that CPU sets: cores / CPU per request (`cpu_bound_rps`), as a ratio to one client.
 3. game_state: real games played one request per ply with `game_id`: p50 at plies 198-202 vs
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,9 +46,11 @@ from appliance.datasets.pgn_import import ImportCounts, iter_pgn_rows  # noqa: E
 from appliance.inference.predictor import Predictor  # noqa: E402
 from appliance.model.checkpoint import build_model, save_checkpoint  # noqa: E402
 from appliance.model.network import ModelConfig, MovePredictor  # noqa: E402
+from appliance.watchdog.signals import NvmlUnavailable, nvml_samples  # noqa: E402
 from tests.utils import free_port  # noqa: E402
 
 LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "30"))
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")  # cuda: the server and baseline on the GPU
 ARCH = os.environ.get("BENCH_ARCH", "conv")
 CONV_DEFAULT = {"channels": 32, "blocks": 4, "history": 6, "flip": True}  # the trainer's flags
 CLIENTS = 16
@@ -79,14 +83,61 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
-def batch_counts(url: str) -> tuple[float, float]:
-    """(passes, positions) so far, from the server's inference_batch_size histogram."""
+def batch_counts(url: str) -> dict[str, float]:
+    """The server's inference_batch_size histogram so far: "count" (passes), "sum" (positions)
+    and each bucket's cumulative count by its upper bound ("1", "2", ... "+Inf")."""
     found = {}
     for line in httpx.get(url + "/metrics").text.splitlines():
         name, _, value = line.partition(" ")
         if name in ("inference_batch_size_count", "inference_batch_size_sum"):
-            found[name] = float(value)
-    return found["inference_batch_size_count"], found["inference_batch_size_sum"]
+            found[name.rsplit("_", 1)[1]] = float(value)
+        elif name.startswith('inference_batch_size_bucket{le="'):
+            found[name.split('"')[1]] = float(value)
+    return found
+
+
+def largest_pass(before: dict[str, float], after: dict[str, float]) -> str:
+    """The smallest histogram bound that every pass between the two readings fits in."""
+    passes = after["count"] - before["count"]
+    bounds = sorted((float(k), k) for k in after if k not in ("count", "sum"))
+    return next(k for _, k in bounds if after[k] - before.get(k, 0.0) == passes)
+
+
+class GpuUse:
+    """GPU utilisation sampled every 0.1 s while in use (`with`), through the watchdog's NVML
+    reader; `unavailable` says why there is none (no NVML, no GPU)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.unavailable = ""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.1):
+            try:
+                gpus = nvml_samples()
+            except NvmlUnavailable as exc:
+                self.unavailable = str(exc)
+                return
+            if not gpus:
+                self.unavailable = "NVML sees no GPU"
+                return
+            self.samples.append(max(g.util_percent for g in gpus))
+
+    def __enter__(self) -> GpuUse:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self) -> dict[str, object]:
+        if not self.samples:
+            return {"unavailable": self.unavailable or "no sample"}
+        return {"mean_percent": round(statistics.mean(self.samples), 1),
+                "max_percent": max(self.samples), "samples": len(self.samples)}
 
 
 class Connection:
@@ -170,7 +221,7 @@ async def overhead(port: int, model: Path, inputs: list[list[str]], rounds: int 
     """(in-process ms, HTTP ms, the route's own ms) for each input, `rounds` times: chunks of
     `chunk` inputs run in process and then over HTTP in turn, so a drift of the machine's speed
     weighs on both alike."""
-    predictor = Predictor.load(model, torch.device("cpu"), 1024)
+    predictor = Predictor.load(model, torch.device(DEVICE), 1024)
     # As many torch threads as the server's forward thread (appliance.inference.app).
     torch.set_num_threads(int(os.environ.get("INFERENCE_TORCH_THREADS", "0"))
                           or max(1, torch.get_num_threads() - 1))
@@ -247,7 +298,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
             [sys.executable, "-m", "appliance.inference", "--model", str(model), "--host",
-             "127.0.0.1", "--port", str(port), "--device", "cpu"],
+             "127.0.0.1", "--port", str(port), "--device", DEVICE],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={k: v for k, v in os.environ.items()
                  if not k.startswith("INFERENCE_") or k == "INFERENCE_TORCH_THREADS"})
@@ -271,12 +322,14 @@ def main() -> int:
                  route_p50_ms=pct(route, 50), requests=len(http))
 
             ok1, err1, lat1, s1 = asyncio.run(run_clients(port, inputs, 1, count=300))
-            passes, positions_before = batch_counts(url)
+            before = batch_counts(url)
             threads, client = thread_cpu(server.pid), psutil.Process().cpu_times()
-            ok16, err16, lat16, s16 = asyncio.run(run_clients(port, inputs, CLIENTS, count=1200))
+            with GpuUse() as gpu:
+                ok16, err16, lat16, s16 = asyncio.run(run_clients(port, inputs, CLIENTS,
+                                                                  count=1200))
             spent = thread_cpu(server.pid)
             client_s = sum(psutil.Process().cpu_times()[:2]) - sum(client[:2])
-            passes16, positions16 = batch_counts(url)
+            after = batch_counts(url)
             loop_s = spent.pop(server.pid) - threads.get(server.pid, 0.0)
             busiest = max(spent, key=lambda t: spent[t] - threads.get(t, 0.0))  # the forward thread
             # Every thread's CPU per request, the clients' too: what the cores allow at most.
@@ -288,8 +341,9 @@ def main() -> int:
                  ratio=round((ok16 / s16) / (ok1 / s1), 2), errors=err1 + err16,
                  one_client_p99_ms=pct(lat1, 99), concurrent_p50_ms=pct(lat16, 50),
                  concurrent_p99_ms=pct(lat16, 99),
-                 positions_per_pass=round((positions16 - positions_before)
-                                          / (passes16 - passes), 2),
+                 positions_per_pass=round((after["sum"] - before["sum"])
+                                          / (after["count"] - before["count"]), 2),
+                 largest_pass_at_most=largest_pass(before, after), gpu_utilisation=gpu.summary(),
                  cpu_ms_per_request={
                      "event_loop": round(loop_s / len(lat16) * 1000, 3),
                      "forward": round((spent[busiest] - threads.get(busiest, 0.0))

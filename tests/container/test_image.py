@@ -72,6 +72,13 @@ def trained(pod: Pod) -> dict:
     return http(pod.url(8000, "/healthz"))[1]
 
 
+def test_the_image_holds_every_declared_dependency(pod: Pod) -> None:
+    """The image's venv satisfies every requirement of the project it holds: a dependency added
+    to pyproject.toml is installed, not left out by a layer the engine took from its cache."""
+    proc = pod.exec("/opt/venvs/chessbot/bin/pip", "check", check=False)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "No broken requirements found.")
+
+
 def test_dockerfile_is_hadolint_clean() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     proc = subprocess.run([hadolint, str(ROOT / "image" / "Dockerfile")], capture_output=True,
