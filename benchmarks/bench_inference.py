@@ -100,7 +100,7 @@ def largest_pass(before: dict[str, float], after: dict[str, float]) -> str:
     """The smallest histogram bound that every pass between the two readings fits in."""
     passes = after["count"] - before["count"]
     bounds = sorted((float(k), k) for k in after if k not in ("count", "sum"))
-    return next(k for _, k in bounds if after[k] - before.get(k, 0.0) == passes)
+    return next(k for _, k in bounds if after[k] - before.get(k, 0.0) == passes).removesuffix(".0")
 
 
 class GpuUse:
