@@ -58,6 +58,7 @@ def all_moves() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def move_ids() -> dict[str, int]:
+    """Token id of each vocabulary move, by UCI string."""
     return {m: i + NUM_SPECIAL for i, m in enumerate(all_moves())}
 
 
