@@ -141,6 +141,16 @@ def legal_pairs(items: Sequence[Prepared], device: torch.device
     return torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
 
 
+def legal_logits_only(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n: int
+                      ) -> torch.Tensor:
+    """(n, 1968) logits: `values` at the (row, class) pairs of the legal moves, -inf elsewhere,
+    so the softmax and the ranking see legal moves only."""
+    out = torch.full((n, vocab.NUM_MOVES), float("-inf"), dtype=values.dtype,
+                     device=values.device)
+    out[rows, cols] = values
+    return out
+
+
 def plan_passes(lengths: Sequence[int], overhead: int = PASS_COST_ROWS) -> list[list[int]]:
     """Indices of `lengths` grouped into padded passes, shortest first: a pass of b sequences
     padded to length L costs L * (overhead + b); contiguous groups of the sorted lengths that
@@ -328,10 +338,9 @@ class Predictor:
             for (_, continued), rows in stateful.items():
                 self._step([batch[i] for i in rows], continued, rows, finals)
             final = torch.stack([f for f in finals if f is not None]).float()
-            if self.legal_only and self.legal_logits is None:
-                mask = torch.full(final.shape, float("-inf"))
-                mask[legal_pairs(batch, torch.device("cpu"))] = 0.0
-                final = final + mask.to(final.device)
+            if self.legal_only and self.legal_logits is None:  # else the pass did it
+                at, cols = legal_pairs(batch, final.device)
+                final = legal_logits_only(final[at, cols], at, cols, len(batch))
             probs = torch.softmax(final, dim=-1).cpu()
         return [self._rank(p, probs[i]) for i, p in enumerate(batch)]
 
@@ -343,9 +352,7 @@ class Predictor:
             assert self.final_logits is not None
             return self.final_logits(*inputs)
         rows, cols = legal_pairs(items, self.device)
-        out = torch.full((len(items), vocab.NUM_MOVES), float("-inf"), device=self.device)
-        out[rows, cols] = self.legal_logits(*inputs, rows, cols)
-        return out
+        return legal_logits_only(self.legal_logits(*inputs, rows, cols), rows, cols, len(items))
 
     def _last_positions(self, inputs: list[PositionInputs]) -> list[torch.Tensor]:
         """A fixed-context model's inputs of each game's final position: its last `context`
