@@ -84,6 +84,8 @@ class EmulatorState(Controls[Fault, RequestRecord]):
 
 class Handler(EmulatorHandler):
     server: HubEmulator
+    started = 0.0  # when the request being served began
+    logged = False  # whether it is in the request log yet
 
     @property
     def state(self) -> EmulatorState:
@@ -115,9 +117,24 @@ class Handler(EmulatorHandler):
 
     # -- dispatch --
 
+    def send_head(self, status: int, length: int, headers: dict[str, str] | None = None,
+                  content_type: str | None = "application/json") -> None:
+        # Logged before the answer goes out: a client that has its answer finds its request in
+        # the log (logged after, a test that reads the log at once could miss the last one).
+        self.sent_status = status
+        self._log()
+        super().send_head(status, length, headers, content_type)
+
+    def _log(self) -> None:
+        if not self.logged:
+            self.logged = True
+            self.state.record(RequestRecord(self.started, self.command, self.path,
+                                            self.sent_status, self.bearer_token() is not None,
+                                            self.body_bytes))
+
     def _dispatch(self) -> None:
         self.begin_request()
-        started = time.time()
+        self.started, self.logged = time.time(), False
         fault = self.state.take_fault(self.path, self.command)
         try:
             if fault is not None:
@@ -131,8 +148,7 @@ class Handler(EmulatorHandler):
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         finally:
-            self.state.record(RequestRecord(started, self.command, self.path, self.sent_status,
-                                            self.bearer_token() is not None, self.body_bytes))
+            self._log()  # a request that got no answer (a dropped connection) is logged too
 
     do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _dispatch  # noqa: N815 (stdlib names)
 
