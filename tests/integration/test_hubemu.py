@@ -204,3 +204,14 @@ def test_lfs_content_must_match_its_oid(hub: HubEmulator):
                    headers={"Authorization": f"Bearer {CANARY}"})
     assert (r.status_code, r.json()["error"]) == (
         400, "LFS oid of 'm.pt' is not a sha256 hex digest")
+
+
+def test_a_request_is_in_the_log_as_soon_as_its_answer_is(hub: HubEmulator):
+    """The log is written before the answer goes out: a client reading it right after each
+    answer always finds that request (written after, the last one was missing now and then)."""
+    hub.clear_requests()
+    with httpx.Client(base_url=hub.url) as client:
+        for n in range(1, 201):
+            status = client.get("/api/datasets/acme/missing").status_code
+            assert (status, len(hub.requests())) == (404, n)
+    assert {r.status for r in hub.requests()} == {404}
