@@ -216,22 +216,23 @@ def game_state(port: int) -> None:
          same_moves_and_fields=same_moves, max_prob_difference=prob_diff)
 
 
-async def overhead(port: int, model: Path, inputs: list[list[str]], rounds: int = 3,
-                   chunk: int = 25) -> tuple[list[float], list[float], list[float]]:
-    """(in-process ms, HTTP ms, the route's own ms) for each input, `rounds` times: chunks of
-    `chunk` inputs run in process and then over HTTP in turn, so a drift of the machine's speed
-    weighs on both alike."""
+async def overhead(ports: list[int], model: Path, inputs: list[list[str]], rounds: int = 3,
+                   chunk: int = 25) -> tuple[list[float], list[list[float]], list[float]]:
+    """(in-process ms, HTTP ms from each server on `ports`, the first server's route ms) for
+    each input, `rounds` times: chunks of `chunk` inputs run in process and then over HTTP to
+    each server in turn, so a drift of the machine's speed weighs on all alike."""
     predictor = Predictor.load(model, torch.device(DEVICE), 1024)
     # As many torch threads as the server's forward thread (appliance.inference.app).
     torch.set_num_threads(int(os.environ.get("INFERENCE_TORCH_THREADS", "0"))
                           or max(1, torch.get_num_threads() - 1))
-    conn = Connection(port)
+    conns = [Connection(port) for port in ports]
     direct: list[float] = []
-    http: list[float] = []
+    http: list[list[float]] = [[] for _ in ports]
     route: list[float] = []
     for moves in inputs[:20]:  # warm-up
         predictor.predict([predictor.prepare(moves, None, 5)])
-        await conn.post("/infer", {"moves": moves})
+        for conn in conns:
+            await conn.post("/infer", {"moves": moves})
     for _ in range(rounds):
         for k in range(0, len(inputs), chunk):
             part = inputs[k:k + chunk]
@@ -239,15 +240,43 @@ async def overhead(port: int, model: Path, inputs: list[list[str]], rounds: int 
                 t = time.perf_counter()
                 predictor.predict([predictor.prepare(moves, None, 5)])
                 direct.append((time.perf_counter() - t) * 1000)
-            for moves in part:
-                t = time.perf_counter()
-                status, raw = await conn.post("/infer", {"moves": moves})
-                http.append((time.perf_counter() - t) * 1000)
-                if status != 200:
-                    raise RuntimeError(f"/infer answered {status}: {raw[:200]!r}")
-                route.append(json.loads(raw)["latency_ms"])
-    conn.close()
+            for conn, times in zip(conns, http, strict=True):
+                for moves in part:
+                    t = time.perf_counter()
+                    status, raw = await conn.post("/infer", {"moves": moves})
+                    times.append((time.perf_counter() - t) * 1000)
+                    if status != 200:
+                        raise RuntimeError(f"/infer answered {status}: {raw[:200]!r}")
+                    if conn is conns[0]:
+                        route.append(json.loads(raw)["latency_ms"])
+    for conn in conns:
+        conn.close()
     return direct, http, route
+
+
+def start_server(args: list[str], url: str) -> subprocess.Popen[bytes]:
+    """A server process (`args` after the interpreter) once its /healthz answers 200."""
+    server = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items()
+             if not k.startswith("INFERENCE_") or k == "INFERENCE_TORCH_THREADS"})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            stop(server)
+            raise RuntimeError(f"the server {args[0]} did not become ready")
+        time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    server.wait(timeout=15)
 
 
 async def run_clients(port: int, inputs: list[list[str]], clients: int,
@@ -294,32 +323,28 @@ def main() -> int:
         torch.manual_seed(0)
         save_checkpoint(model, MovePredictor(ModelConfig()) if ARCH == "recurrent"
                         else build_model(ARCH, CONV_DEFAULT), legal_mask=True)
-        port = free_port()
+        port, bare_port = free_port(), free_port()
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "appliance.inference", "--model", str(model), "--host",
-             "127.0.0.1", "--port", str(port), "--device", DEVICE],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items()
-                 if not k.startswith("INFERENCE_") or k == "INFERENCE_TORCH_THREADS"})
+        servers: list[subprocess.Popen[bytes]] = []
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(url + "/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    print("error: the inference server did not become ready", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
-
-            direct, http, route = asyncio.run(overhead(port, model, inputs))
+            servers.append(start_server(
+                ["-m", "appliance.inference", "--model", str(model), "--host", "127.0.0.1",
+                 "--port", str(port), "--device", DEVICE], url))
+            servers.append(start_server(
+                [str(ROOT / "benchmarks" / "bare_server.py"), "--model", str(model), "--port",
+                 str(bare_port), "--device", DEVICE], f"http://127.0.0.1:{bare_port}"))
+            server = servers[0]
+            direct, (http, bare), route = asyncio.run(overhead([port, bare_port], model,
+                                                               inputs))
+            stop(servers.pop())  # the bare server: only for the floor
             emit("http_overhead", http_p50_ms=pct(http, 50), http_p99_ms=pct(http, 99),
                  direct_p50_ms=pct(direct, 50), direct_p99_ms=pct(direct, 99),
                  ratio_p50=round(statistics.median(http) / statistics.median(direct), 2),
-                 route_p50_ms=pct(route, 50), requests=len(http))
+                 route_p50_ms=pct(route, 50),
+                 route_ratio_p50=round(statistics.median(route) / statistics.median(direct), 2),
+                 bare_http_p50_ms=pct(bare, 50),
+                 bare_ratio_p50=round(statistics.median(bare) / statistics.median(direct), 2),
+                 requests=len(http))
 
             ok1, err1, lat1, s1 = asyncio.run(run_clients(port, inputs, 1, count=300))
             before = batch_counts(url)
@@ -359,9 +384,12 @@ def main() -> int:
             emit("load_test", seconds=round(secs, 1), clients=CLIENTS, requests=ok + err,
                  errors=err, rps=round((ok + err) / secs, 1), p50_ms=pct(lat, 50),
                  p99_ms=pct(lat, 99), baseline_one_client_p99_ms=pct(http, 99))
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         finally:
-            server.terminate()
-            server.wait(timeout=15)
+            for server in servers:
+                stop(server)
     return 0
 
 
