@@ -3,7 +3,8 @@
 1. http_overhead: /infer p50/p99 over HTTP vs the predictor called in-process, same inputs in
    turns (3 rounds of 300); the route's own time (`latency_ms`) splits the difference into what
    the HTTP stack and client add outside the route and what the route adds around the predictor
-   (queue, thread hop).
+   (queue, thread hop); the same turns to `bare_server.py` give the floor, the service's work
+   behind the least HTTP server (`bare_ratio_p50`).
 2. batching_gain: requests/s with 16 concurrent clients vs 1 client, positions per pass (mean
    and the largest histogram bucket reached), GPU utilisation (BENCH_DEVICE=cuda), the
    CPU per request of the server's event loop and forward thread and of the clients, and the
