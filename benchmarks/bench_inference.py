@@ -48,7 +48,7 @@ from appliance.inference.predictor import Predictor  # noqa: E402
 from appliance.model.checkpoint import build_model, save_checkpoint  # noqa: E402
 from appliance.model.network import ModelConfig, MovePredictor  # noqa: E402
 from appliance.watchdog.signals import NvmlUnavailable, nvml_samples  # noqa: E402
-from tests.utils import free_port  # noqa: E402
+from tests.utils import free_port, wait_until  # noqa: E402
 
 LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "30"))
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")  # cuda: the server and baseline on the GPU
@@ -262,17 +262,21 @@ def start_server(args: list[str], url: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items()
              if not k.startswith("INFERENCE_") or k == "INFERENCE_TORCH_THREADS"})
-    deadline = time.monotonic() + 60
-    while True:
+
+    def ready() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError(f"{args[0]} exited with status {server.returncode}")
         try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                return server
+            return httpx.get(url + "/healthz").status_code == 200
         except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or server.poll() is not None:
-            stop(server)
-            raise RuntimeError(f"the server {args[0]} did not become ready")
-        time.sleep(0.2)
+            return False
+
+    try:
+        wait_until(ready, 60, 0.2, f"{args[0]} answering /healthz")
+    except (RuntimeError, AssertionError) as exc:
+        stop(server)
+        raise RuntimeError(f"the server did not become ready: {exc}") from None
+    return server
 
 
 def stop(server: subprocess.Popen[bytes]) -> None:
